@@ -1,0 +1,3 @@
+"""mitp: Memory-Inspired Temporal Prompt Interaction on frozen CLIP."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,179 @@
+"""The `mitp` command line (Typer + Rich).
+
+Heavy libraries (torch, transformers) are imported inside the commands that need them, so that
+`mitp --help` and the ONNX predict path start fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .config import ConfigError, load_config, resolve_run
+
+app = typer.Typer(help="MITP: memory-inspired temporal prompt interaction on frozen CLIP.", no_args_is_help=True, add_completion=False)
+console = Console(stderr=True)
+stdout = Console()
+
+ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="Project config (YAML).")]
+DatasetOption = Annotated[str, typer.Option("--dataset", "-d", help="Data set name from the config.")]
+BackboneOption = Annotated[str | None, typer.Option("--backbone", help="Override the backbone: HF name, local folder or preset:<name>.")]
+
+
+def _fail(message: str, code: int = 2) -> None:
+    console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _user_errors():
+    """Errors caused by bad input, reported as one clear line and a non-zero exit code."""
+    from .data import DataError
+    from .preprocess import ImageError
+
+    return (ConfigError, DataError, ImageError, FileNotFoundError)
+
+
+def _resolve(config: Path, dataset: str, setting: str, backbone: str | None, seed: int | None = None, **train: Any):
+    run = resolve_run(load_config(config), dataset, setting, **train)
+    if backbone:
+        run = dataclasses.replace(run, backbone=backbone)
+    if seed is not None:
+        run = dataclasses.replace(run, seed=seed)
+    return run
+
+
+@app.command()
+def version() -> None:
+    """Print the mitp version."""
+    stdout.print(__version__)
+
+
+@app.command()
+def info(
+    config: ConfigOption = Path("config.yaml"),
+    dataset: DatasetOption = "food101",
+    setting: Annotated[str | None, typer.Option("--setting", "-s", help="Setting name; all settings if omitted.")] = None,
+    backbone: BackboneOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Trainable and backbone parameter counts, built on the backbone's architecture with no download."""
+    try:
+        project = load_config(config)
+        names = [setting] if setting else list(project.settings)
+        rows = [_count_parameters(_resolve(config, dataset, name, backbone)) for name in names]
+    except _user_errors() as err:
+        _fail(str(err))
+    if as_json:
+        stdout.print_json(json.dumps(rows[0] if setting else rows))
+        return
+    table = Table(title=f"mitp parameter budget: {dataset} on {rows[0]['backbone']}")
+    table.add_column("setting", no_wrap=True)
+    for column in ("variant", "layers", "similarity"):
+        table.add_column(column)
+    table.add_column("trainable", justify="right", no_wrap=True)
+    table.add_column("share", justify="right", no_wrap=True)
+    for row in rows:
+        table.add_row(
+            row["setting"], row["variant"], ",".join(map(str, row["layers"])) or "-", row["similarity"],
+            f"{row['trainable_params']:,}", f"{100 * row['trainable_params'] / row['backbone_params']:.3f}%",
+        )
+    stdout.print(table)
+    stdout.print(f"backbone parameters (frozen): {rows[0]['backbone_params']:,}")
+
+
+def _count_parameters(run) -> dict[str, Any]:
+    """Build the model on the meta device (no weights, no memory) and count its parameters."""
+    import torch
+    from transformers import CLIPModel
+
+    from .backbone import architecture_config
+    from .data import num_classes
+    from .model import MITPModel
+
+    arch = architecture_config(run.backbone)
+    arch._attn_implementation = "sdpa"
+    with torch.device("meta"):
+        clip = CLIPModel(arch).requires_grad_(False)
+        model = MITPModel(clip, run.model, num_classes(run), arch.text_config.eos_token_id)
+    by_module: dict[str, int] = {}
+    for name, param in model.trainable_parameters().items():
+        by_module[name.split(".")[0]] = by_module.get(name.split(".")[0], 0) + param.numel()
+    return {
+        "dataset": run.dataset_name,
+        "setting": run.setting_name,
+        "variant": run.model.variant,
+        "layers": list(model.layer_numbers),
+        "similarity": run.model.similarity if run.model.variant == "mitp" else "-",
+        "prompt_length": run.model.prompt_length,
+        "backbone": run.backbone,
+        "trainable_params": model.count_trainable(),
+        "backbone_params": model.count_backbone(),
+        "trainable_by_module": by_module,
+    }
+
+
+@app.command()
+def train(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory (checkpoints, history); resumed if it exists.")],
+    config: ConfigOption = Path("config.yaml"),
+    dataset: DatasetOption = "food101",
+    setting: Annotated[str, typer.Option("--setting", "-s")] = "mitp",
+    backbone: BackboneOption = None,
+    epochs: Annotated[int | None, typer.Option(help="Override train.epochs.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Override the learning rate.")] = None,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", help="Cap on steps per epoch.")] = None,
+    fraction: Annotated[float | None, typer.Option(help="Share of the training split to keep (stratified, seeded).")] = None,
+    num_workers: Annotated[int | None, typer.Option("--num-workers")] = None,
+    precision: Annotated[str | None, typer.Option(help="auto | bf16 | fp32")] = None,
+    seed: Annotated[int | None, typer.Option(help="Override the config's seed.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Train one (data set, setting) run; resumes from the last finished epoch after a kill."""
+    try:
+        run = _resolve(
+            config, dataset, setting, backbone, seed,
+            epochs=epochs, max_steps_per_epoch=max_steps, fraction=fraction, num_workers=num_workers, precision=precision,
+        )
+        if epochs is not None:  # an explicit --epochs wins over the data set's own epochs
+            run = dataclasses.replace(run, dataset=dataclasses.replace(run.dataset, epochs=None))
+        if lr is not None:
+            run = dataclasses.replace(run, dataset=dataclasses.replace(run.dataset, lr=lr))
+        from .train import train_run
+
+        result = train_run(run, out, console=console, progress=progress)
+    except _user_errors() as err:
+        _fail(str(err))
+    console.print(f"[bold green]done[/]: best epoch {result.best_epoch} ({result.best_metric:.4f}) in {out}")
+
+
+@app.command()
+def evaluate(
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Run directory (uses best/) or a checkpoint directory.")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Where to write metrics.json.")] = None,
+    split: Annotated[str, typer.Option(help="train | val | test")] = "test",
+    batch_size: Annotated[int | None, typer.Option("--batch-size")] = None,
+    num_workers: Annotated[int | None, typer.Option("--num-workers")] = None,
+) -> None:
+    """Evaluate a checkpoint: accuracy, or F1-micro/-macro for multi-label, written to metrics.json."""
+    try:
+        from .evaluate import evaluate_checkpoint, write_metrics
+
+        metrics = evaluate_checkpoint(checkpoint, split, batch_size, num_workers)
+    except _user_errors() as err:
+        _fail(str(err))
+    target = out or Path(checkpoint) / f"metrics-{split}.json"
+    write_metrics(metrics, target)
+    values = metrics["metrics"]
+    shown = ", ".join(f"{k} {values[k]:.4f}" for k in ("accuracy", "f1_micro", "f1_macro") if k in values)
+    console.print(f"{metrics['dataset']}/{metrics['setting']} {split}: {shown} (n={values['num_samples']}) -> {target}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,439 @@
+"""Typed, frozen configuration for mitp, loaded from YAML and checked before any work starts.
+
+`config.yaml` holds the paper's whole setup: the backbone, per-data-set hyper-parameters, the training
+options and a grid of named settings. `resolve_run` turns one (data set, setting) pair into a `RunConfig`,
+the single object that the model, trainer and evaluator read. Every bad value raises `ConfigError` with
+the key that holds it and the values that would be allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+VARIANTS = ("mitp", "prompts-only", "mlp-interaction", "p-clip", "linear-probe")
+SIMILARITIES = ("cos", "mmd", "cov-pearson")
+GATES = ("softmax", "sigmoid")
+TASKS = ("single-label", "multi-label")
+SOURCES = ("prepared", "synthetic")
+PRECISIONS = ("auto", "bf16", "fp32")
+LAYER_ALIASES = ("best", "best-small", "all")
+VARIANTS_WITHOUT_LAYERS = ("linear-probe",)
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or out of range; the message names the key."""
+
+
+@dataclass(frozen=True)
+class HubConfig:
+    width: int = 168  # hidden width of every hub MLP; 168 puts MITP-base at ~2.0M params on ViT-L/14
+    gate: str = "softmax"  # paper Eq. 5 (softmax over the L prompt tokens) or per-token sigmoid
+    mmd_features: int = 64  # random Fourier features of the linear-time MMD estimator
+    mmd_bandwidth: float = 1.0  # Gaussian kernel bandwidth (sigma) of the MMD similarity
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    optimizer: str = "adam"
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    epochs: int = 10
+    eval_batch_size: int = 64
+    num_workers: int = 4
+    precision: str = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+    max_steps_per_epoch: int | None = None  # cap for smoke runs and benchmarks; None = whole epoch
+    fraction: float = 1.0  # stratified share of the training split to keep (paper Table 3)
+    grad_clip: float | None = None
+    keep_checkpoints: int = 1  # epoch checkpoints kept besides the best one
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    task: str
+    source: str = "prepared"
+    data_dir: str = ""
+    batch_size: int = 32
+    prompt_length: int = 3
+    best_layers: tuple[int, ...] = (4, 5, 6)
+    small_layers: tuple[int, ...] = (5,)
+    templates: tuple[str, ...] = ("a photo of {}.",)
+    num_classes: int | None = None  # checked against classes.json; lets `mitp info` count without data
+    epochs: int | None = None  # overrides train.epochs for this data set
+    lr: float | None = None  # overrides train.lr for this data set
+    synthetic: dict[str, Any] = field(default_factory=dict)  # options of the in-process synthetic task
+
+
+@dataclass(frozen=True)
+class SettingConfig:
+    variant: str
+    layers: tuple[int, ...] | str = "best"
+    similarity: str = "cos"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What the model needs to build itself: one setting on one data set, layers resolved."""
+
+    variant: str
+    layers: tuple[int, ...]  # 1-based transformer block numbers, as in the paper
+    similarity: str
+    prompt_length: int
+    task: str
+    hub: HubConfig = HubConfig()
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One (data set, setting) run, fully resolved; saved beside every checkpoint."""
+
+    backbone: str
+    seed: int
+    dataset_name: str
+    dataset: DatasetConfig
+    setting_name: str
+    setting: SettingConfig
+    model: ModelConfig
+    train: TrainConfig
+
+    @property
+    def epochs(self) -> int:
+        return self.dataset.epochs if self.dataset.epochs is not None else self.train.epochs
+
+    @property
+    def lr(self) -> float:
+        return self.dataset.lr if self.dataset.lr is not None else self.train.lr
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> RunConfig:
+        dataset = _build(DatasetConfig, raw["dataset"], "dataset")
+        setting = _build(SettingConfig, raw["setting"], "setting")
+        model_raw = dict(raw["model"])
+        model_raw["hub"] = _build(HubConfig, model_raw.get("hub", {}), "model.hub")
+        model = _build(ModelConfig, model_raw, "model")
+        return cls(
+            backbone=raw["backbone"],
+            seed=int(raw["seed"]),
+            dataset_name=raw["dataset_name"],
+            dataset=dataset,
+            setting_name=raw["setting_name"],
+            setting=setting,
+            model=model,
+            train=_build(TrainConfig, raw["train"], "train"),
+        )
+
+
+@dataclass(frozen=True)
+class ProjectConfig:
+    """The whole `config.yaml`: everything needed to resolve any (data set, setting) run."""
+
+    backbone: str
+    seed: int
+    hub: HubConfig
+    train: TrainConfig
+    datasets: dict[str, DatasetConfig]
+    settings: dict[str, SettingConfig]
+
+    def dataset(self, name: str) -> DatasetConfig:
+        if name not in self.datasets:
+            raise ConfigError(f"unknown data set {name!r}; allowed: {', '.join(self.datasets)}")
+        return self.datasets[name]
+
+    def setting(self, name: str) -> SettingConfig:
+        if name not in self.settings:
+            raise ConfigError(f"unknown setting {name!r}; allowed: {', '.join(self.settings)}")
+        return self.settings[name]
+
+
+# ---------------------------------------------------------------------------------------------------
+# loading and validation
+
+
+def load_config(path: str | Path) -> ProjectConfig:
+    """Read and validate `config.yaml`; raise ConfigError naming the first bad key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    return parse_config(raw)
+
+
+def parse_config(raw: dict[str, Any]) -> ProjectConfig:
+    allowed = {"backbone", "seed", "hub", "train", "datasets", "settings", "grid", "workflow"}
+    _reject_unknown(raw, allowed, "")
+    backbone = raw.get("backbone", "openai/clip-vit-large-patch14")
+    if not isinstance(backbone, str) or not backbone:
+        raise ConfigError("backbone: must be a Hugging Face CLIP name, a local path or 'preset:<name>'")
+    hub = _build(HubConfig, raw.get("hub") or {}, "hub")
+    train = _build(TrainConfig, raw.get("train") or {}, "train")
+    _check_hub(hub, "hub")
+    _check_train(train, "train")
+
+    datasets_raw = raw.get("datasets") or {}
+    if not isinstance(datasets_raw, dict) or not datasets_raw:
+        raise ConfigError("datasets: at least one data set must be configured")
+    datasets = {name: _parse_dataset(name, value) for name, value in datasets_raw.items()}
+
+    settings_raw = dict(raw.get("settings") or {})
+    for name, value in expand_grid(raw.get("grid") or []).items():
+        if name in settings_raw:
+            raise ConfigError(f"grid: setting {name!r} is also defined under settings")
+        settings_raw[name] = value
+    settings = {name: _parse_setting(name, value) for name, value in settings_raw.items()}
+    if not settings:
+        raise ConfigError("settings: at least one setting must be configured")
+    return ProjectConfig(
+        backbone=backbone,
+        seed=_int(raw.get("seed", 0), "seed"),
+        hub=hub,
+        train=train,
+        datasets=datasets,
+        settings=settings,
+    )
+
+
+def expand_grid(grid: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The paper's Fig. 4 grid: every layer set x similarity becomes a setting named `l4-5-6-cos`."""
+    if not isinstance(grid, list):
+        raise ConfigError("grid: must be a list of {layer_sets, similarities} blocks")
+    settings: dict[str, dict[str, Any]] = {}
+    for i, block in enumerate(grid):
+        key = f"grid[{i}]"
+        if not isinstance(block, dict):
+            raise ConfigError(f"{key}: must be a mapping with layer_sets and similarities")
+        _reject_unknown(block, {"layer_sets", "similarities"}, key)
+        for layers in block.get("layer_sets") or []:
+            for similarity in block.get("similarities") or ["cos"]:
+                name = "l" + "-".join(str(n) for n in layers) + f"-{similarity}"
+                settings[name] = {"variant": "mitp", "layers": list(layers), "similarity": similarity}
+    return settings
+
+
+def resolve_run(
+    project: ProjectConfig,
+    dataset_name: str,
+    setting_name: str,
+    **train_overrides: Any,
+) -> RunConfig:
+    """Resolve one run: layer aliases become numbers, per-data-set values override the defaults."""
+    dataset = project.dataset(dataset_name)
+    setting = project.setting(setting_name)
+    overrides = {k: v for k, v in train_overrides.items() if v is not None}
+    train = dataclasses.replace(project.train, **overrides) if overrides else project.train
+    _check_train(train, "train")
+    model = ModelConfig(
+        variant=setting.variant,
+        layers=_resolve_layers(setting, dataset, f"settings.{setting_name}.layers"),
+        similarity=setting.similarity,
+        prompt_length=dataset.prompt_length,
+        task=dataset.task,
+        hub=project.hub,
+    )
+    return RunConfig(
+        backbone=project.backbone,
+        seed=project.seed,
+        dataset_name=dataset_name,
+        dataset=dataset,
+        setting_name=setting_name,
+        setting=setting,
+        model=model,
+        train=train,
+    )
+
+
+def check_layers_fit(model: ModelConfig, text_layers: int, vision_layers: int) -> None:
+    """Layer numbers must exist in both towers, and the vision tower needs a block after the last
+    interaction layer to receive the hub's output. Called once the backbone's architecture is known."""
+    if model.variant in VARIANTS_WITHOUT_LAYERS:
+        return
+    limit = min(text_layers, vision_layers - 1)
+    bad = [n for n in model.layers if n > limit]
+    if bad:
+        raise ConfigError(
+            f"layers: {bad} beyond the backbone (text tower has {text_layers} blocks, vision tower "
+            f"{vision_layers}); allowed layer numbers are 1..{limit}"
+        )
+
+
+def all_layers(text_layers: int, vision_layers: int) -> tuple[int, ...]:
+    """What the alias `all` (deep prompt tuning) means on a given backbone."""
+    return tuple(range(1, min(text_layers, vision_layers - 1) + 1))
+
+
+# ---------------------------------------------------------------------------------------------------
+# helpers
+
+
+def _parse_dataset(name: str, raw: Any) -> DatasetConfig:
+    key = f"datasets.{name}"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{key}: must be a mapping")
+    raw = dict(raw)
+    for list_key in ("best_layers", "small_layers", "templates"):
+        if list_key in raw:
+            raw[list_key] = tuple(raw[list_key])
+    ds = _build(DatasetConfig, raw, key)
+    if ds.task not in TASKS:
+        raise ConfigError(f"{key}.task: {ds.task!r} is not one of {', '.join(TASKS)}")
+    if ds.source not in SOURCES:
+        raise ConfigError(f"{key}.source: {ds.source!r} is not one of {', '.join(SOURCES)}")
+    if ds.source == "prepared" and not ds.data_dir:
+        raise ConfigError(f"{key}.data_dir: required for a prepared data set")
+    _positive(ds.batch_size, f"{key}.batch_size")
+    _positive(ds.prompt_length, f"{key}.prompt_length")
+    _check_layer_list(ds.best_layers, f"{key}.best_layers")
+    _check_layer_list(ds.small_layers, f"{key}.small_layers")
+    if not ds.templates or any("{}" not in t for t in ds.templates):
+        raise ConfigError(f"{key}.templates: each template must contain '{{}}' for the class name")
+    if ds.epochs is not None:
+        _positive(ds.epochs, f"{key}.epochs")
+    if ds.lr is not None and not ds.lr > 0:
+        raise ConfigError(f"{key}.lr: must be > 0, got {ds.lr}")
+    if ds.num_classes is not None:
+        _positive(ds.num_classes, f"{key}.num_classes")
+    return ds
+
+
+def _parse_setting(name: str, raw: Any) -> SettingConfig:
+    key = f"settings.{name}"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{key}: must be a mapping")
+    raw = dict(raw)
+    if isinstance(raw.get("layers"), list):
+        raw["layers"] = tuple(raw["layers"])
+    setting = _build(SettingConfig, raw, key)
+    if setting.variant not in VARIANTS:
+        raise ConfigError(f"{key}.variant: {setting.variant!r} is not one of {', '.join(VARIANTS)}")
+    if setting.similarity not in SIMILARITIES:
+        raise ConfigError(
+            f"{key}.similarity: {setting.similarity!r} is not one of {', '.join(SIMILARITIES)}"
+        )
+    if isinstance(setting.layers, str):
+        if setting.layers not in LAYER_ALIASES:
+            raise ConfigError(
+                f"{key}.layers: {setting.layers!r} is not a list of layer numbers nor one of "
+                f"{', '.join(LAYER_ALIASES)}"
+            )
+    else:
+        _check_layer_list(setting.layers, f"{key}.layers")
+    return setting
+
+
+def _resolve_layers(setting: SettingConfig, dataset: DatasetConfig, key: str) -> tuple[int, ...]:
+    if setting.variant in VARIANTS_WITHOUT_LAYERS:
+        return ()
+    if setting.layers == "best":
+        return dataset.best_layers
+    if setting.layers == "best-small":
+        return dataset.small_layers
+    if setting.layers == "all":
+        if setting.variant != "p-clip":
+            raise ConfigError(f"{key}: 'all' is only meaningful for the p-clip variant")
+        return ()  # resolved against the backbone by the model
+    return tuple(setting.layers)
+
+
+def _check_layer_list(layers: tuple[int, ...], key: str) -> None:
+    if not layers:
+        raise ConfigError(f"{key}: at least one layer number is needed")
+    if any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in layers):
+        raise ConfigError(f"{key}: layer numbers are integers >= 1 (1 = first block), got {list(layers)}")
+    if list(layers) != sorted(set(layers)):
+        raise ConfigError(f"{key}: layer numbers must be strictly increasing, got {list(layers)}")
+
+
+def _check_hub(hub: HubConfig, key: str) -> None:
+    _positive(hub.width, f"{key}.width")
+    _positive(hub.mmd_features, f"{key}.mmd_features")
+    if hub.gate not in GATES:
+        raise ConfigError(f"{key}.gate: {hub.gate!r} is not one of {', '.join(GATES)}")
+    if not hub.mmd_bandwidth > 0:
+        raise ConfigError(f"{key}.mmd_bandwidth: must be > 0, got {hub.mmd_bandwidth}")
+
+
+def _check_train(train: TrainConfig, key: str) -> None:
+    if train.optimizer != "adam":
+        raise ConfigError(f"{key}.optimizer: {train.optimizer!r} is not one of adam")
+    if not train.lr > 0:
+        raise ConfigError(f"{key}.lr: must be > 0, got {train.lr}")
+    _positive(train.epochs, f"{key}.epochs")
+    _positive(train.eval_batch_size, f"{key}.eval_batch_size")
+    _positive(train.keep_checkpoints, f"{key}.keep_checkpoints")
+    if train.num_workers < 0:
+        raise ConfigError(f"{key}.num_workers: must be >= 0, got {train.num_workers}")
+    if train.precision not in PRECISIONS:
+        raise ConfigError(f"{key}.precision: {train.precision!r} is not one of {', '.join(PRECISIONS)}")
+    if not 0 < train.fraction <= 1:
+        raise ConfigError(f"{key}.fraction: must be in (0, 1], got {train.fraction}")
+    if train.max_steps_per_epoch is not None:
+        _positive(train.max_steps_per_epoch, f"{key}.max_steps_per_epoch")
+
+
+def _build(cls: type, raw: Any, key: str) -> Any:
+    """Instantiate a config dataclass from a mapping, rejecting unknown keys and wrong types."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{key}: must be a mapping")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    _reject_unknown(raw, set(fields), key)
+    values = {}
+    for name, value in raw.items():
+        values[name] = _coerce(value, fields[name].type, f"{key}.{name}" if key else name)
+    try:
+        return cls(**values)
+    except TypeError as err:
+        missing = [f for f, spec in fields.items() if f not in raw and _required(spec)]
+        raise ConfigError(f"{key}: missing required key(s) {', '.join(missing)}") from err
+
+
+def _coerce(value: Any, type_name: Any, key: str) -> Any:
+    """Light type checks for the scalar fields; YAML gives ints where floats are meant, accept them."""
+    type_name = str(type_name)
+    if type_name.startswith("int") and not type_name.startswith("int |"):
+        return _int(value, key)
+    if type_name == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if type_name == "str" and not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    if type_name.startswith("tuple") and isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+def _required(spec: dataclasses.Field) -> bool:
+    return spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING
+
+
+def _reject_unknown(raw: dict[str, Any], allowed: set[str], key: str) -> None:
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        where = f"{key}: " if key else ""
+        raise ConfigError(f"{where}unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+
+
+def _int(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    return value
+
+
+def _positive(value: Any, key: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{key}: must be an integer >= 1, got {value!r}")

@@ -1,0 +1,171 @@
+"""Data sets that feed training and evaluation: one item = (pixel_values, input_ids, attention_mask, labels).
+
+Two sources share one interface:
+- `prepared`: `<data_dir>/{train,val,test}.parquet` (id, image, text, label | labels) + `classes.json`,
+  written by `mitp data prepare`; images are decoded and CLIP-preprocessed on access.
+- `synthetic`: the in-process task of `mitp.synthetic`, for tests, smoke runs and benchmarks.
+Captions are tokenized once, up front, to 77 ids.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .config import RunConfig
+from .preprocess import load_image, preprocess_image
+from .synthetic import make_synthetic_split, synthetic_classes
+from .tokenizer import ClipTokenizer
+
+SPLITS = ("train", "val", "test")
+
+
+class DataError(ValueError):
+    """Prepared data are missing or inconsistent; the message says what and where."""
+
+
+class PairDataset(Dataset):
+    """Image-caption pairs with tokenized captions and label tensors."""
+
+    def __init__(
+        self,
+        classes: list[str],
+        task: str,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        labels: np.ndarray,
+        images: np.ndarray | None = None,
+        image_paths: list[Path] | None = None,
+        image_size: int = 224,
+    ):
+        self.classes, self.task, self.image_size = classes, task, image_size
+        self.input_ids = torch.from_numpy(input_ids)  # (N, 77)
+        self.attention_mask = torch.from_numpy(attention_mask)  # (N, 77)
+        self.labels = torch.from_numpy(labels)  # (N,) int64 or (N, K) float32
+        self.images = None if images is None else torch.from_numpy(images)  # (N, 3, H, W)
+        self.image_paths = image_paths
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if self.images is not None:
+            pixels = self.images[index]
+        else:
+            pixels = torch.from_numpy(preprocess_image(load_image(self.image_paths[index]), self.image_size))
+        return {
+            "pixel_values": pixels,
+            "input_ids": self.input_ids[index],
+            "attention_mask": self.attention_mask[index],
+            "labels": self.labels[index],
+        }
+
+    def subset(self, indices: np.ndarray) -> PairDataset:
+        return PairDataset(
+            self.classes,
+            self.task,
+            self.input_ids[indices].numpy(),
+            self.attention_mask[indices].numpy(),
+            self.labels[indices].numpy(),
+            images=None if self.images is None else self.images[indices].numpy(),
+            image_paths=None if self.image_paths is None else [self.image_paths[i] for i in indices],
+            image_size=self.image_size,
+        )
+
+    def stratum(self) -> np.ndarray:
+        """One stratum id per sample: the label, or the first positive label for multi-label."""
+        labels = self.labels.numpy()
+        return labels if labels.ndim == 1 else labels.argmax(axis=1)
+
+
+def build_split(run: RunConfig, split: str, tokenizer: ClipTokenizer, image_size: int) -> PairDataset:
+    """Load one split of the run's data set; the train split is cut to `train.fraction` if asked."""
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
+    ds = run.dataset
+    if ds.source == "synthetic":
+        dataset = _synthetic_split(run, split, tokenizer, image_size)
+    else:
+        dataset = _prepared_split(Path(ds.data_dir), split, ds.task, tokenizer, image_size)
+        if ds.num_classes is not None and len(dataset.classes) != ds.num_classes:
+            raise DataError(f"{ds.data_dir}/classes.json lists {len(dataset.classes)} classes, config says {ds.num_classes}")
+    if split == "train" and run.train.fraction < 1.0:
+        dataset = dataset.subset(stratified_subset(dataset.stratum(), run.train.fraction, run.seed))
+    return dataset
+
+
+def num_classes(run: RunConfig) -> int:
+    """How many classes the run's data set has, without loading it where the config says."""
+    ds = run.dataset
+    if ds.source == "synthetic":
+        return len(synthetic_classes(ds.task, ds.synthetic.get("n_colours", 4), ds.synthetic.get("n_words", 4)))
+    return ds.num_classes if ds.num_classes is not None else len(read_classes(Path(ds.data_dir)))
+
+
+def stratified_subset(strata: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Seeded indices keeping `fraction` of every stratum (at least one sample each), sorted."""
+    rng = np.random.default_rng(seed)
+    keep = []
+    for value in np.unique(strata):
+        members = np.flatnonzero(strata == value)
+        count = max(1, round(len(members) * fraction))
+        keep.append(rng.choice(members, count, replace=False))
+    return np.sort(np.concatenate(keep))
+
+
+def _synthetic_split(run: RunConfig, split: str, tokenizer: ClipTokenizer, image_size: int) -> PairDataset:
+    options = dict(run.dataset.synthetic)
+    sizes = options.pop("sizes", {"train": 512, "val": 128, "test": 128})
+    n_colours, n_words = options.get("n_colours", 4), options.get("n_words", 4)
+    raw = make_synthetic_split(split, run.dataset.task, sizes[split], image_size, seed=run.seed, **options)
+    ids, mask = tokenizer(raw["captions"])
+    classes = synthetic_classes(run.dataset.task, n_colours, n_words)
+    return PairDataset(classes, run.dataset.task, ids, mask, raw["labels"], images=raw["images"], image_size=image_size)
+
+
+def read_classes(data_dir: Path) -> list[str]:
+    path = data_dir / "classes.json"
+    if not path.is_file():
+        raise DataError(f"{path} not found: prepare the data set first (mitp data prepare)")
+    classes = json.loads(path.read_text())
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes) or len(set(classes)) != len(classes):
+        raise DataError(f"{path}: expected a JSON list of distinct class names")
+    return classes
+
+
+def _prepared_split(data_dir: Path, split: str, task: str, tokenizer: ClipTokenizer, image_size: int) -> PairDataset:
+    import pyarrow.parquet as pq
+
+    classes = read_classes(data_dir)
+    path = data_dir / f"{split}.parquet"
+    if not path.is_file():
+        raise DataError(f"{path} not found: prepare the data set first (mitp data prepare)")
+    table = pq.read_table(path).to_pydict()
+    label_key = "labels" if task == "multi-label" else "label"
+    missing = {"id", "image", "text", label_key} - set(table)
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
+    index = {name: i for i, name in enumerate(classes)}
+    labels = _encode_labels(table[label_key], index, task, path)
+    ids, mask = tokenizer(table["text"])
+    paths = [data_dir / p for p in table["image"]]
+    return PairDataset(classes, task, ids, mask, labels, image_paths=paths, image_size=image_size)
+
+
+def _encode_labels(values: list, index: dict[str, int], task: str, path: Path) -> np.ndarray:
+    def lookup(name: str, row: int) -> int:
+        if name not in index:
+            raise DataError(f"{path}: row {row} has unknown label {name!r} (not in classes.json)")
+        return index[name]
+
+    if task == "multi-label":
+        labels = np.zeros((len(values), len(index)), dtype=np.float32)
+        for row, names in enumerate(values):
+            for name in names:
+                labels[row, lookup(name, row)] = 1.0
+        return labels
+    return np.array([lookup(name, row) for row, name in enumerate(values)], dtype=np.int64)

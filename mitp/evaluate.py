@@ -1,0 +1,50 @@
+"""Evaluate a trained checkpoint on one split and write `metrics.json` atomically."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from . import __version__
+from .checkpoint import atomic_write_json
+from .data import DataError, build_split
+from .factory import image_size, load_trained
+from .metrics import PRIMARY_METRIC
+from .train import evaluate_loader, make_accelerator
+
+
+def evaluate_checkpoint(checkpoint: str | Path, split: str = "test", batch_size: int | None = None, num_workers: int | None = None) -> dict[str, Any]:
+    """Metrics of a checkpoint on a split, with counts, the split, the checkpoint and its config."""
+    model, run, backbone, state = load_trained(checkpoint)
+    dataset = build_split(run, split, backbone.tokenizer, image_size(backbone))
+    if dataset.classes != state["classes"]:
+        raise DataError(f"the {split} split's classes differ from the ones the checkpoint was trained on")
+    accelerator = make_accelerator(run.train.precision)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size or run.train.eval_batch_size,
+        num_workers=run.train.num_workers if num_workers is None else num_workers,
+    )
+    model, loader = accelerator.prepare(model, loader)
+    metrics = evaluate_loader(model, loader, accelerator, run.dataset.task)
+    return {
+        "dataset": run.dataset_name,
+        "setting": run.setting_name,
+        "split": split,
+        "task": run.dataset.task,
+        "primary_metric": PRIMARY_METRIC[run.dataset.task],
+        "metrics": metrics,
+        "checkpoint": state["checkpoint"],
+        "epoch": state["epoch"],
+        "trainable_params": accelerator.unwrap_model(model).count_trainable(),
+        "device": str(accelerator.device) + (f" ({torch.cuda.get_device_name()})" if torch.cuda.is_available() else ""),
+        "mitp_version": __version__,
+        "config": run.to_dict(),
+    }
+
+
+def write_metrics(metrics: dict[str, Any], path: str | Path) -> None:
+    atomic_write_json(Path(path), metrics)

@@ -1,0 +1,38 @@
+"""Build a ready-to-run MITP model for a run: backbone, class embeddings, and trained weights if any."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .backbone import Backbone, load_backbone
+from .checkpoint import load_checkpoint, resolve_checkpoint
+from .config import RunConfig
+from .model import MITPModel
+
+
+def build_model(run: RunConfig, backbone: Backbone, classes: list[str]) -> MITPModel:
+    """A fresh model (trainable parts drawn from the run's seed) with cached class embeddings."""
+    torch.manual_seed(run.seed)
+    model = MITPModel(backbone.clip, run.model, len(classes), backbone.tokenizer.info.eos_token_id)
+    templates = run.dataset.templates
+    texts = [template.format(name) for name in classes for template in templates]  # class-major
+    ids, mask = backbone.tokenizer(texts)
+    model.set_class_embeddings(torch.from_numpy(ids), torch.from_numpy(mask), len(templates))
+    return model
+
+
+def load_trained(checkpoint: str | Path) -> tuple[MITPModel, RunConfig, Backbone, dict[str, Any]]:
+    """Rebuild a trained model from a run directory (its best checkpoint) or a checkpoint directory."""
+    directory = resolve_checkpoint(Path(checkpoint))
+    trainable, run, state = load_checkpoint(directory)
+    backbone = load_backbone(run.backbone, seed=run.seed)
+    model = build_model(run, backbone, state["classes"])
+    model.load_trainable_state_dict(trainable)
+    return model.eval(), run, backbone, {**state, "checkpoint": str(directory)}
+
+
+def image_size(backbone: Backbone) -> int:
+    return backbone.clip.config.vision_config.image_size

@@ -1,0 +1,336 @@
+"""MITP on a frozen Hugging Face CLIP, read top to bottom.
+
+    image ─ vision embeddings ─ blocks 1..l0-1 ─┐                 ┌─ [CLS, p_v, patches] ─ ... ─ block N_v ─ CLS ─ proj ─┐
+                                                 ├─ interaction layers (lockstep) ─ hub ─┤                               ├─ cos x scale ─ logits
+    text  ─ token embeddings  ─ blocks 1..l0-1 ─┘   [SOT, p_t, tokens, EOS, pad]         └─ (text stops here)            │
+                                                                                                    class templates ─ frozen text tower ─┘
+
+At an interaction layer l the prompts of both towers are inserted after CLS/SOT, the frozen block runs,
+and the block's OUTPUT at the prompt positions (p-hat, Eq. 2) goes to the shared memory hub, whose result
+becomes the prompts of the next interaction layer. Layers between interaction layers (extraction layers)
+run without prompts. After the last interaction layer the hub output is inserted at the next vision block
+and carried to the end of the vision tower. Text blocks after the last interaction layer cannot change the
+logits (class embeddings come from the frozen, unprompted text tower) and are skipped.
+
+Variants (DESIGN.md 3.8): `mitp` (memory hub), `prompts-only` (temporal prompts, no exchange),
+`mlp-interaction` (naive MLP exchange), `p-clip` (deep prompt tuning of both towers, CoOp-style text
+prompts on the class templates) and `linear-probe` (frozen features + a linear head).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+from transformers import CLIPModel
+
+from .config import ModelConfig, all_layers, check_layers_fit
+from .hub import MemoryHub, MLPInteraction
+
+PROMPT_INIT_STD = 0.02  # paper 4.2: prompts ~ N(0, 0.02)
+PROMPTED_VARIANTS = ("mitp", "prompts-only", "mlp-interaction")
+
+
+class MITPModel(nn.Module):
+    def __init__(self, clip: CLIPModel, config: ModelConfig, num_classes: int, eos_token_id: int):
+        super().__init__()
+        if clip.config._attn_implementation != "sdpa":
+            raise ValueError("mitp builds boolean attention masks: load the backbone with attn_implementation='sdpa'")
+        self.clip = clip  # frozen, never edited
+        self.config = config
+        self.num_classes = num_classes
+        self.eos_token_id = eos_token_id
+        text_cfg, vision_cfg = clip.config.text_config, clip.config.vision_config
+        self.n_text, self.n_vision = text_cfg.num_hidden_layers, vision_cfg.num_hidden_layers
+        d_t, d_v, L = text_cfg.hidden_size, vision_cfg.hidden_size, config.prompt_length
+        variant = config.variant
+
+        layers = config.layers or (all_layers(self.n_text, self.n_vision) if variant == "p-clip" else ())
+        check_layers_fit(config, self.n_text, self.n_vision)
+        self.layer_numbers = tuple(layers)  # 1-based, as in the paper
+        self.layer_ids = tuple(n - 1 for n in layers)  # 0-based indices of the HF blocks
+
+        # Efficiency switches; the benchmark turns them off to measure the naive path.
+        self.frozen_prefix_no_grad = True  # no autograd through blocks below the first interaction layer
+        self.skip_unused_text_layers = True  # text blocks after the last interaction layer are skipped
+
+        if variant in PROMPTED_VARIANTS:
+            self.text_prompts = nn.Parameter(torch.randn(L, d_t) * PROMPT_INIT_STD)  # p_t^{l0}
+            self.text_to_vision_prompts = nn.Linear(d_t, d_v)  # Eq. 1: p_v^{l0} = W p_t^{l0} + b
+        if variant == "mitp":
+            hub = config.hub
+            self.hub = MemoryHub(d_t, d_v, hub.width, config.similarity, hub.gate, hub.mmd_features, hub.mmd_bandwidth)
+        elif variant == "mlp-interaction":
+            self.hub = MLPInteraction(d_t, d_v, config.hub.width)
+        elif variant == "p-clip":
+            self.deep_text_prompts = nn.Parameter(torch.randn(len(layers), L, d_t) * PROMPT_INIT_STD)
+            self.deep_vision_prompts = nn.Parameter(torch.randn(len(layers), L, d_v) * PROMPT_INIT_STD)
+        elif variant == "linear-probe":
+            self.head = nn.Linear(2 * clip.config.projection_dim, num_classes)
+        if config.task == "multi-label" and variant != "linear-probe":
+            self.class_bias = nn.Parameter(torch.zeros(num_classes))  # per-class bias for BCE (DESIGN 3.7)
+
+        self.register_buffer("class_embeddings", torch.empty(0), persistent=False)  # (K, P), normalised
+        self.register_buffer("template_ids", torch.empty(0, dtype=torch.long), persistent=False)
+        self.register_buffer("template_mask", torch.empty(0, dtype=torch.long), persistent=False)
+        self.templates_per_class = 1
+
+    # -----------------------------------------------------------------------------------------------
+    # shortcuts into the frozen backbone
+
+    @property
+    def text_layers(self) -> nn.ModuleList:
+        return self.clip.text_model.encoder.layers
+
+    @property
+    def vision_layers(self) -> nn.ModuleList:
+        return self.clip.vision_model.encoder.layers
+
+    @property
+    def prompt_length(self) -> int:
+        return self.config.prompt_length
+
+    def _embed_text(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.clip.text_model.embeddings(input_ids=input_ids)  # (B, T, d_t)
+
+    def _embed_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        h = self.clip.vision_model.embeddings(pixel_values)  # (B, 1 + patches, d_v)
+        return self.clip.vision_model.pre_layrnorm(h)
+
+    def _pool_text(self, h: torch.Tensor, input_ids: torch.Tensor, num_prompts: int) -> torch.Tensor:
+        """Projected text embedding at the first EOS (shifted by the prompts in front of it)."""
+        h = self.clip.text_model.final_layer_norm(h)  # (B, S, d_t)
+        eos = (input_ids == self.eos_token_id).int().argmax(dim=-1) + num_prompts  # (B,)
+        pooled = h[torch.arange(h.shape[0], device=h.device), eos]  # (B, d_t)
+        return self.clip.text_projection(pooled)  # (B, P)
+
+    def _pool_image(self, h: torch.Tensor) -> torch.Tensor:
+        pooled = self.clip.vision_model.post_layernorm(h[:, 0])  # CLS: (B, d_v)
+        return self.clip.visual_projection(pooled)  # (B, P)
+
+    def _prefix_context(self):
+        return torch.no_grad() if self.frozen_prefix_no_grad else contextlib.nullcontext()
+
+    # -----------------------------------------------------------------------------------------------
+    # frozen towers without prompts (class embeddings, linear probe, parity with HF CLIP)
+
+    def encode_text_frozen(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The unprompted text tower through this module's own layer loop: (B, P), not normalised."""
+        h = self._embed_text(input_ids)
+        mask = text_attention_mask(attention_mask, 0)
+        for layer in self.text_layers:
+            h = layer(h, mask)
+        return self._pool_text(h, input_ids, 0)
+
+    def encode_image_frozen(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The unprompted vision tower through this module's own layer loop: (B, P), not normalised."""
+        h = self._embed_image(pixel_values)
+        for layer in self.vision_layers:
+            h = layer(h, None)
+        return self._pool_image(h)
+
+    @torch.no_grad()
+    def set_class_embeddings(self, template_ids: torch.Tensor, template_mask: torch.Tensor, templates_per_class: int) -> None:
+        """Eq. 7's z_k: the frozen text tower on hand-written templates, averaged per class, cached.
+
+        `template_ids` is (K * T, 77), class-major (all templates of class 0 first)."""
+        if template_ids.shape[0] != self.num_classes * templates_per_class:
+            raise ValueError(f"expected {self.num_classes} x {templates_per_class} templates, got {template_ids.shape[0]}")
+        self.template_ids, self.template_mask = template_ids, template_mask
+        self.templates_per_class = templates_per_class
+        embeds = torch.cat([
+            self.encode_text_frozen(ids, mask)
+            for ids, mask in zip(template_ids.split(256), template_mask.split(256), strict=True)
+        ])  # (K * T, P)
+        self.class_embeddings = self._average_templates(embeds)
+
+    def _average_templates(self, embeds: torch.Tensor) -> torch.Tensor:
+        embeds = nn.functional.normalize(embeds.float(), dim=-1)  # (K * T, P)
+        embeds = embeds.view(self.num_classes, self.templates_per_class, -1).mean(dim=1)  # (K, P)
+        return nn.functional.normalize(embeds, dim=-1)
+
+    # -----------------------------------------------------------------------------------------------
+    # MITP: temporal prompts and the memory hub
+
+    def _initial_prompts(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        p_t = self.text_prompts.unsqueeze(0).expand(batch, -1, -1)  # (B, L, d_t)
+        p_v = self.text_to_vision_prompts(p_t)  # (B, L, d_v), Eq. 1
+        return p_t, p_v
+
+    def _interact(self, p_t: torch.Tensor, p_v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.config.variant == "prompts-only":
+            return p_t, p_v  # each modality keeps its own prompts: no exchange
+        return self.hub(p_t, p_v)
+
+    def prompted_image_embedding(
+        self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """The prompted vision tower's projected CLS embedding; it carries the caption via the prompts."""
+        first, last = self.layer_ids[0], self.layer_ids[-1]
+        plain_mask = text_attention_mask(attention_mask, 0)  # (B, 1, T, T)
+        prompt_mask = text_attention_mask(attention_mask, self.prompt_length)  # (B, 1, T+L, T+L)
+
+        with self._prefix_context():  # frozen blocks below the first interaction layer
+            h_t = self._embed_text(input_ids)  # (B, T, d_t)
+            h_v = self._embed_image(pixel_values)  # (B, 1 + patches, d_v)
+            for i in range(first):
+                h_t = self.text_layers[i](h_t, plain_mask)
+                h_v = self.vision_layers[i](h_v, None)
+
+        # Prompt rows of the text tower see later tokens, so from here on the text tower is not causal
+        # for them; token rows stay causal. The text output is never used for the logits (DESIGN 3.3).
+        p_t, p_v = self._initial_prompts(h_t.shape[0])
+        for i in range(first, last + 1):
+            if i not in self.layer_ids:  # extraction layer between two interaction layers
+                h_t = self.text_layers[i](h_t, plain_mask)
+                h_v = self.vision_layers[i](h_v, None)
+                continue
+            h_t = self.text_layers[i](insert_prompts(h_t, p_t), prompt_mask)  # (B, T+L, d_t)
+            h_v = self.vision_layers[i](insert_prompts(h_v, p_v), None)  # (B, 1+L+patches, d_v)
+            p_t_hat, h_t = split_prompts(h_t, self.prompt_length)  # acquiring: the block's output
+            p_v_hat, h_v = split_prompts(h_v, self.prompt_length)
+            p_t, p_v = self._interact(p_t_hat, p_v_hat)  # consolidation and activation
+
+        h_v = insert_prompts(h_v, p_v)  # the last hub output is carried to the end of the vision tower
+        for i in range(last + 1, self.n_vision):
+            h_v = self.vision_layers[i](h_v, None)
+        image = self._pool_image(h_v)  # (B, P)
+
+        if not self.skip_unused_text_layers:  # naive reference path (benchmark only)
+            h_t = insert_prompts(h_t, p_t)
+            for i in range(last + 1, self.n_text):
+                h_t = self.text_layers[i](h_t, prompt_mask)
+            image = image + 0.0 * h_t.mean()  # keep the wasted work in the graph, as a naive loop would
+        return image
+
+    # -----------------------------------------------------------------------------------------------
+    # P-CLIP: deep prompt tuning of both towers, no interaction
+
+    def _deep_prompted_tower(self, layers, h, prompts: torch.Tensor, plain_mask, prompt_mask) -> torch.Tensor:
+        """Fresh learned prompts replace the prompt slots at every prompted layer (VPT-deep)."""
+        slot = {layer_id: k for k, layer_id in enumerate(self.layer_ids)}
+        has_prompts = False
+        for i, layer in enumerate(layers):
+            if i in slot:
+                p = prompts[slot[i]].unsqueeze(0).expand(h.shape[0], -1, -1)  # (B, L, d)
+                h = replace_prompts(h, p) if has_prompts else insert_prompts(h, p)
+                has_prompts = True
+            h = layer(h, prompt_mask if has_prompts else plain_mask)
+        return h
+
+    def _pclip_image_embedding(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        h = self._embed_image(pixel_values)
+        h = self._deep_prompted_tower(self.vision_layers, h, self.deep_vision_prompts, None, None)
+        return self._pool_image(h)
+
+    def _pclip_class_embeddings(self) -> torch.Tensor:
+        ids, mask = self.template_ids, self.template_mask  # (K * T, 77)
+        plain, prompted = text_attention_mask(mask, 0), text_attention_mask(mask, self.prompt_length)
+        h = self._deep_prompted_tower(self.text_layers, self._embed_text(ids), self.deep_text_prompts, plain, prompted)
+        return self._average_templates(self._pool_text(h, ids, self.prompt_length))  # (K, P)
+
+    # -----------------------------------------------------------------------------------------------
+    # prediction (Eq. 7)
+
+    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Class logits (B, K)."""
+        variant = self.config.variant
+        if self.class_embeddings.numel() == 0 and variant != "linear-probe":
+            raise RuntimeError("class embeddings are not set: call set_class_embeddings() first")
+        if variant == "linear-probe":
+            with torch.no_grad():
+                image = nn.functional.normalize(self.encode_image_frozen(pixel_values).float(), dim=-1)
+                text = nn.functional.normalize(self.encode_text_frozen(input_ids, attention_mask).float(), dim=-1)
+            return self.head(torch.cat([image, text], dim=-1))  # (B, K)
+        if variant == "p-clip":
+            image = self._pclip_image_embedding(pixel_values)
+            classes = self._pclip_class_embeddings()
+        else:
+            image = self.prompted_image_embedding(pixel_values, input_ids, attention_mask)
+            classes = self.class_embeddings
+        image = nn.functional.normalize(image.float(), dim=-1)  # (B, P)
+        logits = self.clip.logit_scale.exp().float() * image @ classes.t()  # (B, K)
+        if hasattr(self, "class_bias"):
+            logits = logits + self.class_bias
+        return logits
+
+    # -----------------------------------------------------------------------------------------------
+    # trainable parameters (what a checkpoint holds)
+
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        return {name: p for name, p in self.named_parameters() if p.requires_grad and not name.startswith("clip.")}
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        return {name: p.detach().cpu().contiguous() for name, p in self.trainable_parameters().items()}
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        expected = set(self.trainable_parameters())
+        if set(state) != expected:
+            missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+            raise ValueError(f"checkpoint does not fit this model: missing {missing}, unexpected {unexpected}")
+        params = self.trainable_parameters()
+        with torch.no_grad():
+            for name, value in state.items():
+                if params[name].shape != value.shape:
+                    raise ValueError(f"checkpoint tensor {name} has shape {tuple(value.shape)}, model expects {tuple(params[name].shape)}")
+                params[name].copy_(value)
+
+    def count_trainable(self) -> int:
+        return sum(p.numel() for p in self.trainable_parameters().values())
+
+    def count_backbone(self) -> int:
+        return sum(p.numel() for p in self.clip.parameters())
+
+    def train(self, mode: bool = True) -> MITPModel:
+        super().train(mode)
+        self.clip.eval()  # the frozen backbone always runs in eval mode
+        return self
+
+
+def classification_loss(task: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Eq. 8 (cross-entropy) for single-label, Eq. 9 (binary cross-entropy with logits) for multi-label."""
+    if task == "multi-label":
+        return nn.functional.binary_cross_entropy_with_logits(logits.float(), labels.float())
+    return nn.functional.cross_entropy(logits.float(), labels)
+
+
+# ---------------------------------------------------------------------------------------------------
+# sequence helpers: prompts live right after CLS (vision) or SOT (text)
+
+
+def insert_prompts(h: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
+    return torch.cat([h[:, :1], prompts.to(h.dtype), h[:, 1:]], dim=1)  # (B, S + L, d)
+
+
+def replace_prompts(h: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
+    return torch.cat([h[:, :1], prompts.to(h.dtype), h[:, 1 + prompts.shape[1]:]], dim=1)  # (B, S, d)
+
+
+def split_prompts(h: torch.Tensor, num_prompts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    prompts = h[:, 1:1 + num_prompts]  # (B, L, d)
+    rest = torch.cat([h[:, :1], h[:, 1 + num_prompts:]], dim=1)  # (B, S - L, d)
+    return prompts, rest
+
+
+def text_attention_mask(attention_mask: torch.Tensor, num_prompts: int) -> torch.Tensor:
+    """Explicit boolean mask (True = may attend), shape (B, 1, S, S) with S = T + num_prompts.
+
+    Sequence order is [SOT, prompts, tokens..., EOS, pad...]. Token rows are causal over tokens and see
+    every prompt; prompt rows see every non-padding token and each other; padding is never attended to.
+    Always built explicitly: with SDPA and no padding transformers passes no mask at all, and a manual
+    layer loop would silently turn bidirectional.
+    """
+    valid = attention_mask.bool()  # (B, T)
+    batch, length = valid.shape
+    causal = torch.ones(length, length, dtype=torch.bool, device=valid.device).tril()  # (T, T)
+    tokens = causal.unsqueeze(0) & valid.unsqueeze(1)  # (B, T, T): row i sees valid j <= i
+    if num_prompts == 0:
+        return tokens.unsqueeze(1)
+    token_rows = torch.cat(
+        [tokens[:, :, :1], valid.new_ones(batch, length, num_prompts), tokens[:, :, 1:]], dim=2
+    )  # (B, T, S)
+    prompt_row = torch.cat([valid[:, :1], valid.new_ones(batch, num_prompts), valid[:, 1:]], dim=1)  # (B, S)
+    prompt_rows = prompt_row.unsqueeze(1).expand(batch, num_prompts, length + num_prompts)  # (B, L, S)
+    full = torch.cat([token_rows[:, :1], prompt_rows, token_rows[:, 1:]], dim=1)  # (B, S, S)
+    return full.unsqueeze(1)

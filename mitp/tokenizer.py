@@ -1,0 +1,105 @@
+"""Fixed-length CLIP tokenization on the `tokenizers` library alone (no torch, no transformers).
+
+The same code tokenizes for training and for the ONNX predict path, so both see identical ids. Real
+backbones bring their `tokenizer.json`; random-weight presets and tests use a small word-level tokenizer
+built in-process, so nothing needs the network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+CONTEXT_LENGTH = 77  # CLIP's text context
+
+# Special tokens of the in-process word tokenizer; <eot> is not id 2, which transformers treats as a
+# legacy CLIP config and would then pool at argmax(input_ids) instead of the first EOS.
+WORD_SPECIALS = ("<pad>", "<unk>", "<sot>", "<eot>")
+
+# A small English vocabulary: enough for the synthetic tasks, class templates and smoke tests.
+BASIC_WORDS = tuple(
+    """a an the of and with on in at to is this that photo picture image of type food dish movie
+    poster plot genre about it its which shows showing image premise hypothesis entailment neutral
+    contradiction class kind red green blue yellow purple orange white black alpha beta gamma delta
+    epsilon zeta eta theta bright dark left right top bottom center square circle stripe dot some
+    many few very quite rather plain noisy small large old new one two three four five six seven
+    eight nine ten caption text words word says describes reads tells named called label""".split()
+)
+
+
+@dataclass(frozen=True)
+class TokenizerInfo:
+    """What another program needs to tokenize exactly as mitp does (written into ONNX metadata)."""
+
+    max_length: int
+    bos_token_id: int
+    eos_token_id: int
+    pad_token_id: int
+
+
+class ClipTokenizer:
+    """Wraps a `tokenizers.Tokenizer`: pads and truncates every caption to exactly 77 ids."""
+
+    def __init__(self, tokenizer: Tokenizer, bos: str, eos: str, pad: str, max_length: int = CONTEXT_LENGTH):
+        self.tokenizer = tokenizer
+        ids = {name: tokenizer.token_to_id(name) for name in (bos, eos, pad)}
+        missing = [name for name, i in ids.items() if i is None]
+        if missing:
+            raise ValueError(f"tokenizer has no special token(s) {missing}")
+        self.info = TokenizerInfo(max_length, ids[bos], ids[eos], ids[pad])
+        tokenizer.enable_truncation(max_length)
+        tokenizer.enable_padding(length=max_length, pad_id=ids[pad], pad_token=pad)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size()
+
+    def __call__(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids and attention mask, both int64 of shape (len(texts), 77)."""
+        ids, mask, _ = self.encode(texts)
+        return ids, mask
+
+    def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Like __call__, plus a bool per text that says whether it was truncated."""
+        encodings = self.tokenizer.encode_batch(list(texts))
+        ids = np.array([e.ids for e in encodings], dtype=np.int64)  # (B, 77)
+        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)  # (B, 77)
+        truncated = np.array([bool(e.overflowing) for e in encodings])
+        return ids, mask, truncated
+
+    def save(self, path: str | Path) -> None:
+        self.tokenizer.save(str(path))
+
+
+def build_word_tokenizer(words: tuple[str, ...] = BASIC_WORDS) -> ClipTokenizer:
+    """A deterministic word-level tokenizer with CLIP's framing ([SOT] words [EOT] pad...)."""
+    vocab = {token: i for i, token in enumerate(WORD_SPECIALS)}
+    for word in words:
+        vocab.setdefault(word.lower(), len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="<sot> $A <eot>", special_tokens=[("<sot>", vocab["<sot>"]), ("<eot>", vocab["<eot>"])]
+    )
+    return ClipTokenizer(tok, bos="<sot>", eos="<eot>", pad="<pad>")
+
+
+def load_tokenizer_file(path: str | Path) -> ClipTokenizer:
+    """Load a saved `tokenizer.json` (a CLIP BPE tokenizer or a word tokenizer made by mitp)."""
+    tok = Tokenizer.from_file(str(path))
+    return _wrap(tok)
+
+
+def load_hub_tokenizer(name: str) -> ClipTokenizer:
+    """Fetch a CLIP tokenizer from the Hugging Face hub (network; used with real backbones only)."""
+    return _wrap(Tokenizer.from_pretrained(name))
+
+
+def _wrap(tok: Tokenizer) -> ClipTokenizer:
+    if tok.token_to_id("<|endoftext|>") is not None:  # OpenAI CLIP BPE: pads with <|endoftext|>
+        return ClipTokenizer(tok, bos="<|startoftext|>", eos="<|endoftext|>", pad="<|endoftext|>")
+    return ClipTokenizer(tok, bos="<sot>", eos="<eot>", pad="<pad>")

@@ -1,0 +1,217 @@
+"""Training and evaluation engine: one code path on CPU, one GPU or many (Accelerate).
+
+bf16 autocast on GPU and fp32 on CPU; only the trainable parameters reach the optimizer; per-epoch
+validation picks the best checkpoint; every epoch is checkpointed atomically, and a killed run resumes
+from its last finished epoch with the same data order (the sampler is seeded per epoch).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch.utils.data import DataLoader, Sampler
+
+from . import checkpoint as ckpt
+from .backbone import load_backbone
+from .config import ConfigError, RunConfig
+from .data import build_split
+from .factory import build_model, image_size
+from .metrics import PRIMARY_METRIC, classification_metrics
+from .model import MITPModel, classification_loss
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A permutation drawn from (seed, epoch): a resumed run sees exactly the order it would have."""
+
+    def __init__(self, length: int, seed: int):
+        self.length, self.seed, self.epoch = length, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.length, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.length
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    best_epoch: int
+    best_metric: float
+    epochs_run: int
+    history: list[dict[str, Any]]
+
+
+def make_accelerator(precision: str) -> Accelerator:
+    cuda = torch.cuda.is_available()
+    if precision == "bf16" and not cuda:
+        raise ConfigError("train.precision: bf16 needs a GPU here; use auto or fp32 on CPU")
+    mixed = "bf16" if (precision == "bf16" or (precision == "auto" and cuda)) else "no"
+    return Accelerator(
+        mixed_precision=mixed,
+        cpu=not cuda,
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+
+
+def train_run(run: RunConfig, run_dir: Path, console: Console | None = None, progress: bool = True) -> TrainResult:
+    """Train one (data set, setting) run into `run_dir`, resuming from its last checkpoint if any."""
+    console = console or Console(stderr=True)
+    run_dir = Path(run_dir)
+    _claim_run_dir(run_dir, run)
+    accelerator = make_accelerator(run.train.precision)
+    set_seed(run.seed)
+
+    backbone = load_backbone(run.backbone, seed=run.seed)
+    size = image_size(backbone)
+    train_set = build_split(run, "train", backbone.tokenizer, size)
+    val_set = build_split(run, "val", backbone.tokenizer, size)
+    model = build_model(run, backbone, train_set.classes)
+    optimizer = torch.optim.Adam(model.trainable_parameters().values(), lr=run.lr, weight_decay=run.train.weight_decay)
+
+    state = {"epoch": 0, "global_step": 0, "best_epoch": 0, "best_metric": -math.inf, "history": []}
+    last = ckpt.latest_epoch_checkpoint(run_dir)
+    if last is not None:
+        trainable, _, state = ckpt.load_checkpoint(last)
+        model.load_trainable_state_dict(trainable)
+        optimizer.load_state_dict(ckpt.load_optimizer_state(last))
+        if accelerator.is_main_process:
+            console.print(f"[bold]resuming[/] from {last} (epoch {state['epoch']} of {run.epochs} done)")
+
+    sampler = EpochShuffleSampler(len(train_set), run.seed)
+    workers = run.train.num_workers
+    train_loader = DataLoader(train_set, batch_size=run.dataset.batch_size, sampler=sampler, num_workers=workers, drop_last=False)
+    val_loader = DataLoader(val_set, batch_size=run.train.eval_batch_size, num_workers=workers)
+    model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
+    core: MITPModel = accelerator.unwrap_model(model)
+    if hasattr(core, "hub") and hasattr(core.hub, "record_stats"):
+        core.hub.record_stats = True
+
+    metric_name = PRIMARY_METRIC[run.dataset.task]
+    steps_per_epoch = len(train_loader) if run.train.max_steps_per_epoch is None else min(len(train_loader), run.train.max_steps_per_epoch)
+    for epoch in range(state["epoch"] + 1, run.epochs + 1):
+        # Accelerate re-seeds the sampler from its own iteration counter on every pass: give it the epoch
+        # too, or a resumed process (counter back at 0) would replay another order.
+        train_loader.set_epoch(epoch)
+        sampler.set_epoch(epoch)
+        started = time.perf_counter()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        model.train()
+        losses, samples, hub_stats = [], 0, {}
+        with _progress(progress and accelerator.is_main_process, console) as bar:
+            task = bar.add_task(f"epoch {epoch}/{run.epochs}", total=steps_per_epoch)
+            for step, batch in enumerate(train_loader):
+                if step >= steps_per_epoch:
+                    break
+                with accelerator.autocast():
+                    logits = model(batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
+                loss = classification_loss(run.dataset.task, logits, batch["labels"])
+                accelerator.backward(loss)
+                if run.train.grad_clip is not None:
+                    accelerator.clip_grad_norm_(model.parameters(), run.train.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                losses.append(loss.item())
+                samples += len(batch["labels"]) * accelerator.num_processes
+                state["global_step"] += 1
+                _accumulate_hub_stats(core, hub_stats)
+                bar.update(task, advance=1, description=f"epoch {epoch}/{run.epochs} loss {np.mean(losses[-20:]):.4f}")
+        train_seconds = time.perf_counter() - started
+
+        val = evaluate_loader(model, val_loader, accelerator, run.dataset.task)
+        record = {
+            "epoch": epoch,
+            "train_loss": float(np.mean(losses)),
+            "train_seconds": train_seconds,
+            "train_samples_per_s": samples / train_seconds,
+            "val": {k: v for k, v in val.items() if not isinstance(v, list)},
+            "hub": {k: float(np.mean(v)) for k, v in hub_stats.items()},
+        }
+        if torch.cuda.is_available():
+            record["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        state["history"].append(record)
+        state["epoch"] = epoch
+        improved = val[metric_name] > state["best_metric"]
+        if improved:
+            state["best_metric"], state["best_epoch"] = val[metric_name], epoch
+        if accelerator.is_main_process:
+            _save_epoch(run_dir, run, core, optimizer, state, train_set.classes, improved)
+            console.print(
+                f"epoch {epoch}: loss {record['train_loss']:.4f}  val {metric_name} {val[metric_name]:.4f}"
+                f"  ({record['train_samples_per_s']:.1f} samples/s){'  [green]best[/]' if improved else ''}"
+            )
+        accelerator.wait_for_everyone()
+
+    return TrainResult(run_dir, state["best_epoch"], state["best_metric"], len(state["history"]), state["history"])
+
+
+@torch.no_grad()
+def evaluate_loader(model, loader: DataLoader, accelerator: Accelerator, task: str) -> dict[str, Any]:
+    """Metrics over a whole loader; predictions are gathered from every process."""
+    model.eval()
+    all_logits, all_labels = [], []
+    for batch in loader:
+        with accelerator.autocast():
+            logits = model(batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
+        logits, labels = accelerator.gather_for_metrics((logits.float(), batch["labels"]))
+        all_logits.append(logits.cpu())
+        all_labels.append(labels.cpu())
+    return classification_metrics(task, torch.cat(all_logits).numpy(), torch.cat(all_labels).numpy())
+
+
+def _save_epoch(run_dir: Path, run: RunConfig, model: MITPModel, optimizer, state: dict, classes: list[str], improved: bool) -> None:
+    saved = {**state, "classes": classes}
+    directory = ckpt.save_checkpoint(
+        ckpt.epoch_directory(run_dir, state["epoch"]), model.trainable_state_dict(), run, saved, optimizer.state_dict()
+    )
+    if improved:
+        staging = run_dir / "best.new"
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(directory, staging, ignore=shutil.ignore_patterns(ckpt.OPTIMIZER_FILE))
+        ckpt.replace_directory(staging, run_dir / "best")
+    ckpt.prune_epoch_checkpoints(run_dir, run.train.keep_checkpoints)
+    ckpt.atomic_write_json(run_dir / "history.json", state["history"])
+
+
+def _claim_run_dir(run_dir: Path, run: RunConfig) -> None:
+    """Write the run's config, or check that an existing run directory was made by the same config."""
+    path = run_dir / ckpt.CONFIG_FILE
+    if path.is_file():
+        existing = json.loads(path.read_text())
+        if existing != json.loads(run.to_json()):
+            raise ConfigError(
+                f"{run_dir} holds a run with a different config; pick another --out or remove it to start afresh"
+            )
+    else:
+        ckpt.atomic_write_text(path, run.to_json() + "\n")
+    ckpt.recover_directory(run_dir / "best")
+
+
+def _accumulate_hub_stats(model: MITPModel, sink: dict[str, list[float]]) -> None:
+    hub = getattr(model, "hub", None)
+    for name, value in getattr(hub, "stats", {}).items():
+        sink.setdefault(name, []).append(float(value))
+
+
+def _progress(enabled: bool, console: Console) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=console, transient=True, disable=not enabled,
+    )

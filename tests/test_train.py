@@ -1,0 +1,130 @@
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from mitp import checkpoint as ckpt
+from mitp import train as train_module
+from mitp.cli import app
+from mitp.config import ConfigError, load_config, resolve_run
+from mitp.metrics import classification_metrics, multilabel_f1
+from mitp.train import train_run
+
+from .conftest import synthetic_config
+
+runner = CliRunner()
+
+
+def run_for(config_path, setting="mitp", **overrides):
+    return resolve_run(load_config(config_path), "toy", setting, **overrides)
+
+
+def test_training_lowers_the_loss_and_beats_chance(write_config, tmp_path):
+    config = write_config(synthetic_config(epochs=4))
+    result = train_run(run_for(config), tmp_path / "run", progress=False)
+    losses = [epoch["train_loss"] for epoch in result.history]
+    assert losses[-1] < losses[0] - 0.2
+    assert result.best_metric > 2 * (1 / 16)  # 16 classes: chance is 1/16
+
+
+def test_interaction_lets_the_caption_reach_the_prediction(write_config, tmp_path, monkeypatch):
+    """With well-separated class embeddings, MITP beats the image-only ceiling (1/4: the colour alone);
+    prompts-only cannot see the caption and stays at or below it."""
+    real_build = train_module.build_model
+
+    def orthonormal_classes(run, backbone, classes):
+        model = real_build(run, backbone, classes)
+        basis = torch.linalg.qr(torch.randn(32, len(classes), generator=torch.Generator().manual_seed(0)))[0]
+        model.class_embeddings = basis.T.contiguous()  # (K, P) orthonormal rows
+        return model
+
+    monkeypatch.setattr(train_module, "build_model", orthonormal_classes)
+    config = write_config(synthetic_config(epochs=5, hub_width=64, sizes={"train": 512, "val": 128, "test": 32}))
+    mitp = train_run(run_for(config, "mitp"), tmp_path / "mitp", progress=False).best_metric
+    alone = train_run(run_for(config, "prompts-only"), tmp_path / "alone", progress=False).best_metric
+    assert alone <= 0.25 + 0.05
+    assert mitp > 0.32 and mitp > alone + 0.1
+
+
+def test_resume_after_a_kill_reproduces_the_uninterrupted_run(write_config, tmp_path, monkeypatch):
+    config = write_config(synthetic_config(epochs=3, sizes={"train": 96, "val": 32, "test": 32}))
+    reference = train_run(run_for(config), tmp_path / "reference", progress=False)
+
+    real_save = train_module._save_epoch
+
+    def save_then_die(run_dir, run, model, optimizer, state, classes, improved):
+        real_save(run_dir, run, model, optimizer, state, classes, improved)
+        if state["epoch"] == 2:
+            raise KeyboardInterrupt  # killed right after epoch 2 was checkpointed
+
+    monkeypatch.setattr(train_module, "_save_epoch", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(run_for(config), tmp_path / "killed", progress=False)
+    monkeypatch.setattr(train_module, "_save_epoch", real_save)
+    (tmp_path / "killed" / "checkpoints" / "epoch-0003.tmp").mkdir()  # a half-written leftover
+    resumed = train_run(run_for(config), tmp_path / "killed", progress=False)
+
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    assert [h["train_loss"] for h in resumed.history] == pytest.approx([h["train_loss"] for h in reference.history], abs=1e-6)
+    ref_state, _, _ = ckpt.load_checkpoint(tmp_path / "reference" / "best")
+    new_state, _, _ = ckpt.load_checkpoint(tmp_path / "killed" / "best")
+    for name, tensor in ref_state.items():
+        assert torch.allclose(tensor, new_state[name], atol=1e-6), name
+    assert not (tmp_path / "killed" / "checkpoints" / "epoch-0003.tmp").exists()
+
+
+def test_a_run_directory_refuses_a_different_config(write_config, tmp_path):
+    config = write_config(synthetic_config(epochs=1, sizes={"train": 32, "val": 32, "test": 32}))
+    train_run(run_for(config), tmp_path / "run", progress=False)
+    with pytest.raises(ConfigError, match="different config"):
+        train_run(run_for(config, "prompts-only"), tmp_path / "run", progress=False)
+
+
+def test_best_checkpoint_survives_a_kill_during_its_swap(tmp_path):
+    best, old = tmp_path / "best", tmp_path / "best.old"
+    old.mkdir()
+    (old / ckpt.MODEL_FILE).write_text("x")
+    (old / ckpt.STATE_FILE).write_text("{}")
+    ckpt.recover_directory(best)  # killed after best -> best.old, before best.new -> best
+    assert ckpt.is_complete(best) and not old.exists()
+
+
+@pytest.mark.parametrize("task, setting", [("single-label", "mitp"), ("multi-label", "mitp-small"), ("single-label", "p-clip")])
+def test_cli_train_then_evaluate(write_config, tmp_path, task, setting):
+    config = write_config(synthetic_config(task=task, epochs=1, sizes={"train": 64, "val": 32, "test": 48}))
+    run_dir = tmp_path / "run"
+    result = runner.invoke(app, ["train", "-c", str(config), "-d", "toy", "-s", setting, "--out", str(run_dir), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert ckpt.is_complete(run_dir / "best")
+    result = runner.invoke(app, ["evaluate", "--checkpoint", str(run_dir), "--split", "test", "--out", str(tmp_path / "m.json")])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["split"] == "test" and metrics["metrics"]["num_samples"] == 48
+    assert metrics["config"]["setting_name"] == setting and metrics["checkpoint"].endswith("best")
+    keys = ("f1_micro", "f1_macro") if task == "multi-label" else ("accuracy",)
+    for key in keys:
+        assert 0.0 <= metrics["metrics"][key] <= 1.0
+
+
+def test_cli_reports_bad_input_with_a_clear_message(write_config, tmp_path):
+    config = write_config(synthetic_config())
+    result = runner.invoke(app, ["train", "-c", str(config), "-d", "nope", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "unknown data set 'nope'; allowed: toy" in result.output
+    result = runner.invoke(app, ["evaluate", "--checkpoint", str(tmp_path / "missing")])
+    assert result.exit_code == 2 and "neither a checkpoint nor a run directory" in result.output
+    raw = synthetic_config()
+    raw["datasets"]["real"] = {"task": "single-label", "data_dir": str(tmp_path / "absent")}
+    result = runner.invoke(app, ["train", "-c", str(write_config(raw)), "-d", "real", "--out", str(tmp_path / "r2")])
+    assert result.exit_code == 2 and "classes.json not found" in result.output
+
+
+def test_metrics_by_hand():
+    logits = torch.tensor([[2.0, 0.1], [0.3, 0.9], [1.0, 0.0]]).numpy()
+    assert classification_metrics("single-label", logits, torch.tensor([0, 1, 1]).numpy())["accuracy"] == pytest.approx(2 / 3)
+    predicted = torch.tensor([[1, 0, 1], [0, 1, 0], [1, 1, 0]]).bool().numpy()
+    truth = torch.tensor([[1, 0, 0], [0, 1, 0], [0, 1, 0]]).bool().numpy()
+    scores = multilabel_f1(predicted, truth)
+    # tp = [1, 2, 0], fp = [1, 0, 1], fn = [0, 0, 0]
+    assert scores["f1_micro"] == pytest.approx(2 * 3 / (2 * 3 + 2))
+    assert scores["f1_macro"] == pytest.approx((2 / 3 + 1 + 0) / 3)
