@@ -13,7 +13,7 @@ from .checkpoint import atomic_write_json
 from .data import DataError, build_split
 from .factory import image_size, load_trained
 from .metrics import PRIMARY_METRIC
-from .train import evaluate_loader, make_accelerator
+from .train import evaluate_loader, make_accelerator, worker_count
 
 
 def evaluate_checkpoint(checkpoint: str | Path, split: str = "test", batch_size: int | None = None, num_workers: int | None = None) -> dict[str, Any]:
@@ -26,7 +26,7 @@ def evaluate_checkpoint(checkpoint: str | Path, split: str = "test", batch_size:
     loader = DataLoader(
         dataset,
         batch_size=batch_size or run.train.eval_batch_size,
-        num_workers=run.train.num_workers if num_workers is None else num_workers,
+        num_workers=worker_count(run.train.num_workers if num_workers is None else num_workers),
     )
     model, loader = accelerator.prepare(model, loader)
     metrics = evaluate_loader(model, loader, accelerator, run.dataset.task)

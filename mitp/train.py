@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -58,6 +59,11 @@ class TrainResult:
     history: list[dict[str, Any]]
 
 
+def worker_count(requested: int) -> int:
+    """DataLoader workers: as configured, but no more than this machine has cores."""
+    return min(requested, os.cpu_count() or 1)
+
+
 def make_accelerator(precision: str) -> Accelerator:
     cuda = torch.cuda.is_available()
     if precision == "bf16" and not cuda:
@@ -95,7 +101,7 @@ def train_run(run: RunConfig, run_dir: Path, console: Console | None = None, pro
             console.print(f"[bold]resuming[/] from {last} (epoch {state['epoch']} of {run.epochs} done)")
 
     sampler = EpochShuffleSampler(len(train_set), run.seed)
-    workers = run.train.num_workers
+    workers = worker_count(run.train.num_workers)
     train_loader = DataLoader(train_set, batch_size=run.dataset.batch_size, sampler=sampler, num_workers=workers, drop_last=False)
     val_loader = DataLoader(val_set, batch_size=run.train.eval_batch_size, num_workers=workers)
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
