@@ -1,0 +1,81 @@
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+from transformers import CLIPImageProcessor
+
+from mitp.config import parse_config, resolve_run
+from mitp.data import DataError, build_split, stratified_subset
+from mitp.preprocess import ImageError, load_image, preprocess_image
+from mitp.tokenizer import build_word_tokenizer
+
+from .conftest import synthetic_config
+
+
+@pytest.mark.parametrize("size", [(300, 200), (200, 351), (224, 224), (640, 480)])
+def test_preprocessing_matches_transformers_clip_processor(size):
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+    processor = CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
+    expected = processor(images=image, return_tensors="np")["pixel_values"][0]
+    assert np.abs(preprocess_image(image, 224) - expected).max() < 1e-5
+
+
+def test_unreadable_images_raise_a_clear_error(tmp_path):
+    with pytest.raises(ImageError, match="image not found"):
+        load_image(tmp_path / "absent.jpg")
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg at all")
+    with pytest.raises(ImageError, match="cannot decode image"):
+        load_image(tmp_path / "broken.jpg")
+
+
+def prepared_dir(tmp_path, task, rows):
+    """A data set in the prepared format: classes.json, {split}.parquet and the images."""
+    (tmp_path / "images").mkdir()
+    for i in range(len(rows)):
+        Image.new("RGB", (40 + i, 30), (10 * i, 80, 160)).save(tmp_path / "images" / f"{i}.png")
+    label_key = "labels" if task == "multi-label" else "label"
+    table = {
+        "id": [str(i) for i in range(len(rows))],
+        "image": [f"images/{i}.png" for i in range(len(rows))],
+        "text": [f"caption number {i}" for i in range(len(rows))],
+        label_key: rows,
+    }
+    for split in ("train", "val", "test"):
+        pq.write_table(pa.table(table), tmp_path / f"{split}.parquet")
+    (tmp_path / "classes.json").write_text(json.dumps(["red", "green", "blue"]))
+    raw = synthetic_config()
+    raw["datasets"]["real"] = {"task": task, "data_dir": str(tmp_path), "num_classes": 3}
+    return resolve_run(parse_config(raw), "real", "mitp")
+
+
+def test_prepared_single_label_split(tmp_path):
+    run = prepared_dir(tmp_path, "single-label", ["green", "red", "blue", "green"])
+    dataset = build_split(run, "train", build_word_tokenizer(), 32)
+    assert len(dataset) == 4 and dataset.classes == ["red", "green", "blue"]
+    item = dataset[0]
+    assert item["pixel_values"].shape == (3, 32, 32)
+    assert item["input_ids"].shape == (77,) and int(item["attention_mask"].sum()) == 5  # SOT + 3 words + EOT
+    assert dataset.labels.tolist() == [1, 0, 2, 1]
+
+
+def test_prepared_multi_label_split(tmp_path):
+    run = prepared_dir(tmp_path, "multi-label", [["red", "blue"], ["green"], []])
+    dataset = build_split(run, "val", build_word_tokenizer(), 32)
+    assert dataset.labels.tolist() == [[1, 0, 1], [0, 1, 0], [0, 0, 0]]
+
+
+def test_unknown_label_names_the_row(tmp_path):
+    run = prepared_dir(tmp_path, "single-label", ["green", "purple"])
+    with pytest.raises(DataError, match="row 1 has unknown label 'purple'"):
+        build_split(run, "test", build_word_tokenizer(), 32)
+
+
+def test_stratified_fraction_keeps_every_class_and_is_seeded():
+    strata = np.repeat(np.arange(5), [100, 50, 20, 3, 1])
+    subset = stratified_subset(strata, 0.1, seed=0)
+    assert np.bincount(strata[subset]).tolist() == [10, 5, 2, 1, 1]
+    assert np.array_equal(subset, stratified_subset(strata, 0.1, seed=0))
+    assert not np.array_equal(subset, stratified_subset(strata, 0.1, seed=1))
