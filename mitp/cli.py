@@ -35,9 +35,11 @@ def _fail(message: str, code: int = 2) -> None:
 def _user_errors():
     """Errors caused by bad input, reported as one clear line and a non-zero exit code."""
     from .data import DataError
+    from .download import DownloadError
+    from .prepare import PrepareError
     from .preprocess import ImageError
 
-    return (ConfigError, DataError, ImageError, FileNotFoundError)
+    return (ConfigError, DataError, ImageError, DownloadError, PrepareError, FileNotFoundError)
 
 
 def _resolve(config: Path, dataset: str, setting: str, backbone: str | None, seed: int | None = None, **train: Any):
@@ -173,6 +175,75 @@ def evaluate(
     values = metrics["metrics"]
     shown = ", ".join(f"{k} {values[k]:.4f}" for k in ("accuracy", "f1_micro", "f1_macro") if k in values)
     console.print(f"{metrics['dataset']}/{metrics['setting']} {split}: {shown} (n={values['num_samples']}) -> {target}")
+
+
+data_app = typer.Typer(help="Download and prepare the data sets (real ones and the offline twins).", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+DATASETS_HELP = "food101 | mmimdb | snlive | demo-food101 | demo-mmimdb | demo-snlive"
+
+
+def _progress_bar(description: str, unit_bytes: bool):
+    from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    count = DownloadColumn() if unit_bytes else MofNCompleteColumn()
+    return Progress(description, BarColumn(), count, TimeRemainingColumn(), console=console, transient=True)
+
+
+@data_app.command("download")
+def data_download(
+    dataset: Annotated[str, typer.Argument(help=DATASETS_HELP)],
+    raw: Annotated[Path | None, typer.Option(help="Raw folder; default data/raw/<dataset>.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the offline twins.")] = 0,
+) -> None:
+    """Fetch a data set in its upstream layout (resumable, checksummed); twins are generated offline."""
+    from .download import download_dataset
+
+    raw = raw or Path("data/raw") / dataset
+    try:
+        with _progress_bar(f"download {dataset}", unit_bytes=True) as bar:
+            task = bar.add_task("", total=None)
+            root = download_dataset(dataset, raw, progress=lambda done, total: bar.update(task, completed=done, total=total), seed=seed)
+    except _user_errors() as err:
+        _fail(str(err))
+    console.print(f"[bold green]ready[/]: {dataset} in {root}")
+
+
+@data_app.command("prepare")
+def data_prepare(
+    dataset: Annotated[str, typer.Argument(help=DATASETS_HELP)],
+    raw: Annotated[Path | None, typer.Option(help="Raw folder in the upstream layout; default data/raw/<dataset>.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Prepared folder; default data/<dataset>.")] = None,
+    workers: Annotated[int, typer.Option(help="Threads that decode images.")] = 8,
+) -> None:
+    """Write {train,val,test}.parquet, classes.json and prepare_report.json; bad pairs are dropped and counted."""
+    from .prepare import prepare_dataset
+
+    raw, out = raw or Path("data/raw") / dataset, out or Path("data") / dataset
+    try:
+        with _progress_bar(f"check images of {dataset}", unit_bytes=False) as bar:
+            task = bar.add_task("", total=None)
+            report = prepare_dataset(dataset, raw, out, workers, progress=lambda done, total: bar.update(task, completed=done, total=total))
+    except _user_errors() as err:
+        _fail(str(err))
+    counts = ", ".join(f"{split} {n:,}" for split, n in report["counts"].items())
+    console.print(f"[bold green]prepared[/] {dataset}: {counts}; dropped {report['dropped_total']:,} (see {out}/prepare_report.json)")
+
+
+@app.command("pretrain-standin")
+def pretrain_standin(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the stand-in CLIP (save_pretrained + tokenizer.json).")],
+    steps: Annotated[int, typer.Option(help="Contrastive training steps.")] = 500,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 128,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Pre-train the small stand-in CLIP of the offline twins on the CPU (a few minutes)."""
+    if steps < 1 or batch_size < 2:
+        _fail("--steps must be >= 1 and --batch-size >= 2")
+    from .standin import StandinConfig
+    from .standin import pretrain_standin as run_pretraining
+
+    summary = run_pretraining(out, StandinConfig(steps=steps, batch_size=batch_size, seed=seed), log=console.print)
+    console.print(f"[bold green]stand-in CLIP[/] in {out}: loss {summary['final_loss']:.3f} after {steps} steps, {summary['seconds']:.0f} s")
 
 
 if __name__ == "__main__":

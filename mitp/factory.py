@@ -18,10 +18,15 @@ def build_model(run: RunConfig, backbone: Backbone, classes: list[str]) -> MITPM
     torch.manual_seed(run.seed)
     model = MITPModel(backbone.clip, run.model, len(classes), backbone.tokenizer.info.eos_token_id)
     templates = run.dataset.templates
-    texts = [template.format(name) for name in classes for template in templates]  # class-major
+    texts = [template.format(class_phrase(name)) for name in classes for template in templates]  # class-major
     ids, mask = backbone.tokenizer(texts)
     model.set_class_embeddings(torch.from_numpy(ids), torch.from_numpy(mask), len(templates))
     return model
+
+
+def class_phrase(name: str) -> str:
+    """How a class name reads inside a template: Food101's `apple_pie` becomes `apple pie`."""
+    return name.replace("_", " ")
 
 
 def load_trained(checkpoint: str | Path) -> tuple[MITPModel, RunConfig, Backbone, dict[str, Any]]:

@@ -145,6 +145,16 @@ class MITPModel(nn.Module):
         ])  # (K * T, P)
         self.class_embeddings = self._average_templates(embeds)
 
+    def max_class_cosine(self) -> float:
+        """The highest cosine between two classes' template embeddings. Near 1, Eq. 7 cannot tell
+        those classes apart whatever the prompts do (DESIGN.md 4): a sign of a backbone or templates
+        that do not know the class names."""
+        if self.class_embeddings.shape[0] < 2:
+            return float("nan")
+        cosine = self.class_embeddings @ self.class_embeddings.T  # (K, K)
+        cosine.fill_diagonal_(-1.0)
+        return float(cosine.max())
+
     def _average_templates(self, embeds: torch.Tensor) -> torch.Tensor:
         embeds = nn.functional.normalize(embeds.float(), dim=-1)  # (K * T, P)
         embeds = embeds.view(self.num_classes, self.templates_per_class, -1).mean(dim=1)  # (K, P)

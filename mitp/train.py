@@ -32,6 +32,8 @@ from .factory import build_model, image_size
 from .metrics import PRIMARY_METRIC, classification_metrics
 from .model import MITPModel, classification_loss
 
+CLASS_COSINE_WARNING = 0.98
+
 
 class EpochShuffleSampler(Sampler[int]):
     """A permutation drawn from (seed, epoch): a resumed run sees exactly the order it would have."""
@@ -100,6 +102,12 @@ def train_run(run: RunConfig, run_dir: Path, console: Console | None = None, pro
         if accelerator.is_main_process:
             console.print(f"[bold]resuming[/] from {last} (epoch {state['epoch']} of {run.epochs} done)")
 
+    state["class_embedding_max_cosine"] = model.max_class_cosine()
+    if state["class_embedding_max_cosine"] > CLASS_COSINE_WARNING and accelerator.is_main_process:
+        console.print(
+            f"[bold yellow]warning:[/] two classes have template embeddings with cosine "
+            f"{state['class_embedding_max_cosine']:.3f}; Eq. 7 can hardly separate them (check the templates and backbone)"
+        )
     sampler = EpochShuffleSampler(len(train_set), run.seed)
     workers = worker_count(run.train.num_workers)
     train_loader = DataLoader(train_set, batch_size=run.dataset.batch_size, sampler=sampler, num_workers=workers, drop_last=False)

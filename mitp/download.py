@@ -1,0 +1,211 @@
+"""Fetch the raw data sets: resumable HTTP downloads, checksums, safe extraction, manual placement.
+
+A download goes to `<name>.part` and resumes there with an HTTP Range request after an interruption;
+only a complete (and, where a checksum is known, verified) file is renamed to its final name. An
+archive is extracted into a temporary folder that is renamed when extraction has finished, so a
+killed extraction is simply redone. The offline twins are "downloaded" by generating them.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import http.client
+import json
+import os
+import shutil
+import tarfile
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+CHUNK = 1 << 20
+
+
+class DownloadError(RuntimeError):
+    """A download or extraction failed, or the data set needs a manual step; the message says which."""
+
+
+@dataclass(frozen=True)
+class Source:
+    url: str
+    filename: str
+    sha256: str | None = None
+    extract: bool = True  # unpack the archive (tar, zip) or gunzip a single file
+
+
+KAGGLE_FOOD101 = "https://www.kaggle.com/api/v1/datasets/download/gianmarco96/upmcfood101"
+ALLENNLP_SNLIVE = "https://storage.googleapis.com/allennlp-public-data/snli-ve"
+SOURCES: dict[str, list[Source]] = {
+    "mmimdb": [
+        Source(
+            "https://archive.org/download/mmimdb/mmimdb.tar.gz",
+            "mmimdb.tar.gz",
+            sha256="7facb412f84e8e707cf5c15bb58e4cf3ac12d33e6e944e1bdefebada1259a253",
+        )
+    ],
+    "snlive": [
+        *(Source(f"{ALLENNLP_SNLIVE}/snli_ve_{s}.jsonl.gz", f"snli_ve_{s}.jsonl.gz") for s in ("train", "dev", "test")),
+        Source(f"{ALLENNLP_SNLIVE}/flickr30k_images.tar.gz", "flickr30k_images.tar.gz"),
+    ],
+}
+# A file inside each raw layout that proves the data set is in place (searched a few levels down).
+MARKERS = {
+    "food101": "texts/train_titles.csv",
+    "mmimdb": "mmimdb/split.json",
+    "snlive": "snli_ve_train.jsonl",
+}
+MANUAL_FOOD101 = (
+    "UPMC-Food101 needs Kaggle credentials (KAGGLE_USERNAME and KAGGLE_KEY, or ~/.kaggle/kaggle.json), "
+    "or a manual download: get https://www.kaggle.com/datasets/gianmarco96/upmcfood101, unpack it into {raw} "
+    "so that {raw}/images/train/<class>/*.jpg and {raw}/texts/train_titles.csv exist, then run this again."
+)
+
+
+def find_layout_root(raw: Path, marker: str, depth: int = 3) -> Path | None:
+    """The folder under `raw` (itself or up to `depth` levels down) that holds `marker` (file or folder)."""
+    frontier = [raw]
+    for _ in range(depth + 1):
+        for folder in frontier:
+            if (folder / marker).exists():
+                return folder
+        frontier = [child for folder in frontier if folder.is_dir() for child in sorted(folder.iterdir()) if child.is_dir()]
+    return None
+
+
+def download_dataset(name: str, raw: Path, progress: Callable | None = None, seed: int = 0) -> Path:
+    """Put data set `name` in its upstream layout under `raw`; returns the layout's root folder."""
+    from .twins import TWINS, make_twin
+
+    raw = Path(raw)
+    if name in TWINS:
+        if not (raw / ".complete").is_file():
+            tmp = raw.with_name(raw.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            make_twin(name, tmp, seed=seed)
+            (tmp / ".complete").write_text("generated\n")
+            shutil.rmtree(raw, ignore_errors=True)
+            os.replace(tmp, raw)
+        return raw
+    if name not in MARKERS:
+        raise DownloadError(f"unknown data set {name!r}; allowed: {', '.join([*MARKERS, *TWINS])}")
+    found = find_layout_root(raw, MARKERS[name])
+    if found is not None:
+        return found
+    raw.mkdir(parents=True, exist_ok=True)
+    if name == "food101":
+        sources, headers = [Source(KAGGLE_FOOD101, "upmcfood101.zip")], _kaggle_headers(raw)
+    else:
+        sources, headers = SOURCES[name], {}
+    for source in sources:
+        archive = fetch(source.url, raw / "downloads" / source.filename, source.sha256, headers, progress)
+        if source.extract:
+            extract(archive, raw)
+    found = find_layout_root(raw, MARKERS[name])
+    if found is None:
+        raise DownloadError(f"downloaded {name} but found no {MARKERS[name]} under {raw}: the upstream layout changed?")
+    return found
+
+
+def _kaggle_headers(raw: Path) -> dict[str, str]:
+    user, key = os.environ.get("KAGGLE_USERNAME"), os.environ.get("KAGGLE_KEY")
+    config = Path(os.environ.get("KAGGLE_CONFIG_DIR", Path.home() / ".kaggle")) / "kaggle.json"
+    if not (user and key) and config.is_file():
+        try:
+            credentials = json.loads(config.read_text())
+            user, key = credentials["username"], credentials["key"]
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise DownloadError(f"{config} is not a valid Kaggle credentials file: {err}") from err
+    if not (user and key):
+        raise DownloadError(MANUAL_FOOD101.format(raw=raw))
+    token = base64.b64encode(f"{user}:{key}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+def fetch(
+    url: str, dest: Path, sha256: str | None = None, headers: dict[str, str] | None = None, progress: Callable | None = None
+) -> Path:
+    """Download `url` to `dest`, resuming `dest.part`; verify `sha256` before the final rename.
+
+    `progress(done_bytes, total_bytes)` is called as data arrive (total may be None)."""
+    dest = Path(dest)
+    if dest.is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    done = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"User-Agent": "mitp", **(headers or {})})
+    if done:
+        request.add_header("Range", f"bytes={done}-")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            if done and response.status != 206:  # the server ignored Range: start over
+                done = 0
+            length = response.headers.get("Content-Length")
+            total = done + int(length) if length else None
+            with open(part, "ab" if done else "wb") as f:
+                while chunk := response.read(CHUNK):
+                    f.write(chunk)
+                    done += len(chunk)
+                    if progress:
+                        progress(done, total)
+        if total is not None and done < total:  # the connection closed early: keep the part file
+            raise ConnectionError(f"got {done:,} of {total:,} bytes")
+    except urllib.error.HTTPError as err:
+        if err.code == 416 and done:  # range not satisfiable: the part file is already complete
+            pass
+        else:
+            raise DownloadError(f"download of {url} failed: HTTP {err.code} {err.reason}") from err
+    except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError) as err:
+        raise DownloadError(f"download of {url} interrupted ({err}); run again to resume from {part}") from err
+    if sha256 is not None:
+        actual = file_sha256(part)
+        if actual != sha256:
+            part.unlink()
+            raise DownloadError(f"{url}: sha256 {actual} does not match the expected {sha256}; the partial file was removed")
+    os.replace(part, dest)
+    return dest
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def extract(archive: Path, into: Path) -> None:
+    """Unpack a .tar(.gz)/.zip archive, or gunzip a single .gz file, into `into` (atomically per archive)."""
+    marker = into / f".extracted-{archive.name}"
+    if marker.is_file():
+        return
+    tmp = into / f".extracting-{archive.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        if tarfile.is_tarfile(archive):
+            with tarfile.open(archive) as tar:
+                tar.extractall(tmp, filter="data")  # refuses absolute paths and links out of the folder
+        elif zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as zf:
+                zf.extractall(tmp)
+        elif archive.suffix == ".gz":
+            with gzip.open(archive, "rb") as src, open(tmp / archive.stem, "wb") as dst:
+                shutil.copyfileobj(src, dst, CHUNK)
+        else:
+            raise DownloadError(f"{archive}: not a tar, zip or gzip file")
+    except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError) as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DownloadError(f"cannot extract {archive}: {err}; delete it and download again") from err
+    for child in tmp.iterdir():
+        target = into / child.name
+        if target.exists():
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+        os.replace(child, target)
+    tmp.rmdir()
+    marker.write_text("ok\n")

@@ -1,0 +1,360 @@
+"""Turn each upstream raw layout into mitp's prepared format, with an honest report.
+
+Output (`--out`): `{train,val,test}.parquet` with columns `id, image, text, label` (single-label) or
+`id, image, text, labels` (multi-label), where `image` is relative to the output folder; `classes.json`;
+`prepare_report.json` (pairs per split, drops per split and reason, label policy counts); `dropped.jsonl`
+(one line per dropped pair: split, id, reason, detail). Every image is decoded once here, so a file
+PIL cannot read is dropped now, not in the middle of training. The output folder is written beside
+itself and swapped in whole, so a killed preparation leaves no half-written data set.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+from collections import Counter
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoint import atomic_write_json, replace_directory
+from .download import MARKERS, find_layout_root
+from .preprocess import ImageError, load_image
+
+MMIMDB_GENRES = (
+    "Drama", "Comedy", "Romance", "Thriller", "Crime", "Action", "Adventure", "Horror", "Documentary", "Mystery",
+    "Sci-Fi", "Fantasy", "Family", "Biography", "War", "History", "Music", "Animation", "Musical", "Western",
+    "Sport", "Short", "Film-Noir",
+)
+SNLIVE_LABELS = ("entailment", "neutral", "contradiction")
+VAL_FRACTION = 0.1  # Food101 has no validation split: this share of train, stratified by class
+
+# Drop reasons (the keys of the report).
+MISSING_IMAGE, UNREADABLE_IMAGE, MISSING_TEXT = "missing image", "unreadable image", "missing text"
+MALFORMED_LINE, UNKNOWN_LABEL = "malformed line", "unknown label"
+
+
+class PrepareError(ValueError):
+    """The raw folder is not in the expected upstream layout; the message says what is missing."""
+
+
+@dataclass
+class Pair:
+    id: str
+    image: Path  # absolute path of the raw image
+    text: str
+    label: str | list[str]
+
+
+@dataclass
+class Report:
+    dataset: str
+    raw: str
+    counts: dict[str, int] = field(default_factory=dict)
+    dropped: dict[str, Counter] = field(default_factory=dict)
+    notes: dict[str, object] = field(default_factory=dict)
+    manifest: list[dict[str, str]] = field(default_factory=list)
+
+    def drop(self, split: str, pair_id: str, reason: str, detail: str = "") -> None:
+        self.dropped.setdefault(split, Counter())[reason] += 1
+        self.manifest.append({"split": split, "id": pair_id, "reason": reason, "detail": detail})
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "dataset": self.dataset,
+            "raw": self.raw,
+            "counts": self.counts,
+            "dropped": {split: dict(sorted(c.items())) for split, c in self.dropped.items()},
+            "dropped_total": sum(sum(c.values()) for c in self.dropped.values()),
+            **self.notes,
+        }
+
+
+# ---------------------------------------------------------------------------------------------- Food101
+
+
+def parse_food101_line(line: str) -> tuple[str, str, str] | None:
+    """(filename, title, label) of one CSV line, or None when the line cannot be read.
+
+    Filenames and labels hold no commas, so a line whose quoting is broken (which would make a csv
+    reader swallow the following lines into one field) is still read: filename before the first
+    comma, label after the last, title in between with its outer quotes removed."""
+    try:
+        fields = next(csv.reader([line], strict=True))
+        if len(fields) == 3:
+            return fields[0], fields[1], fields[2]
+    except (csv.Error, StopIteration):
+        pass
+    if line.count(",") < 2:
+        return None
+    filename, rest = line.split(",", 1)
+    title, label = rest.rsplit(",", 1)
+    title = title.strip()
+    if title.startswith('"'):
+        title = title[1:-1] if title.endswith('"') and len(title) > 1 else title[1:]
+    return filename.strip(), title.replace('""', '"'), label.strip()
+
+
+def read_food101(root: Path, report: Report) -> dict[str, list[Pair]]:
+    """Food101: `texts/<split>_titles.csv` (no header) read line by line; val carved from train."""
+    pairs: dict[str, list[Pair]] = {}
+    malformed = Counter()
+    for split in ("train", "test"):
+        path = root / "texts" / f"{split}_titles.csv"
+        if not path.is_file():
+            raise PrepareError(f"{path} not found: expected the UPMC-Food101 layout (texts/{{train,test}}_titles.csv)")
+        pairs[split] = []
+        with open(path, encoding="utf-8", errors="replace", newline="") as f:
+            for number, raw_line in enumerate(f, start=1):
+                line = raw_line.rstrip("\r\n")
+                if not line.strip():
+                    continue
+                parsed = parse_food101_line(line)
+                if parsed is None:
+                    report.drop(split, f"{path.name}:{number}", MALFORMED_LINE, line[:200])
+                    continue
+                if not _strict_three_fields(line):
+                    malformed[split] += 1
+                    report.manifest.append({"split": split, "id": f"{path.name}:{number}", "reason": "malformed quoting (recovered)", "detail": line[:200]})
+                filename, title, label = parsed
+                pairs[split].append(Pair(filename, root / "images" / split / label / filename, title.strip(), label))
+    report.notes["malformed_quoting_recovered"] = dict(malformed)
+    classes = sorted({p.label for p in pairs["train"]})
+    pairs["train"], pairs["val"] = _carve_val(pairs["train"], classes)
+    report.notes["val_split"] = f"{VAL_FRACTION:.0%} of train per class, seed 0 (ids in val_ids.txt)"
+    return pairs
+
+
+def _strict_three_fields(line: str) -> bool:
+    try:
+        return len(next(csv.reader([line], strict=True))) == 3
+    except (csv.Error, StopIteration):
+        return False
+
+
+def _carve_val(train: list[Pair], classes: list[str]) -> tuple[list[Pair], list[Pair]]:
+    """A stratified, seeded validation split: VAL_FRACTION of each class (at least one pair)."""
+    rng = np.random.default_rng(0)
+    by_class: dict[str, list[int]] = {c: [] for c in classes}
+    for i, pair in enumerate(train):
+        by_class[pair.label].append(i)
+    val_index = set()
+    for members in by_class.values():
+        if len(members) > 1:
+            val_index.update(rng.choice(members, max(1, round(len(members) * VAL_FRACTION)), replace=False).tolist())
+    return [p for i, p in enumerate(train) if i not in val_index], [p for i, p in enumerate(train) if i in val_index]
+
+
+# ---------------------------------------------------------------------------------------------- MM-IMDB
+
+
+def read_mmimdb(root: Path, report: Report, genres: tuple[str, ...] = MMIMDB_GENRES) -> dict[str, list[Pair]]:
+    """MM-IMDB: `mmimdb/split.json` + `mmimdb/dataset/<id>.{jpeg,json}`; text = the longest plot.
+
+    Genre policy: genres outside the data set's list (News, Reality-TV, Talk-Show, ...) are removed from
+    a movie's labels and counted; a movie left with no genre at all is dropped as an unknown label."""
+    base = root / "mmimdb"
+    try:
+        splits = json.loads((base / "split.json").read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise PrepareError(f"cannot read {base / 'split.json'}: {err}") from err
+    known, removed, affected = set(genres), Counter(), 0
+    pairs: dict[str, list[Pair]] = {}
+    for split, upstream in (("train", "train"), ("val", "dev"), ("test", "test")):
+        if upstream not in splits:
+            raise PrepareError(f"{base / 'split.json'} has no {upstream!r} list")
+        pairs[split] = []
+        for movie_id in map(str, splits[upstream]):
+            record_path = base / "dataset" / f"{movie_id}.json"
+            try:
+                record = json.loads(record_path.read_text(encoding="utf-8"))
+            except FileNotFoundError:
+                report.drop(split, movie_id, MISSING_TEXT, f"{record_path.name} not found")
+                continue
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                report.drop(split, movie_id, MALFORMED_LINE, f"{record_path.name}: {err}")
+                continue
+            plots = [p for p in record.get("plot") or [] if isinstance(p, str) and p.strip()]
+            if not plots:
+                report.drop(split, movie_id, MISSING_TEXT, "no plot")
+                continue
+            labels = [g for g in record.get("genres") or [] if g in known]
+            extra = [g for g in record.get("genres") or [] if g not in known]
+            removed.update(extra)
+            affected += bool(extra)
+            if not labels:
+                report.drop(split, movie_id, UNKNOWN_LABEL, f"no genre among the {len(genres)}: {extra}")
+                continue
+            text = max(plots, key=len).strip()
+            pairs[split].append(Pair(movie_id, base / "dataset" / f"{movie_id}.jpeg", text, labels))
+    report.notes["genre_policy"] = "genres outside the list are removed; movies left with none are dropped"
+    report.notes["genres_removed"] = dict(sorted(removed.items()))
+    report.notes["movies_with_removed_genres"] = affected
+    return pairs
+
+
+# ---------------------------------------------------------------------------------------------- SNLI-VE
+
+
+def read_snlive(root: Path, report: Report) -> dict[str, list[Pair]]:
+    """SNLI-VE: `snli_ve_{train,dev,test}.jsonl` (Flickr30K_ID, sentence2, gold_label) + Flickr30k images."""
+    images = find_layout_root(root, "flickr30k_images", depth=2)
+    image_dir = (images or root) / "flickr30k_images"
+    pairs: dict[str, list[Pair]] = {}
+    for split, upstream in (("train", "train"), ("val", "dev"), ("test", "test")):
+        path = root / f"snli_ve_{upstream}.jsonl"
+        if not path.is_file():
+            raise PrepareError(f"{path} not found: expected SNLI-VE's snli_ve_{{train,dev,test}}.jsonl")
+        pairs[split] = []
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for number, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                line_id = f"{path.name}:{number}"
+                try:
+                    record = json.loads(line)
+                    image_id, text, label = str(record["Flickr30K_ID"]), record["sentence2"], record["gold_label"]
+                except (json.JSONDecodeError, KeyError, TypeError) as err:
+                    report.drop(split, line_id, MALFORMED_LINE, f"{type(err).__name__}: {err}")
+                    continue
+                pair_id = str(record.get("pairID") or line_id)
+                if label not in SNLIVE_LABELS:
+                    report.drop(split, pair_id, UNKNOWN_LABEL, repr(label))
+                    continue
+                if not isinstance(text, str) or not text.strip():
+                    report.drop(split, pair_id, MISSING_TEXT, "empty sentence2")
+                    continue
+                image_name = image_id if image_id.endswith(".jpg") else f"{image_id}.jpg"
+                pairs[split].append(Pair(pair_id, image_dir / image_name, text.strip(), label))
+    return pairs
+
+
+# ---------------------------------------------------------------------------------------------- common
+
+LAYOUTS: dict[str, tuple[str, Callable[[Path, Report], dict[str, list[Pair]]], str]] = {
+    # name: (raw layout, reader, task)
+    "food101": ("food101", read_food101, "single-label"),
+    "mmimdb": ("mmimdb", read_mmimdb, "multi-label"),
+    "snlive": ("snlive", read_snlive, "single-label"),
+    "demo-food101": ("food101", read_food101, "single-label"),
+    "demo-mmimdb": ("mmimdb", lambda root, report: read_mmimdb(root, report, _twin_genres()), "multi-label"),
+    "demo-snlive": ("snlive", read_snlive, "single-label"),
+}
+
+
+def _twin_genres() -> tuple[str, ...]:
+    from .twins import COLOURS, PATTERNS
+
+    return (*PATTERNS, *COLOURS)
+
+
+def prepare_dataset(name: str, raw: Path, out: Path, workers: int = 8, progress: Callable | None = None) -> dict[str, object]:
+    """Read `raw` in the upstream layout of `name`, check every image, write the prepared folder `out`."""
+    if name not in LAYOUTS:
+        raise PrepareError(f"unknown data set {name!r}; allowed: {', '.join(LAYOUTS)}")
+    layout, reader, task = LAYOUTS[name]
+    root = find_layout_root(Path(raw), MARKERS[layout])
+    if root is None:
+        raise PrepareError(f"{raw} does not hold the {layout} layout (no {MARKERS[layout]}); run `mitp data download {name}` first")
+    report = Report(dataset=name, raw=str(Path(raw)))
+    pairs = reader(root, report)
+    classes = _classes(name, pairs)
+    for split in ("train", "val", "test"):
+        pairs[split] = _drop_unusable(pairs[split], set(classes), split, report)
+    pairs = _drop_bad_images(pairs, report, workers, progress)
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    label_key = "labels" if task == "multi-label" else "label"
+    for split, rows in pairs.items():
+        _write_parquet(tmp / f"{split}.parquet", rows, label_key, out)
+        report.counts[split] = len(rows)
+    if name.endswith("food101"):
+        (tmp / "val_ids.txt").write_text("".join(f"{p.id}\n" for p in pairs["val"]))
+    atomic_write_json(tmp / "classes.json", classes)
+    report.notes.update({"task": task, "num_classes": len(classes)})
+    with open(tmp / "dropped.jsonl", "w") as f:
+        f.writelines(json.dumps(entry) + "\n" for entry in report.manifest)
+    summary = report.to_json()
+    atomic_write_json(tmp / "prepare_report.json", summary)
+    replace_directory(tmp, out)
+    return summary
+
+
+def _classes(name: str, pairs: dict[str, list[Pair]]) -> list[str]:
+    layout = LAYOUTS[name][0]
+    if layout == "mmimdb":
+        return list(_twin_genres() if name.startswith("demo-") else MMIMDB_GENRES)
+    if layout == "snlive":
+        return list(SNLIVE_LABELS)
+    return sorted({p.label for p in pairs["train"]})
+
+
+def _drop_unusable(rows: list[Pair], classes: set[str], split: str, report: Report) -> list[Pair]:
+    """Drop pairs with no text or with a label outside the classes (counted, never silent)."""
+    kept = []
+    for pair in rows:
+        if not pair.text:
+            report.drop(split, pair.id, MISSING_TEXT, "empty text")
+            continue
+        labels = pair.label if isinstance(pair.label, list) else [pair.label]
+        unknown = [label for label in labels if label not in classes]
+        if unknown:
+            report.drop(split, pair.id, UNKNOWN_LABEL, f"{unknown} not among the training classes")
+        else:
+            kept.append(pair)
+    return kept
+
+
+def _drop_bad_images(pairs: dict[str, list[Pair]], report: Report, workers: int, progress: Callable | None) -> dict[str, list[Pair]]:
+    """Decode every distinct image once (threads: PIL releases the GIL while decoding)."""
+    paths = sorted({pair.image for rows in pairs.values() for pair in rows})
+    problems: dict[Path, tuple[str, str]] = {}
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for done, (path, problem) in enumerate(pool.map(_check_image, paths), start=1):
+            if problem:
+                problems[path] = problem
+            if progress:
+                progress(done, len(paths))
+    kept: dict[str, list[Pair]] = {}
+    for split, rows in pairs.items():
+        kept[split] = []
+        for pair in rows:
+            if pair.image in problems:
+                reason, detail = problems[pair.image]
+                report.drop(split, pair.id, reason, detail)
+            else:
+                kept[split].append(pair)
+    return kept
+
+
+def _check_image(path: Path) -> tuple[Path, tuple[str, str] | None]:
+    if not path.is_file():
+        return path, (MISSING_IMAGE, str(path))
+    try:
+        load_image(path)
+    except ImageError as err:
+        return path, (UNREADABLE_IMAGE, str(err))
+    return path, None
+
+
+def _write_parquet(path: Path, rows: Iterable[Pair], label_key: str, final_dir: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = list(rows)
+    table = pa.table(
+        {
+            "id": pa.array([p.id for p in rows], pa.string()),
+            "image": pa.array([os.path.relpath(p.image, final_dir) for p in rows], pa.string()),
+            "text": pa.array([p.text for p in rows], pa.string()),
+            label_key: pa.array([p.label for p in rows], pa.list_(pa.string()) if label_key == "labels" else pa.string()),
+        }
+    )
+    pq.write_table(table, path)
