@@ -177,6 +177,129 @@ def evaluate(
     console.print(f"{metrics['dataset']}/{metrics['setting']} {split}: {shown} (n={values['num_samples']}) -> {target}")
 
 
+@app.command("export")
+def export_command(
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Run directory (uses best/) or a checkpoint directory.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Bundle folder to write (replaced whole when verified).")],
+    fp16: Annotated[bool, typer.Option("--fp16", help="Also write model.fp16.onnx for GPUs (checked by top-1 agreement).")] = False,
+    tolerance: Annotated[float, typer.Option(help="Largest allowed |onnxruntime - PyTorch| on logits.")] = 1e-4,
+) -> None:
+    """Export a trained model to an ONNX bundle, verified against PyTorch before it is written."""
+    try:
+        from .export import ExportError, export_bundle
+
+        try:
+            report = export_bundle(checkpoint, out, fp16=fp16, tolerance=tolerance, log=lambda message: None)
+        except ExportError as err:
+            _fail(f"export not written: {err}")
+    except _user_errors() as err:
+        _fail(str(err))
+    shown = f"max abs diff {report['fp32']['max_abs_diff']:.2e} at batch 1 and 3"
+    if "fp16" in report:
+        shown += f"; fp16 top-1 agreement {report['fp16']['top1_agreement']:.3f}"
+    console.print(f"[bold green]bundle[/] {out}: {shown} ({report['verify_inputs']})")
+
+
+def _predict_errors():
+    from .bundle import BundleError
+    from .predict import InputError
+    from .preprocess import ImageError
+
+    return (BundleError, InputError, ImageError)
+
+
+@app.command()
+def predict(
+    image: Annotated[Path | None, typer.Argument(help="Image file.", show_default=False)] = None,
+    text: Annotated[str | None, typer.Argument(help="The caption that goes with the image.", show_default=False)] = None,
+    model: Annotated[Path | None, typer.Option("--model", "-m", envvar="MITP_MODEL", help="Bundle folder from `mitp export`.")] = None,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many labels to show.")] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
+    provider: Annotated[str, typer.Option(help="auto | cuda | cpu")] = "auto",
+    fp16: Annotated[bool, typer.Option("--fp16", help="Run the bundle's fp16 variant.")] = False,
+    batch: Annotated[Path | None, typer.Option("--batch", help='JSON lines {"image": ..., "text": ...}; one JSON line out per input.')] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="With --batch: write the JSON lines here instead of stdout.")] = None,
+) -> None:
+    """Predict the label(s) of an image-caption pair with an exported bundle (onnxruntime; no PyTorch)."""
+    from .predict import Predictor
+
+    if model is None:
+        _fail("no bundle: pass --model <bundle folder> (or set MITP_MODEL)")
+    if batch is None and (image is None or text is None):
+        _fail("give an IMAGE and a TEXT, or --batch pairs.jsonl")
+    try:
+        predictor = Predictor(model, provider, fp16)
+        if predictor.note:
+            console.print(f"[yellow]note:[/] {predictor.note}", soft_wrap=True)
+        if batch is not None:
+            failed = _predict_batch(predictor, batch, out)
+            raise typer.Exit(1 if failed else 0)
+        result = predictor.predict([image], [text])[0]
+    except _predict_errors() as err:
+        _fail(str(err))
+    if result.truncated:
+        console.print(f"[yellow]note:[/] the caption was truncated to {predictor.info.tokenizer['max_length']} tokens")
+    if as_json:
+        stdout.print_json(json.dumps(result.to_json(predictor.provider, top_k)))
+        return
+    table = Table(title=f"{predictor.info.dataset}/{predictor.info.setting} on {predictor.provider}")
+    table.add_column("label")
+    table.add_column("probability", justify="right")
+    table.add_column("predicted", justify="center")
+    for label, score in result.to_json(predictor.provider, top_k)["scores"].items():
+        table.add_row(label, f"{score:.4f}", "*" if label in result.labels else "")
+    stdout.print(table)
+
+
+def _predict_batch(predictor, batch: Path, out: Path | None, chunk: int = 32) -> int:
+    """Predict every good line of a batch file; report and skip bad ones. Returns how many failed."""
+    import sys
+
+    from .predict import read_batch_line
+    from .preprocess import ImageError
+
+    if not batch.is_file():
+        from .predict import InputError
+
+        raise InputError(f"batch file not found: {batch}")
+    lines = [(n, line) for n, line in enumerate(batch.read_text().splitlines(), start=1) if line.strip()]
+    failed, pending = 0, []
+    sink = open(out, "w") if out else sys.stdout  # noqa: SIM115 (closed below)
+
+    def flush():
+        if not pending:
+            return
+        ids, mask, truncated = predictor.tokenize([p[3] for p in pending])
+        probabilities = predictor.decide(predictor.logits(np.stack([p[2] for p in pending]), ids, mask))
+        for (number, image, _, _), row, cut in zip(pending, probabilities, truncated, strict=True):
+            record = predictor._prediction(row, bool(cut)).to_json(predictor.provider)
+            sink.write(json.dumps({"line": number, "image": str(image), **record}) + "\n")
+        pending.clear()
+
+    import numpy as np
+
+    try:
+        with _progress_bar("predict", unit_bytes=False) as bar:
+            task = bar.add_task("", total=len(lines))
+            for number, line in lines:
+                try:
+                    image, text = read_batch_line(line, number, batch.parent)
+                    predictor.tokenize([text])
+                    pending.append((number, image, predictor.preprocess(image), text))
+                except (ImageError, ValueError) as err:
+                    failed += 1
+                    console.print(f"[bold red]skipped[/] line {number}: {err}", soft_wrap=True)
+                if len(pending) >= chunk:
+                    flush()
+                bar.advance(task)
+            flush()
+    finally:
+        if out:
+            sink.close()
+    console.print(f"predicted {len(lines) - failed} of {len(lines)} lines" + (f"; {failed} skipped" if failed else ""))
+    return failed
+
+
 data_app = typer.Typer(help="Download and prepare the data sets (real ones and the offline twins).", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 DATASETS_HELP = "food101 | mmimdb | snlive | demo-food101 | demo-mmimdb | demo-snlive"

@@ -75,6 +75,7 @@ class MITPModel(nn.Module):
         self.register_buffer("template_ids", torch.empty(0, dtype=torch.long), persistent=False)
         self.register_buffer("template_mask", torch.empty(0, dtype=torch.long), persistent=False)
         self.templates_per_class = 1
+        self.class_embeddings_baked = False
 
     # -----------------------------------------------------------------------------------------------
     # shortcuts into the frozen backbone
@@ -144,6 +145,14 @@ class MITPModel(nn.Module):
             for ids, mask in zip(template_ids.split(256), template_mask.split(256), strict=True)
         ])  # (K * T, P)
         self.class_embeddings = self._average_templates(embeds)
+
+    @torch.no_grad()
+    def bake_class_embeddings(self) -> None:
+        """For inference and export: P-CLIP's prompted class embeddings, computed once instead of per
+        forward (no other variant needs this; their class embeddings are frozen already)."""
+        if self.config.variant == "p-clip":
+            self.class_embeddings = self._pclip_class_embeddings()
+            self.class_embeddings_baked = True
 
     def max_class_cosine(self) -> float:
         """The highest cosine between two classes' template embeddings. Near 1, Eq. 7 cannot tell
@@ -255,7 +264,7 @@ class MITPModel(nn.Module):
             return self.head(torch.cat([image, text], dim=-1))  # (B, K)
         if variant == "p-clip":
             image = self._pclip_image_embedding(pixel_values)
-            classes = self._pclip_class_embeddings()
+            classes = self.class_embeddings if self.class_embeddings_baked else self._pclip_class_embeddings()
         else:
             image = self.prompted_image_embedding(pixel_values, input_ids, attention_mask)
             classes = self.class_embeddings

@@ -1,0 +1,214 @@
+"""Export a trained MITP to a self-describing ONNX bundle, verified against PyTorch before it is written.
+
+The graph is the whole prompted CLIP: both towers, the temporal prompts, the memory hub and the cached
+class embeddings, from (pixel_values, input_ids, attention_mask) to class logits, with a dynamic batch.
+The bundle is assembled in a temporary folder and renamed into place only after `onnx.checker` and
+onnxruntime agree with PyTorch on real inputs at batch 1 and 3 (max abs diff on logits <= tolerance).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import __version__
+from .bundle import BUNDLE_FORMAT, FP16_FILE, MODEL_FILE, REPORT_FILE, TOKENIZER_FILE, BundleInfo, metadata_props
+from .checkpoint import atomic_write_json, replace_directory
+from .factory import image_size, load_trained
+from .preprocess import CLIP_MEAN, CLIP_STD
+
+TOLERANCE = 1e-4
+VERIFY_BATCHES = (1, 3)
+FP16_SAMPLES = 32  # pairs on which the fp16 variant's top-1 must agree with PyTorch
+EXTERNAL_DATA_BYTES = 1 << 30  # weights above this go to model.onnx.data (protobuf caps a file at 2 GB)
+
+
+class ExportError(RuntimeError):
+    """The exported graph failed a check; nothing was written."""
+
+
+class ExportGraph(torch.nn.Module):
+    """The exported signature: three named inputs, one `logits` output."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values, input_ids, attention_mask)  # (B, K)
+
+
+def export_bundle(checkpoint: Path, out: Path, fp16: bool = False, tolerance: float = TOLERANCE, log=print) -> dict[str, Any]:
+    """Write the bundle for `checkpoint` (a run directory or checkpoint folder) to `out`; returns the report."""
+    model, run, backbone, state = load_trained(checkpoint)
+    model.bake_class_embeddings()
+    size = image_size(backbone)
+    inputs, source = verification_inputs(run, backbone, size, FP16_SAMPLES)
+    graph = ExportGraph(model).eval()
+
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    started = time.perf_counter()
+    write_onnx(graph, inputs, tmp / MODEL_FILE)
+    export_seconds = time.perf_counter() - started
+    info = bundle_info(run, state["classes"], backbone, size)
+    _add_metadata(tmp / MODEL_FILE, info, {"source_config": run.to_dict(), "checkpoint": state["checkpoint"]})
+    backbone.tokenizer.save(tmp / TOKENIZER_FILE)
+
+    report: dict[str, Any] = {
+        "mitp_version": __version__,
+        "dataset": run.dataset_name,
+        "setting": run.setting_name,
+        "backbone": run.backbone,
+        "checkpoint": state["checkpoint"],
+        "verify_inputs": source,
+        "tolerance": tolerance,
+        "export_seconds": round(export_seconds, 2),
+        "fp32": verify(graph, tmp / MODEL_FILE, inputs, tolerance),
+    }
+    if fp16:
+        write_fp16(tmp / MODEL_FILE, tmp / FP16_FILE)
+        report["fp16"] = verify_top1(graph, tmp / FP16_FILE, inputs)
+    atomic_write_json(tmp / REPORT_FILE, report)
+    replace_directory(tmp, out)
+    log(f"bundle {out}: max abs diff {report['fp32']['max_abs_diff']:.2e} (tolerance {tolerance:.0e})")
+    return report
+
+
+def bundle_info(run, classes: list[str], backbone, size: int) -> BundleInfo:
+    multi = run.dataset.task == "multi-label"
+    tok = backbone.tokenizer.info
+    return BundleInfo(
+        labels=list(classes),
+        task=run.dataset.task,
+        decision={"rule": "sigmoid-threshold", "threshold": 0.5} if multi else {"rule": "softmax-argmax"},
+        image={
+            "size": size,
+            "resize": "shorter side to size, bicubic",
+            "crop": "center size x size",
+            "scale": "1/255",
+            "mean": list(CLIP_MEAN),
+            "std": list(CLIP_STD),
+            "layout": "NCHW RGB float32",
+        },
+        tokenizer={
+            "file": TOKENIZER_FILE,
+            "max_length": tok.max_length,
+            "pad_token_id": tok.pad_token_id,
+            "bos_token_id": tok.bos_token_id,
+            "eos_token_id": tok.eos_token_id,
+            "truncation": "to max_length, keeping the end-of-text token",
+        },
+        dataset=run.dataset_name,
+        setting=run.setting_name,
+        mitp_version=__version__,
+        bundle_format=BUNDLE_FORMAT,
+    )
+
+
+def verification_inputs(run, backbone, size: int, count: int) -> tuple[dict[str, np.ndarray], str]:
+    """Up to `count` real pairs from the data set (test, else val split); generated ones when no data are on disk."""
+    from .data import DataError, build_split
+
+    for split in ("test", "val"):
+        try:
+            dataset = build_split(run, split, backbone.tokenizer, size)
+        except (DataError, FileNotFoundError, OSError):
+            continue
+        if len(dataset) >= max(VERIFY_BATCHES):
+            items = [dataset[i] for i in range(min(count, len(dataset)))]
+            arrays = {key: torch.stack([item[key] for item in items]).numpy() for key in ("pixel_values", "input_ids", "attention_mask")}
+            return arrays, f"{run.dataset_name} {split} split, first {len(items)} pairs"
+    rng = np.random.default_rng(0)
+    ids, mask = backbone.tokenizer([f"caption number {i}" for i in range(count)])
+    pixels = rng.normal(0, 1, (count, 3, size, size)).astype(np.float32)
+    return {"pixel_values": pixels, "input_ids": ids, "attention_mask": mask}, "generated (no prepared data found)"
+
+
+def write_onnx(graph: torch.nn.Module, inputs: dict[str, np.ndarray], path: Path) -> None:
+    """torch.onnx.export with the dynamo exporter and a dynamic batch dimension."""
+    import onnx
+
+    example = tuple(torch.from_numpy(inputs[k][:2]) for k in ("pixel_values", "input_ids", "attention_mask"))
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    program = torch.onnx.export(
+        graph,
+        example,
+        dynamo=True,
+        input_names=["pixel_values", "input_ids", "attention_mask"],
+        output_names=["logits"],
+        dynamic_shapes={"pixel_values": {0: batch}, "input_ids": {0: batch}, "attention_mask": {0: batch}},
+        optimize=True,
+        verbose=False,
+    )
+    program.save(str(path))
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+def _add_metadata(path: Path, info: BundleInfo, extra: dict[str, Any]) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    for key, value in metadata_props(info, extra).items():
+        model.metadata_props.add(key=key, value=value)
+    large = sum(t.ByteSize() for t in model.graph.initializer) > EXTERNAL_DATA_BYTES
+    for stale in path.parent.glob(path.name + ".data"):
+        stale.unlink()
+    onnx.save(model, str(path), save_as_external_data=large, location=path.name + ".data" if large else None)
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+def _run_onnx(path: Path, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {i.name: inputs[i.name] for i in session.get_inputs()}
+    dtype = session.get_inputs()[0].type
+    if "float16" in dtype:
+        feeds["pixel_values"] = feeds["pixel_values"].astype(np.float16)
+    return np.asarray(session.run(["logits"], feeds)[0], dtype=np.float32)
+
+
+@torch.no_grad()
+def _run_torch(graph: torch.nn.Module, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    return graph(*(torch.from_numpy(inputs[k]) for k in ("pixel_values", "input_ids", "attention_mask"))).float().numpy()
+
+
+def verify(graph: torch.nn.Module, path: Path, inputs: dict[str, np.ndarray], tolerance: float) -> dict[str, Any]:
+    """onnxruntime (CPU) against PyTorch at each verification batch size; raises ExportError beyond tolerance."""
+    by_batch = {}
+    for batch in VERIFY_BATCHES:
+        part = {k: v[:batch] for k, v in inputs.items()}
+        diff = float(np.abs(_run_onnx(path, part) - _run_torch(graph, part)).max())
+        by_batch[str(batch)] = diff
+        if not diff <= tolerance:
+            raise ExportError(f"onnxruntime and PyTorch logits differ by {diff:.3g} at batch {batch} (tolerance {tolerance:g})")
+    return {"max_abs_diff": max(by_batch.values()), "max_abs_diff_by_batch": by_batch, "provider": "CPUExecutionProvider"}
+
+
+def write_fp16(source: Path, target: Path) -> None:
+    """A float16 copy for GPUs; inputs and outputs stay float32 so callers feed the same arrays."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
+    onnx.save(model, str(target))
+
+
+def verify_top1(graph: torch.nn.Module, path: Path, inputs: dict[str, np.ndarray]) -> dict[str, Any]:
+    reference, half = _run_torch(graph, inputs), _run_onnx(path, inputs)
+    agree = float((reference.argmax(1) == half.argmax(1)).mean())
+    return {"top1_agreement": agree, "max_abs_diff": float(np.abs(reference - half).max()), "samples": len(reference)}
+
+
+def describe(report: dict[str, Any]) -> str:
+    return json.dumps(report, indent=2)

@@ -1,0 +1,133 @@
+"""Predict with an exported bundle on onnxruntime: no torch, no transformers, so it starts fast.
+
+Images are preprocessed with numpy and Pillow and captions tokenized with `tokenizers`, both exactly as
+in training (`mitp.preprocess`, `mitp.tokenizer`), following the settings stored in the bundle.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .bundle import FP16_FILE, MODEL_FILE, TOKENIZER_FILE, BundleError, BundleInfo, parse_metadata
+from .preprocess import load_image, preprocess_image
+from .tokenizer import load_tokenizer_file
+
+PROVIDERS = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
+
+
+class InputError(ValueError):
+    """A caption or batch line that cannot be predicted; the message says why."""
+
+
+@dataclass
+class Prediction:
+    labels: list[str]
+    scores: dict[str, float]
+    truncated: bool
+
+    def to_json(self, provider: str, top_k: int | None = None) -> dict[str, Any]:
+        ranked = sorted(self.scores.items(), key=lambda kv: -kv[1])[: top_k or None]
+        return {"labels": self.labels, "scores": dict(ranked), "provider": provider, "truncated": self.truncated}
+
+
+class Predictor:
+    """A loaded bundle: one onnxruntime session plus the bundle's preprocessing and tokenizer."""
+
+    def __init__(self, bundle: str | Path, provider: str = "auto", fp16: bool = False):
+        try:
+            import onnxruntime as ort
+        except ImportError as err:
+            raise BundleError('onnxruntime is not installed: pip install -e ".[cpu]" (or ".[gpu]" for CUDA)') from err
+
+        bundle = Path(bundle)
+        model_path = bundle / (FP16_FILE if fp16 else MODEL_FILE)
+        for path in (model_path, bundle / TOKENIZER_FILE):
+            if not path.is_file():
+                raise BundleError(f"{path} not found: is {bundle} a bundle written by `mitp export`?")
+        self.session, self.provider, self.note = _session(ort, model_path, provider)
+        self.info: BundleInfo = parse_metadata(self.session.get_modelmeta().custom_metadata_map, str(model_path))
+        self.tokenizer = load_tokenizer_file(bundle / TOKENIZER_FILE)
+        expected = self.info.tokenizer["max_length"]
+        if self.tokenizer.info.max_length != expected:
+            raise BundleError(f"{bundle}: tokenizer length {self.tokenizer.info.max_length} but metadata says {expected}")
+
+    def preprocess(self, image_path: str | Path) -> np.ndarray:
+        image = self.info.image
+        return preprocess_image(load_image(image_path), image["size"], tuple(image["mean"]), tuple(image["std"]))
+
+    def tokenize(self, captions: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        for caption in captions:
+            if not isinstance(caption, str) or not caption.strip():
+                raise InputError("the caption is empty: give the text that goes with the image")
+        return self.tokenizer.encode(captions)
+
+    def logits(self, pixels: np.ndarray, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        feeds = {"pixel_values": pixels.astype(np.float32), "input_ids": ids.astype(np.int64), "attention_mask": mask.astype(np.int64)}
+        return np.asarray(self.session.run(["logits"], feeds)[0], dtype=np.float32)  # (B, K)
+
+    def predict(self, image_paths: list[str | Path], captions: list[str]) -> list[Prediction]:
+        """One Prediction per (image, caption) pair; raises ImageError / InputError on bad input."""
+        pixels = np.stack([self.preprocess(p) for p in image_paths])  # (B, 3, H, W)
+        ids, mask, truncated = self.tokenize(captions)
+        probabilities = self.decide(self.logits(pixels, ids, mask))
+        return [self._prediction(row, bool(cut)) for row, cut in zip(probabilities, truncated, strict=True)]
+
+    def decide(self, logits: np.ndarray) -> np.ndarray:
+        """Probabilities by the bundle's decision rule: softmax over classes, or a sigmoid per label."""
+        if self.info.decision["rule"] == "sigmoid-threshold":
+            return 1.0 / (1.0 + np.exp(-logits))
+        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return shifted / shifted.sum(axis=1, keepdims=True)
+
+    def _prediction(self, probabilities: np.ndarray, truncated: bool) -> Prediction:
+        labels = self.info.labels
+        scores = {label: float(p) for label, p in zip(labels, probabilities, strict=True)}
+        if self.info.decision["rule"] == "sigmoid-threshold":
+            chosen = [label for label, p in scores.items() if p >= self.info.decision.get("threshold", 0.5)]
+        else:
+            chosen = [labels[int(probabilities.argmax())]]
+        return Prediction(chosen, scores, truncated)
+
+
+def _session(ort, model_path: Path, provider: str):
+    """(session, provider that actually runs, note for the user). CUDA only where it really runs."""
+    if provider not in ("auto", *PROVIDERS):
+        raise InputError(f"unknown provider {provider!r}; allowed: auto, cuda, cpu")
+    available = ort.get_available_providers()
+    note = ""
+    if provider in ("auto", "cuda"):
+        if PROVIDERS["cuda"] in available:
+            try:
+                session = ort.InferenceSession(str(model_path), providers=[PROVIDERS["cuda"], PROVIDERS["cpu"]])
+                if session.get_providers()[0] == PROVIDERS["cuda"]:
+                    return session, PROVIDERS["cuda"], note
+                note = "onnxruntime has the CUDA provider but could not start it (no GPU or CUDA libraries)"
+            except Exception as err:  # onnxruntime raises plain RuntimeErrors/Fails for provider problems
+                note = f"the CUDA provider failed to start: {err}"
+        else:
+            note = "this onnxruntime has no CUDA provider (install the onnxruntime-gpu variant for GPUs)"
+        if provider == "cuda":
+            raise InputError(f"--provider cuda cannot run here: {note}")
+        note = f"running on CPU: {note}"
+    try:
+        session = ort.InferenceSession(str(model_path), providers=[PROVIDERS["cpu"]])
+    except Exception as err:
+        raise BundleError(f"onnxruntime cannot load {model_path}: {err}") from err
+    return session, PROVIDERS["cpu"], note
+
+
+def read_batch_line(line: str, number: int, base: Path) -> tuple[Path, str]:
+    """(image path, text) of one JSON line of a batch file; relative image paths are taken from `base`."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise InputError(f"line {number}: not valid JSON ({err.msg})") from err
+    if not isinstance(record, dict) or not isinstance(record.get("image"), str) or not isinstance(record.get("text"), str):
+        raise InputError(f'line {number}: expected {{"image": "<path>", "text": "<caption>"}}')
+    image = Path(record["image"])
+    return (image if image.is_absolute() else base / image), record["text"]

@@ -1,0 +1,200 @@
+"""ONNX export, the bundle contract and `mitp predict`: agreement with PyTorch and bad inputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from mitp.bundle import BUNDLE_FORMAT, BundleError
+from mitp.cli import app
+from mitp.factory import load_trained
+from mitp.predict import Predictor
+from mitp.prepare import prepare_dataset
+from mitp.twins import make_twin
+
+ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny MITP trained one short epoch on a small prepared food twin, and its exported bundle."""
+    root = tmp_path_factory.mktemp("export")
+    make_twin("demo-food101", root / "raw", sizes={"train": 60, "val": 20, "test": 12})
+    prepare_dataset("demo-food101", root / "raw", root / "food")
+    config = {
+        "backbone": "preset:tiny",
+        "hub": {"width": 16},
+        "train": {"num_workers": 0, "epochs": 1, "eval_batch_size": 32},
+        "datasets": {"food": {
+            "task": "single-label", "data_dir": str(root / "food"), "batch_size": 16, "prompt_length": 2,
+            "best_layers": [2, 3], "small_layers": [3], "templates": ["a photo of {}."], "lr": 3e-3,
+        }},
+        "settings": {"mitp": {"variant": "mitp", "layers": "best"}},
+    }
+    (root / "config.yaml").write_text(yaml.safe_dump(config))
+    result = runner.invoke(app, ["train", "-c", str(root / "config.yaml"), "-d", "food", "-s", "mitp", "--out", str(root / "run"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["export", "--checkpoint", str(root / "run"), "--out", str(root / "bundle"), "--fp16"])
+    assert result.exit_code == 0, result.output
+    return root
+
+
+def _test_pairs(root: Path, count: int) -> tuple[list[Path], list[str]]:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(root / "food" / "test.parquet").to_pydict()
+    return [root / "food" / p for p in table["image"][:count]], table["text"][:count]
+
+
+def test_bundle_holds_the_graph_tokenizer_metadata_and_a_verified_report(trained):
+    bundle = trained / "bundle"
+    assert {p.name for p in bundle.iterdir()} == {"model.onnx", "model.fp16.onnx", "tokenizer.json", "export_report.json"}
+    report = json.loads((bundle / "export_report.json").read_text())
+    assert report["fp32"]["max_abs_diff"] <= 1e-4
+    assert set(report["fp32"]["max_abs_diff_by_batch"]) == {"1", "3"}
+    assert report["verify_inputs"].startswith("food test split")
+    assert report["fp16"]["top1_agreement"] >= 0.9
+    model = onnx.load(str(bundle / "model.onnx"))
+    meta = {p.key: json.loads(p.value) for p in model.metadata_props}
+    assert meta["mitp_bundle_format"] == BUNDLE_FORMAT and meta["task"] == "single-label"
+    assert meta["labels"] == json.loads((trained / "food" / "classes.json").read_text())
+    assert meta["image"]["size"] == 32 and len(meta["image"]["mean"]) == 3
+    assert meta["tokenizer"]["max_length"] == 77 and meta["decision"] == {"rule": "softmax-argmax"}
+    assert [i.name for i in model.graph.input] == ["pixel_values", "input_ids", "attention_mask"]
+    assert [o.name for o in model.graph.output] == ["logits"]
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # the batch is dynamic
+
+
+def test_predict_matches_pytorch_probabilities(trained):
+    model, run, backbone, _ = load_trained(trained / "run")
+    images, texts = _test_pairs(trained, 5)
+    predictor = Predictor(trained / "bundle", provider="cpu")
+    onnx_probs = np.array([[p.scores[label] for label in predictor.info.labels] for p in predictor.predict(images, texts)])
+    pixels = np.stack([predictor.preprocess(p) for p in images])
+    ids, mask = backbone.tokenizer(texts)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(pixels), torch.from_numpy(ids), torch.from_numpy(mask))
+    torch_probs = torch.softmax(logits, dim=-1).numpy()
+    assert np.abs(onnx_probs - torch_probs).max() <= 1e-4
+    assert predictor.provider == "CPUExecutionProvider"
+
+
+def test_cli_json_and_plain_onnxruntime_script_agree(trained):
+    images, texts = _test_pairs(trained, 1)
+    result = runner.invoke(app, ["predict", str(images[0]), texts[0], "--model", str(trained / "bundle"), "--json", "--provider", "cpu", "-k", "100"])
+    assert result.exit_code == 0, result.output
+    cli = json.loads(result.stdout)
+    assert cli["provider"] == "CPUExecutionProvider" and len(cli["labels"]) == 1
+    script = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "onnx_predict.py"), str(trained / "bundle"), str(images[0]), texts[0]],
+        capture_output=True, text=True, check=True, cwd=trained,
+    )
+    plain = json.loads(script.stdout)
+    assert plain["labels"] == cli["labels"]
+    assert max(abs(plain["scores"][k] - cli["scores"][k]) for k in cli["scores"]) <= 1e-5
+
+
+def test_predict_path_imports_neither_torch_nor_transformers():
+    code = "import sys, mitp.cli, mitp.predict; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_bad_inputs_fail_clearly(trained, tmp_path):
+    bundle, (image,), (text,) = str(trained / "bundle"), *_test_pairs(trained, 1)
+    not_image = tmp_path / "notes.jpg"
+    not_image.write_text("plain text")
+    cases = [
+        ([str(tmp_path / "missing.jpg"), text], "image not found"),
+        ([str(not_image), text], "cannot decode image"),
+        ([str(image), "   "], "caption is empty"),
+        ([str(image), text, "--provider", "tpu"], "unknown provider"),
+        ([str(image)], "give an IMAGE and a TEXT"),
+    ]
+    for args, message in cases:
+        result = runner.invoke(app, ["predict", *args, "--model", bundle])
+        assert result.exit_code == 2 and message in result.output, (args, result.output)
+    result = runner.invoke(app, ["predict", str(image), text, "--model", str(tmp_path)])
+    assert result.exit_code == 2 and "is " + str(tmp_path) + " a bundle" in result.output.replace("\n", "")
+
+
+def test_long_captions_are_truncated_and_said_so(trained):
+    (image,), _ = _test_pairs(trained, 1)
+    result = runner.invoke(app, ["predict", str(image), "red " * 200, "--model", str(trained / "bundle"), "--json"])
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["truncated"] is True
+    assert "truncated to 77 tokens" in result.stderr
+
+
+def _rewrite_metadata(source: Path, target: Path, change) -> None:
+    shutil.copytree(source, target)
+    model = onnx.load(str(target / "model.onnx"))
+    props = {p.key: p.value for p in model.metadata_props}
+    change(props)
+    del model.metadata_props[:]
+    for key, value in props.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(target / "model.onnx"))
+
+
+def test_bundles_without_metadata_or_from_another_format_are_refused(trained, tmp_path):
+    _rewrite_metadata(trained / "bundle", tmp_path / "bare", lambda props: props.clear())
+    with pytest.raises(BundleError, match="no mitp metadata"):
+        Predictor(tmp_path / "bare", provider="cpu")
+    _rewrite_metadata(trained / "bundle", tmp_path / "future", lambda props: props.update(mitp_bundle_format="99"))
+    with pytest.raises(BundleError, match="bundle format 99"):
+        Predictor(tmp_path / "future", provider="cpu")
+
+
+def test_batch_mode_skips_bad_lines_and_predicts_the_rest(trained, tmp_path):
+    images, texts = _test_pairs(trained, 3)
+    lines = [json.dumps({"image": str(images[0]), "text": texts[0]}), "{not json", json.dumps({"image": str(images[1])}),
+             json.dumps({"image": "nowhere.jpg", "text": "x"}), "", json.dumps({"image": str(images[2]), "text": texts[2]})]
+    batch = tmp_path / "pairs.jsonl"
+    batch.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "predictions.jsonl"
+    result = runner.invoke(app, ["predict", "--batch", str(batch), "--out", str(out), "--model", str(trained / "bundle")])
+    assert result.exit_code == 1  # some lines failed
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["line"] for r in records] == [1, 6]
+    assert all(len(r["labels"]) == 1 and r["provider"] == "CPUExecutionProvider" for r in records)
+    assert "line 2" in result.output and "line 3" in result.output and "line 4" in result.output
+    assert "predicted 2 of 5 lines" in result.output
+
+
+def test_cuda_request_fails_where_it_cannot_run(trained):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA; the GPU path is measured by the benchmark instead")
+    (image,), (text,) = _test_pairs(trained, 1)
+    result = runner.invoke(app, ["predict", str(image), text, "--model", str(trained / "bundle"), "--provider", "cuda"])
+    assert result.exit_code == 2 and "cannot run here" in result.output
+
+
+def test_baked_pclip_class_embeddings_give_the_same_logits(tiny):
+    from mitp.config import ModelConfig
+    from mitp.model import MITPModel
+
+    model = MITPModel(tiny.clip, ModelConfig("p-clip", (1, 2, 3, 4), "cos", 2, "single-label"), 3, tiny.tokenizer.info.eos_token_id)
+    ids, mask = tiny.tokenizer(["a photo of red.", "a photo of blue.", "a photo of green."])
+    model.set_class_embeddings(torch.from_numpy(ids), torch.from_numpy(mask), 1)
+    with torch.no_grad():
+        torch.nn.init.normal_(model.deep_text_prompts, std=0.5)
+    pixels, (text_ids, text_mask) = torch.randn(2, 3, 32, 32), tiny.tokenizer(["red", "blue"])
+    with torch.no_grad():
+        before = model(pixels, torch.from_numpy(text_ids), torch.from_numpy(text_mask))
+        model.bake_class_embeddings()
+        after = model(pixels, torch.from_numpy(text_ids), torch.from_numpy(text_mask))
+    assert torch.allclose(before, after, atol=1e-6)
