@@ -35,8 +35,8 @@ mask = np.array([encoding.attention_mask], dtype=np.int64)
 logits = session.run(["logits"], {"pixel_values": pixels, "input_ids": ids, "attention_mask": mask})[0][0]
 if meta["decision"]["rule"] == "sigmoid-threshold":  # multi-label: a sigmoid per label
     probs = 1 / (1 + np.exp(-logits))
-    predicted = [label for label, p in zip(meta["labels"], probs) if p >= meta["decision"]["threshold"]]
+    predicted = [label for label, p in zip(meta["labels"], probs, strict=True) if p >= meta["decision"]["threshold"]]
 else:  # single-label: softmax, argmax
     probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
     predicted = [meta["labels"][int(probs.argmax())]]
-print(json.dumps({"labels": predicted, "scores": dict(zip(meta["labels"], probs.tolist()))}))
+print(json.dumps({"labels": predicted, "scores": dict(zip(meta["labels"], probs.tolist(), strict=True))}))
