@@ -300,6 +300,22 @@ def _predict_batch(predictor, batch: Path, out: Path | None, chunk: int = 32) ->
     return failed
 
 
+@app.command()
+def report(
+    runs: Annotated[Path, typer.Option(help="Runs folder: <runs>/<dataset>/<run>/seed<n>/result.json.")] = Path("results/runs"),
+    paper: Annotated[Path, typer.Option(help="The paper's numbers (YAML).")] = Path("workflow/report/paper.yaml"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")] = Path("results/report"),
+    datasets: Annotated[str, typer.Option(help="Comma-separated data sets, in column order.")] = "food101,mmimdb,snlive",
+) -> None:
+    """Rebuild Tables 1-3, parameter/time/memory per run, Fig. 3, Fig. 4 and training curves beside the paper."""
+    from .report import write_report
+
+    if not paper.is_file():
+        _fail(f"paper numbers not found: {paper}")
+    summary = write_report(runs, paper, out, [d for d in datasets.split(",") if d])
+    console.print(f"[bold green]report[/] {out}: {summary['runs_evaluated']} evaluated of {summary['runs_found']} finished runs")
+
+
 data_app = typer.Typer(help="Download and prepare the data sets (real ones and the offline twins).", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 DATASETS_HELP = "food101 | mmimdb | snlive | demo-food101 | demo-mmimdb | demo-snlive"

@@ -33,6 +33,7 @@ from .metrics import PRIMARY_METRIC, classification_metrics
 from .model import MITPModel, classification_loss
 
 CLASS_COSINE_WARNING = 0.98
+RESULT_FILE = "result.json"
 
 
 class EpochShuffleSampler(Sampler[int]):
@@ -158,8 +159,7 @@ def train_run(run: RunConfig, run_dir: Path, console: Console | None = None, pro
             "val": {k: v for k, v in val.items() if not isinstance(v, list)},
             "hub": {k: float(np.mean(v)) for k, v in hub_stats.items()},
         }
-        if torch.cuda.is_available():
-            record["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        record.update(_peak_memory())
         state["history"].append(record)
         state["epoch"] = epoch
         improved = val[metric_name] > state["best_metric"]
@@ -173,7 +173,45 @@ def train_run(run: RunConfig, run_dir: Path, console: Console | None = None, pro
             )
         accelerator.wait_for_everyone()
 
+    if accelerator.is_main_process:
+        ckpt.atomic_write_json(run_dir / RESULT_FILE, _result_summary(run, core, state, metric_name, accelerator))
     return TrainResult(run_dir, state["best_epoch"], state["best_metric"], len(state["history"]), state["history"])
+
+
+def _peak_memory() -> dict[str, Any]:
+    """Peak memory of this epoch's process: GPU memory allocated by torch, or the CPU process's max RSS."""
+    if torch.cuda.is_available():
+        return {"peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30, "peak_memory_kind": "cuda max allocated"}
+    import resource
+
+    return {"peak_memory_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "peak_memory_kind": "cpu max RSS"}
+
+
+def _result_summary(run: RunConfig, model: MITPModel, state: dict, metric_name: str, accelerator: Accelerator) -> dict[str, Any]:
+    """What the report needs of a finished run, written last (its presence means the run is done)."""
+    history = state["history"]
+    return {
+        "dataset": run.dataset_name,
+        "setting": run.setting_name,
+        "variant": run.model.variant,
+        "layers": list(run.model.layers),
+        "similarity": run.model.similarity,
+        "fraction": run.train.fraction,
+        "seed": run.seed,
+        "backbone": run.backbone,
+        "metric": metric_name,
+        "best_epoch": state["best_epoch"],
+        "best_val_metric": state["best_metric"],
+        "epochs": len(history),
+        "train_seconds": sum(h["train_seconds"] for h in history),
+        "peak_memory_gib": max((h.get("peak_memory_gib", float("nan")) for h in history), default=float("nan")),
+        "peak_memory_kind": history[-1].get("peak_memory_kind", "") if history else "",
+        "trainable_params": model.count_trainable(),
+        "backbone_params": model.count_backbone(),
+        "device": str(accelerator.device),
+        "processes": accelerator.num_processes,
+        "class_embedding_max_cosine": state.get("class_embedding_max_cosine"),
+    }
 
 
 @torch.no_grad()

@@ -1,0 +1,26 @@
+# mitp: the paper as one DAG. Rules call the `mitp` CLI; this file only wires paths.
+#   snakemake --cores 8 all                         full reproduction (GPU, internet)
+#   snakemake --profile workflow/profiles/demo      offline demo on the twins (CPU, minutes)
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/export.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

@@ -1,0 +1,65 @@
+"""`mitp report`: tables beside the paper, missing runs shown as missing, plots written."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from mitp.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+PAPER = ROOT / "workflow" / "report" / "paper.yaml"
+
+
+def _run(runs: Path, dataset: str, run: str, setting: str, score: dict | None, fraction: float = 1.0, seed: int = 0) -> None:
+    folder = runs / dataset / run / f"seed{seed}"
+    folder.mkdir(parents=True)
+    metric = "f1_micro" if score and "f1_micro" in score else "accuracy"
+    result = {
+        "dataset": dataset, "setting": setting, "variant": "mitp", "layers": [2, 3], "similarity": "cos", "fraction": fraction,
+        "seed": seed, "backbone": "preset:tiny", "metric": metric, "best_epoch": 1, "best_val_metric": 0.5, "epochs": 2,
+        "train_seconds": 12.5, "peak_memory_gib": 1.25, "peak_memory_kind": "cpu max RSS", "trainable_params": 1234,
+        "backbone_params": 99999, "device": "cpu", "processes": 1,
+    }
+    (folder / "result.json").write_text(json.dumps(result))
+    (folder / "history.json").write_text(json.dumps([{"epoch": 1, "val": {metric: 0.4}}, {"epoch": 2, "val": {metric: 0.5}}]))
+    if score is not None:
+        (folder / "metrics-test.json").write_text(json.dumps({"metrics": score}))
+
+
+def test_report_puts_ours_beside_the_paper_and_marks_missing_runs(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "report"
+    _run(runs, "demo-food101", "mitp", "mitp", {"accuracy": 0.9}, seed=0)
+    _run(runs, "demo-food101", "mitp", "mitp", {"accuracy": 0.8}, seed=1)  # two seeds: mean 85.00
+    _run(runs, "demo-food101", "mitp-frac10", "mitp", {"accuracy": 0.7}, fraction=0.1)
+    _run(runs, "demo-food101", "l2-3-cos", "l2-3-cos", {"accuracy": 0.75})
+    _run(runs, "demo-mmimdb", "mitp", "mitp", {"f1_micro": 0.6, "f1_macro": 0.5})
+    _run(runs, "demo-snlive", "prompts-only", "prompts-only", None)  # trained, not evaluated
+
+    result = CliRunner().invoke(app, [
+        "report", "--runs", str(runs), "--paper", str(PAPER), "--out", str(out), "--datasets", "demo-food101,demo-mmimdb,demo-snlive",
+    ])
+    assert result.exit_code == 0, result.output
+
+    table1 = {row["method"]: row for row in csv.DictReader(open(out / "table1.csv"))}
+    assert table1["MITP-base"]["demo-food101 (ours)"] == "85.00"
+    assert table1["MITP-base"]["food101 (paper)"] == "93.95"
+    assert table1["MITP-base"]["demo-mmimdb (ours)"] == "60.00 / 50.00"
+    assert table1["MITP-base"]["demo-snlive (ours)"] == "missing"  # never a zero
+    assert table1["MITP-small"]["demo-food101 (ours)"] == "missing"
+    assert table1["PMF"]["mmimdb (paper)"] == "64.50 / 58.80" and table1["PMF"]["demo-food101 (ours)"] == "-"
+    table2 = {row["model"]: row for row in csv.DictReader(open(out / "table2.csv"))}
+    assert table2["Model 3"]["demo-snlive (ours)"] == "missing"
+    assert table2["Baseline"]["food101 (paper)"] == "88.80"
+    table3 = {row["training data (%)"]: row for row in csv.DictReader(open(out / "table3.csv"))}
+    assert table3["10"]["ours acc (%)"] == "70.00" and table3["10"]["ours degradation (%)"] == "15.00"
+    assert table3["1"]["ours acc (%)"] == "missing" and table3["1"]["paper acc (%)"] == "87.59"
+    runs_rows = list(csv.DictReader(open(out / "runs.csv")))
+    assert len(runs_rows) == 6 and {r["train time (s)"] for r in runs_rows} == {"12.5"}
+    assert "| MITP-base |" in (out / "table1.md").read_text()
+    for png in ("fig3.png", "fig4.png", "curves.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((out / "summary.json").read_text())["runs_evaluated"] == 5

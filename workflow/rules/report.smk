@@ -1,0 +1,23 @@
+rule report:
+    input:
+        paper=local("workflow/report/paper.yaml"),  # ships with the workflow, never in remote storage
+        metrics=[f"{run_dir(d, r, s)}/metrics-test.json" for d in W["datasets"] for r in runs_for(d) for s in W["seeds"]],
+    output:
+        table1=report(f"{REPORT}/table1.md", caption="../report/table1.rst", category="Tables"),
+        table2=report(f"{REPORT}/table2.md", caption="../report/table2.rst", category="Tables"),
+        table3=report(f"{REPORT}/table3.md", caption="../report/table3.rst", category="Tables"),
+        runs=report(f"{REPORT}/runs.csv", caption="../report/runs.rst", category="Tables"),
+        fig3=report(f"{REPORT}/fig3.png", caption="../report/fig3.rst", category="Figures"),
+        fig4=report(f"{REPORT}/fig4.png", caption="../report/fig4.rst", category="Figures"),
+        curves=report(f"{REPORT}/curves.png", caption="../report/curves.rst", category="Figures"),
+        summary=f"{REPORT}/summary.json",
+    conda:
+        "../envs/mitp.yaml"
+    log:
+        "logs/report.log",
+    params:
+        datasets=",".join(W["datasets"]),
+        runs=lambda wildcards, input: RUNS,
+        report=lambda wildcards, output: os.path.dirname(output.summary),
+    shell:
+        "mitp report --runs {params.runs} --paper {input.paper} --out {params.report} --datasets {params.datasets} > {log} 2>&1"
