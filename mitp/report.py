@@ -183,14 +183,23 @@ def plot_fig3(records: list[dict[str, Any]], path: Path, datasets: list[str]) ->
     plt.close(fig)
 
 
+def grid_point(run: str) -> tuple[str, str] | None:
+    """("4-5-6", "cov-pearson") for a grid setting named like l4-5-6-cov-pearson; None for other runs."""
+    for similarity in ("cov-pearson", "mmd", "cos"):
+        if run.startswith("l") and run[1:2].isdigit() and run.endswith(f"-{similarity}"):
+            return run[1 : -len(similarity) - 1], similarity
+    return None
+
+
 def plot_fig4(records: list[dict[str, Any]], path: Path, datasets: list[str]) -> None:
     """Fig. 4: test score per interaction-layer set and similarity (the grid settings named l<layers>-<sim>)."""
     plt = _pyplot()
     fig, axis = plt.subplots(figsize=(9, 4.2))
     by_similarity: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
     for r in records:
-        if r["run"].startswith("l") and r["run"][1:2].isdigit() and _score(r):
-            layers, similarity = r["run"][1:].rsplit("-", 1)
+        point = grid_point(r["run"])
+        if point and _score(r):
+            layers, similarity = point
             by_similarity[(r["dataset"], similarity)][layers] = _score(r)[0]
     for (dataset, similarity), points in sorted(by_similarity.items()):
         names = list(points)

@@ -30,6 +30,14 @@ def _run(runs: Path, dataset: str, run: str, setting: str, score: dict | None, f
         (folder / "metrics-test.json").write_text(json.dumps({"metrics": score}))
 
 
+def test_grid_runs_are_read_back_into_layers_and_similarity():
+    from mitp.report import grid_point
+
+    assert grid_point("l4-5-6-cov-pearson") == ("4-5-6", "cov-pearson")
+    assert grid_point("l2-mmd") == ("2", "mmd")
+    assert grid_point("linear-probe") is None and grid_point("mitp-frac10") is None
+
+
 def test_report_puts_ours_beside_the_paper_and_marks_missing_runs(tmp_path):
     runs, out = tmp_path / "runs", tmp_path / "report"
     _run(runs, "demo-food101", "mitp", "mitp", {"accuracy": 0.9}, seed=0)
