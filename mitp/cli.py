@@ -251,52 +251,28 @@ def predict(
     stdout.print(table)
 
 
-def _predict_batch(predictor, batch: Path, out: Path | None, chunk: int = 32) -> int:
+def _predict_batch(predictor, batch: Path, out: Path | None) -> int:
     """Predict every good line of a batch file; report and skip bad ones. Returns how many failed."""
     import sys
 
-    from .predict import read_batch_line
-    from .preprocess import ImageError
+    from .predict import InputError, predict_batch_file
 
     if not batch.is_file():
-        from .predict import InputError
-
         raise InputError(f"batch file not found: {batch}")
-    lines = [(n, line) for n, line in enumerate(batch.read_text().splitlines(), start=1) if line.strip()]
-    failed, pending = 0, []
+    total = sum(1 for line in batch.read_text().splitlines() if line.strip())
     sink = open(out, "w") if out else sys.stdout  # noqa: SIM115 (closed below)
-
-    def flush():
-        if not pending:
-            return
-        ids, mask, truncated = predictor.tokenize([p[3] for p in pending])
-        probabilities = predictor.decide(predictor.logits(np.stack([p[2] for p in pending]), ids, mask))
-        for (number, image, _, _), row, cut in zip(pending, probabilities, truncated, strict=True):
-            record = predictor._prediction(row, bool(cut)).to_json(predictor.provider)
-            sink.write(json.dumps({"line": number, "image": str(image), **record}) + "\n")
-        pending.clear()
-
-    import numpy as np
-
     try:
         with _progress_bar("predict", unit_bytes=False) as bar:
-            task = bar.add_task("", total=len(lines))
-            for number, line in lines:
-                try:
-                    image, text = read_batch_line(line, number, batch.parent)
-                    predictor.tokenize([text])
-                    pending.append((number, image, predictor.preprocess(image), text))
-                except (ImageError, ValueError) as err:
-                    failed += 1
-                    console.print(f"[bold red]skipped[/] line {number}: {err}", soft_wrap=True)
-                if len(pending) >= chunk:
-                    flush()
-                bar.advance(task)
-            flush()
+            task = bar.add_task("", total=total)
+            failed = predict_batch_file(
+                predictor, batch, lambda record: sink.write(json.dumps(record) + "\n"),
+                on_skip=lambda number, err: console.print(f"[bold red]skipped[/] line {number}: {err}", soft_wrap=True),
+                on_line=lambda: bar.advance(task),
+            )
     finally:
         if out:
             sink.close()
-    console.print(f"predicted {len(lines) - failed} of {len(lines)} lines" + (f"; {failed} skipped" if failed else ""))
+    console.print(f"predicted {total - failed} of {total} lines" + (f"; {failed} skipped" if failed else ""))
     return failed
 
 

@@ -7,6 +7,7 @@ in training (`mitp.preprocess`, `mitp.tokenizer`), following the settings stored
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .bundle import FP16_FILE, MODEL_FILE, TOKENIZER_FILE, BundleError, BundleInfo, parse_metadata
-from .preprocess import load_image, preprocess_image
+from .preprocess import ImageError, load_image, preprocess_image
 from .tokenizer import load_tokenizer_file
 
 PROVIDERS = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
@@ -75,7 +76,7 @@ class Predictor:
         pixels = np.stack([self.preprocess(p) for p in image_paths])  # (B, 3, H, W)
         ids, mask, truncated = self.tokenize(captions)
         probabilities = self.decide(self.logits(pixels, ids, mask))
-        return [self._prediction(row, bool(cut)) for row, cut in zip(probabilities, truncated, strict=True)]
+        return [self.prediction(row, bool(cut)) for row, cut in zip(probabilities, truncated, strict=True)]
 
     def decide(self, logits: np.ndarray) -> np.ndarray:
         """Probabilities by the bundle's decision rule: softmax over classes, or a sigmoid per label."""
@@ -84,7 +85,8 @@ class Predictor:
         shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
         return shifted / shifted.sum(axis=1, keepdims=True)
 
-    def _prediction(self, probabilities: np.ndarray, truncated: bool) -> Prediction:
+    def prediction(self, probabilities: np.ndarray, truncated: bool) -> Prediction:
+        """The chosen label(s) and every label's probability for one row of probabilities."""
         labels = self.info.labels
         scores = {label: float(p) for label, p in zip(labels, probabilities, strict=True)}
         if self.info.decision["rule"] == "sigmoid-threshold":
@@ -121,13 +123,53 @@ def _session(ort, model_path: Path, provider: str):
     return session, PROVIDERS["cpu"], note
 
 
-def read_batch_line(line: str, number: int, base: Path) -> tuple[Path, str]:
+def read_batch_line(line: str, base: Path) -> tuple[Path, str]:
     """(image path, text) of one JSON line of a batch file; relative image paths are taken from `base`."""
     try:
         record = json.loads(line)
     except json.JSONDecodeError as err:
-        raise InputError(f"line {number}: not valid JSON ({err.msg})") from err
+        raise InputError(f"not valid JSON ({err.msg})") from err
     if not isinstance(record, dict) or not isinstance(record.get("image"), str) or not isinstance(record.get("text"), str):
-        raise InputError(f'line {number}: expected {{"image": "<path>", "text": "<caption>"}}')
+        raise InputError('expected {"image": "<path>", "text": "<caption>"}')
     image = Path(record["image"])
     return (image if image.is_absolute() else base / image), record["text"]
+
+
+def predict_batch_file(
+    predictor: Predictor,
+    path: Path,
+    emit: Callable[[dict[str, Any]], object],
+    on_skip: Callable[[int, Exception], object],
+    on_line: Callable[[], object] = lambda: None,
+    chunk: int = 32,
+) -> int:
+    """Predict each line of a JSON-lines batch file in chunks; a bad line (malformed, missing or
+    unreadable image, empty caption) goes to `on_skip` and the rest is still predicted. Returns the
+    number of skipped lines."""
+    pending: list[tuple[int, Path, np.ndarray, str]] = []
+    skipped = 0
+
+    def flush() -> None:
+        if not pending:
+            return
+        ids, mask, truncated = predictor.tokenize([text for *_, text in pending])
+        probabilities = predictor.decide(predictor.logits(np.stack([pixels for _, _, pixels, _ in pending]), ids, mask))
+        for (number, image, _, _), row, cut in zip(pending, probabilities, truncated, strict=True):
+            emit({"line": number, "image": str(image), **predictor.prediction(row, bool(cut)).to_json(predictor.provider)})
+        pending.clear()
+
+    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            image, text = read_batch_line(line, Path(path).parent)
+            predictor.tokenize([text])
+            pending.append((number, image, predictor.preprocess(image), text))
+        except (ImageError, InputError) as err:
+            skipped += 1
+            on_skip(number, err)
+        if len(pending) >= chunk:
+            flush()
+        on_line()
+    flush()
+    return skipped
