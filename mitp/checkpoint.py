@@ -17,41 +17,21 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from .atomic import TMP_SUFFIX, atomic_write_json, atomic_write_text, recover_directory, replace_directory
 from .config import RunConfig
+
+__all__ = ["atomic_write_json", "atomic_write_text", "recover_directory", "replace_directory"]  # re-exported
 
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
 STATE_FILE = "state.json"
 CONFIG_FILE = "config.json"
-TMP_SUFFIX = ".tmp"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write text to `path` through a temporary file in the same folder and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes files private; results and bundles are meant to be read
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, value: Any) -> None:
-    atomic_write_text(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
 
 
 def save_checkpoint(
@@ -75,26 +55,6 @@ def save_checkpoint(
     os.replace(tmp, directory)
     _fsync_dir(directory.parent)
     return directory
-
-
-def replace_directory(source: Path, target: Path) -> None:
-    """Put a complete checkpoint `source` at `target`, swapping out an existing one.
-
-    Order: target -> target.old, source -> target, remove target.old. If killed in between,
-    `recover_directory` restores target from target.old."""
-    old = target.with_name(target.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        os.replace(target, old)
-    os.replace(source, target)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def recover_directory(target: Path) -> None:
-    old = target.with_name(target.name + ".old")
-    if not target.exists() and old.exists():
-        os.replace(old, target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def is_complete(directory: Path) -> bool:

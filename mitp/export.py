@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from . import __version__
+from .atomic import atomic_write_json, replace_directory
 from .bundle import BUNDLE_FORMAT, FP16_FILE, MODEL_FILE, REPORT_FILE, TOKENIZER_FILE, BundleInfo, metadata_props
-from .checkpoint import atomic_write_json, replace_directory
 from .factory import image_size, load_trained
 from .preprocess import CLIP_MEAN, CLIP_STD
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import atomic_write_json, replace_directory
+from .atomic import atomic_write_json, replace_directory
 from .download import MARKERS, find_layout_root
 from .preprocess import ImageError, load_image
 

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .atomic import replace_directory
 from .backbone import preset_config
-from .checkpoint import replace_directory
 from .preprocess import preprocess_image
 from .tokenizer import ClipTokenizer, build_word_tokenizer
 from .twins import COLOURS, FOOD_WORDS, GREY, MOVIE_WORDS, NLI_WORDS, PATTERNS, render, vocabulary
