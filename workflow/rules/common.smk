@@ -45,9 +45,14 @@ def backbone_input(wildcards):
     return [f"{W['standin']}/config.json"] if W.get("standin") else []
 
 
-def launcher():
+def gpus_for(wildcards):
+    """GPUs of one training run: workflow.gpus[<setting>] if given, else workflow.gpus_per_run."""
+    return W.get("gpus", {}).get(setting_of(wildcards.run), W["gpus_per_run"])
+
+
+def launcher(wildcards):
     """`mitp`, or Accelerate's multi-GPU launcher when a run asks for more than one GPU."""
-    gpus = W["gpus_per_run"]
+    gpus = gpus_for(wildcards)
     return f"accelerate launch --multi_gpu --num_processes {gpus} -m mitp.cli" if gpus > 1 else "mitp"
 
 

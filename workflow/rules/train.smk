@@ -12,11 +12,11 @@ rule train:
         f"{RUNS}/{{dataset}}/{{run}}/seed{{seed}}/benchmark.tsv"
     threads: W["train_threads"]
     resources:
-        gpu=W["gpus_per_run"],
+        gpu=gpus_for,
     params:
         setting=lambda wc: setting_of(wc.run),
         fraction=lambda wc: fraction_option(wc.run),
-        launcher=launcher(),
+        launcher=launcher,
         mitp_config=MITP_CONFIG,
         epochs=f"--epochs {W['epochs']}" if W.get("epochs") else "",
     shell:
