@@ -191,3 +191,41 @@ def test_data_cli_generates_and_prepares_a_twin(tmp_path):
     assert json.loads((out / "prepare_report.json").read_text())["counts"]["train"] == 1600
     bad = runner.invoke(app, ["data", "prepare", "demo-snlive", "--raw", str(tmp_path / "nothing"), "--out", str(out)])
     assert bad.exit_code == 2 and "does not hold the snlive layout" in bad.output
+
+
+def test_food101_download_with_kaggle_credentials_unpacks_a_nested_layout(tmp_path, server, monkeypatch):
+    """The Kaggle path end to end against a loopback server: basic auth, zip, nested folder, prepare."""
+    import io
+    import zipfile
+
+    import mitp.download as download
+
+    twin = tmp_path / "twin"
+    make_twin("demo-food101", twin, sizes=SMALL)
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in sorted(twin.rglob("*")):
+            if path.is_file():
+                zf.write(path, Path("UPMC_Food101") / path.relative_to(twin))
+    _RangeHandler.payload, _RangeHandler.cut = archive.getvalue(), None
+    httpd, url = server
+    seen_auth = []
+    original = _RangeHandler.do_GET
+
+    def checking_get(self):
+        seen_auth.append(self.headers.get("Authorization"))
+        original(self)
+
+    monkeypatch.setattr(_RangeHandler, "do_GET", checking_get)
+    monkeypatch.setattr(download, "KAGGLE_FOOD101", url)
+    monkeypatch.setenv("KAGGLE_USERNAME", "someone")
+    monkeypatch.setenv("KAGGLE_KEY", "secret")
+
+    root = download.download_dataset("food101", tmp_path / "raw")
+
+    assert root == tmp_path / "raw" / "UPMC_Food101"
+    assert seen_auth == ["Basic c29tZW9uZTpzZWNyZXQ="]  # base64 of someone:secret
+    report = prepare_dataset("food101", tmp_path / "raw", tmp_path / "prepared")
+    assert report["counts"]["train"] + report["counts"]["val"] == SMALL["train"] + SMALL["val"]
+    assert download.download_dataset("food101", tmp_path / "raw") == root  # in place: nothing fetched again
+    assert len(seen_auth) == 1
