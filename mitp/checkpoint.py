@@ -23,10 +23,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from .atomic import TMP_SUFFIX, atomic_write_json, atomic_write_text, recover_directory, replace_directory
+from .atomic import TMP_SUFFIX, recover_directory
 from .config import RunConfig
-
-__all__ = ["atomic_write_json", "atomic_write_text", "recover_directory", "replace_directory"]  # re-exported
 
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"

@@ -35,11 +35,17 @@ def _fail(message: str, code: int = 2) -> None:
 def _user_errors():
     """Errors caused by bad input, reported as one clear line and a non-zero exit code."""
     from .data import DataError
+
+    return (ConfigError, DataError, *_data_errors())
+
+
+def _data_errors():
+    """The bad-input errors of `mitp data`, from torch-free modules (an error must not cost a torch import)."""
     from .download import DownloadError
     from .prepare import PrepareError
     from .preprocess import ImageError
 
-    return (ConfigError, DataError, ImageError, DownloadError, PrepareError, FileNotFoundError)
+    return (ImageError, DownloadError, PrepareError, FileNotFoundError)
 
 
 def _resolve(config: Path, dataset: str, setting: str, backbone: str | None, seed: int | None = None, **train: Any):
@@ -185,13 +191,12 @@ def export_command(
     tolerance: Annotated[float, typer.Option(help="Largest allowed |onnxruntime - PyTorch| on logits.")] = 1e-4,
 ) -> None:
     """Export a trained model to an ONNX bundle, verified against PyTorch before it is written."""
-    try:
-        from .export import ExportError, export_bundle
+    from .export import ExportError, export_bundle
 
-        try:
-            report = export_bundle(checkpoint, out, fp16=fp16, tolerance=tolerance, log=lambda message: None)
-        except ExportError as err:
-            _fail(f"export not written: {err}")
+    try:
+        report = export_bundle(checkpoint, out, fp16=fp16, tolerance=tolerance)
+    except ExportError as err:
+        _fail(f"export not written: {err}")
     except _user_errors() as err:
         _fail(str(err))
     shown = f"max abs diff {report['fp32']['max_abs_diff']:.2e} at batch 1 and 3"
@@ -259,13 +264,14 @@ def _predict_batch(predictor, batch: Path, out: Path | None) -> int:
 
     if not batch.is_file():
         raise InputError(f"batch file not found: {batch}")
-    total = sum(1 for line in batch.read_text().splitlines() if line.strip())
+    lines = batch.read_text().splitlines()
+    total = sum(1 for line in lines if line.strip())
     sink = open(out, "w") if out else sys.stdout  # noqa: SIM115 (closed below)
     try:
         with _progress_bar("predict", unit_bytes=False) as bar:
             task = bar.add_task("", total=total)
             failed = predict_batch_file(
-                predictor, batch, lambda record: sink.write(json.dumps(record) + "\n"),
+                predictor, lines, batch.parent, lambda record: sink.write(json.dumps(record) + "\n"),
                 on_skip=lambda number, err: console.print(f"[bold red]skipped[/] line {number}: {err}", soft_wrap=True),
                 on_line=lambda: bar.advance(task),
             )
@@ -318,7 +324,7 @@ def data_download(
         with _progress_bar(f"download {dataset}", unit_bytes=True) as bar:
             task = bar.add_task("", total=None)
             root = download_dataset(dataset, raw, progress=lambda done, total: bar.update(task, completed=done, total=total), seed=seed)
-    except _user_errors() as err:
+    except _data_errors() as err:
         _fail(str(err))
     console.print(f"[bold green]ready[/]: {dataset} in {root}")
 
@@ -338,7 +344,7 @@ def data_prepare(
         with _progress_bar(f"check images of {dataset}", unit_bytes=False) as bar:
             task = bar.add_task("", total=None)
             report = prepare_dataset(dataset, raw, out, workers, progress=lambda done, total: bar.update(task, completed=done, total=total))
-    except _user_errors() as err:
+    except _data_errors() as err:
         _fail(str(err))
     counts = ", ".join(f"{split} {n:,}" for split, n in report["counts"].items())
     console.print(f"[bold green]prepared[/] {dataset}: {counts}; dropped {report['dropped_total']:,} (see {out}/prepare_report.json)")

@@ -35,7 +35,6 @@ class Source:
     url: str
     filename: str
     sha256: str | None = None
-    extract: bool = True  # unpack the archive (tar, zip) or gunzip a single file
 
 
 KAGGLE_FOOD101 = "https://www.kaggle.com/api/v1/datasets/download/gianmarco96/upmcfood101"
@@ -103,8 +102,7 @@ def download_dataset(name: str, raw: Path, progress: Callable | None = None, see
         sources, headers = SOURCES[name], {}
     for source in sources:
         archive = fetch(source.url, raw / "downloads" / source.filename, source.sha256, headers, progress)
-        if source.extract:
-            extract(archive, raw)
+        extract(archive, raw)  # every upstream file is an archive or a gzip
     found = find_layout_root(raw, MARKERS[name])
     if found is None:
         raise DownloadError(f"downloaded {name} but found no {MARKERS[name]} under {raw}: the upstream layout changed?")

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from . import __version__
-from .checkpoint import atomic_write_json
+from .atomic import atomic_write_json
 from .data import DataError, build_split
 from .factory import image_size, load_trained
 from .metrics import PRIMARY_METRIC

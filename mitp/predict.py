@@ -63,8 +63,7 @@ class Predictor:
 
     def tokenize(self, captions: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         for caption in captions:
-            if not isinstance(caption, str) or not caption.strip():
-                raise InputError("the caption is empty: give the text that goes with the image")
+            check_caption(caption)
         return self.tokenizer.encode(captions)
 
     def logits(self, pixels: np.ndarray, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -73,7 +72,10 @@ class Predictor:
 
     def predict(self, image_paths: list[str | Path], captions: list[str]) -> list[Prediction]:
         """One Prediction per (image, caption) pair; raises ImageError / InputError on bad input."""
-        pixels = np.stack([self.preprocess(p) for p in image_paths])  # (B, 3, H, W)
+        return self.predict_pixels(np.stack([self.preprocess(p) for p in image_paths]), captions)
+
+    def predict_pixels(self, pixels: np.ndarray, captions: list[str]) -> list[Prediction]:
+        """Like `predict`, for images already preprocessed: pixels (B, 3, H, W)."""
         ids, mask, truncated = self.tokenize(captions)
         probabilities = self.decide(self.logits(pixels, ids, mask))
         return [self.prediction(row, bool(cut)) for row, cut in zip(probabilities, truncated, strict=True)]
@@ -94,6 +96,11 @@ class Predictor:
         else:
             chosen = [labels[int(probabilities.argmax())]]
         return Prediction(chosen, scores, truncated)
+
+
+def check_caption(caption: object) -> None:
+    if not isinstance(caption, str) or not caption.strip():
+        raise InputError("the caption is empty: give the text that goes with the image")
 
 
 def _session(ort, model_path: Path, provider: str):
@@ -137,33 +144,33 @@ def read_batch_line(line: str, base: Path) -> tuple[Path, str]:
 
 def predict_batch_file(
     predictor: Predictor,
-    path: Path,
+    lines: list[str],
+    base: Path,
     emit: Callable[[dict[str, Any]], object],
     on_skip: Callable[[int, Exception], object],
     on_line: Callable[[], object] = lambda: None,
     chunk: int = 32,
 ) -> int:
-    """Predict each line of a JSON-lines batch file in chunks; a bad line (malformed, missing or
-    unreadable image, empty caption) goes to `on_skip` and the rest is still predicted. Returns the
-    number of skipped lines."""
+    """Predict the JSON lines of a batch file (relative image paths are taken from `base`) in chunks;
+    a bad line (malformed, missing or unreadable image, empty caption) goes to `on_skip` and the rest
+    is still predicted. Returns the number of skipped lines."""
     pending: list[tuple[int, Path, np.ndarray, str]] = []
     skipped = 0
 
     def flush() -> None:
-        if not pending:
-            return
-        ids, mask, truncated = predictor.tokenize([text for *_, text in pending])
-        probabilities = predictor.decide(predictor.logits(np.stack([pixels for _, _, pixels, _ in pending]), ids, mask))
-        for (number, image, _, _), row, cut in zip(pending, probabilities, truncated, strict=True):
-            emit({"line": number, "image": str(image), **predictor.prediction(row, bool(cut)).to_json(predictor.provider)})
-        pending.clear()
+        if pending:
+            pixels = np.stack([pixels for _, _, pixels, _ in pending])  # (B, 3, H, W)
+            predictions = predictor.predict_pixels(pixels, [text for *_, text in pending])
+            for (number, image, _, _), prediction in zip(pending, predictions, strict=True):
+                emit({"line": number, "image": str(image), **prediction.to_json(predictor.provider)})
+            pending.clear()
 
-    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            image, text = read_batch_line(line, Path(path).parent)
-            predictor.tokenize([text])
+            image, text = read_batch_line(line, base)
+            check_caption(text)
             pending.append((number, image, predictor.preprocess(image), text))
         except (ImageError, InputError) as err:
             skipped += 1

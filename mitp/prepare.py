@@ -57,12 +57,17 @@ class Report:
     raw: str
     counts: dict[str, int] = field(default_factory=dict)
     dropped: dict[str, Counter] = field(default_factory=dict)
+    recovered: Counter = field(default_factory=Counter)  # Food101 lines with broken quoting, read anyway
     notes: dict[str, object] = field(default_factory=dict)
     manifest: list[dict[str, str]] = field(default_factory=list)
 
     def drop(self, split: str, pair_id: str, reason: str, detail: str = "") -> None:
         self.dropped.setdefault(split, Counter())[reason] += 1
         self.manifest.append({"split": split, "id": pair_id, "reason": reason, "detail": detail})
+
+    def recover(self, split: str, pair_id: str, detail: str) -> None:
+        self.recovered[split] += 1
+        self.manifest.append({"split": split, "id": pair_id, "reason": "malformed quoting (recovered)", "detail": detail})
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -84,26 +89,31 @@ def parse_food101_line(line: str) -> tuple[str, str, str] | None:
     Filenames and labels hold no commas, so a line whose quoting is broken (which would make a csv
     reader swallow the following lines into one field) is still read: filename before the first
     comma, label after the last, title in between with its outer quotes removed."""
+    parsed, _ = _parse_food101_line(line)
+    return parsed
+
+
+def _parse_food101_line(line: str) -> tuple[tuple[str, str, str] | None, bool]:
+    """(fields or None, whether the line was well-formed CSV)."""
     try:
         fields = next(csv.reader([line], strict=True))
         if len(fields) == 3:
-            return fields[0], fields[1], fields[2]
+            return (fields[0], fields[1], fields[2]), True
     except (csv.Error, StopIteration):
         pass
     if line.count(",") < 2:
-        return None
+        return None, False
     filename, rest = line.split(",", 1)
     title, label = rest.rsplit(",", 1)
     title = title.strip()
     if title.startswith('"'):
         title = title[1:-1] if title.endswith('"') and len(title) > 1 else title[1:]
-    return filename.strip(), title.replace('""', '"'), label.strip()
+    return (filename.strip(), title.replace('""', '"'), label.strip()), False
 
 
 def read_food101(root: Path, report: Report) -> dict[str, list[Pair]]:
     """Food101: `texts/<split>_titles.csv` (no header) read line by line; val carved from train."""
     pairs: dict[str, list[Pair]] = {}
-    malformed = Counter()
     for split in ("train", "test"):
         path = root / "texts" / f"{split}_titles.csv"
         if not path.is_file():
@@ -114,37 +124,28 @@ def read_food101(root: Path, report: Report) -> dict[str, list[Pair]]:
                 line = raw_line.rstrip("\r\n")
                 if not line.strip():
                     continue
-                parsed = parse_food101_line(line)
+                parsed, well_formed = _parse_food101_line(line)
                 if parsed is None:
                     report.drop(split, f"{path.name}:{number}", MALFORMED_LINE, line[:200])
                     continue
-                if not _strict_three_fields(line):
-                    malformed[split] += 1
-                    report.manifest.append({"split": split, "id": f"{path.name}:{number}", "reason": "malformed quoting (recovered)", "detail": line[:200]})
+                if not well_formed:
+                    report.recover(split, f"{path.name}:{number}", line[:200])
                 filename, title, label = parsed
                 pairs[split].append(Pair(filename, root / "images" / split / label / filename, title.strip(), label))
-    report.notes["malformed_quoting_recovered"] = dict(malformed)
-    classes = sorted({p.label for p in pairs["train"]})
-    pairs["train"], pairs["val"] = _carve_val(pairs["train"], classes)
+    report.notes["malformed_quoting_recovered"] = dict(report.recovered)
+    pairs["train"], pairs["val"] = _carve_val(pairs["train"])
     report.notes["val_split"] = f"{VAL_FRACTION:.0%} of train per class, seed 0 (ids in val_ids.txt)"
     return pairs
 
 
-def _strict_three_fields(line: str) -> bool:
-    try:
-        return len(next(csv.reader([line], strict=True))) == 3
-    except (csv.Error, StopIteration):
-        return False
-
-
-def _carve_val(train: list[Pair], classes: list[str]) -> tuple[list[Pair], list[Pair]]:
+def _carve_val(train: list[Pair]) -> tuple[list[Pair], list[Pair]]:
     """A stratified, seeded validation split: VAL_FRACTION of each class (at least one pair)."""
     rng = np.random.default_rng(0)
-    by_class: dict[str, list[int]] = {c: [] for c in classes}
+    by_class: dict[str, list[int]] = {}
     for i, pair in enumerate(train):
-        by_class[pair.label].append(i)
+        by_class.setdefault(pair.label, []).append(i)
     val_index = set()
-    for members in by_class.values():
+    for _, members in sorted(by_class.items()):
         if len(members) > 1:
             val_index.update(rng.choice(members, max(1, round(len(members) * VAL_FRACTION)), replace=False).tolist())
     return [p for i, p in enumerate(train) if i not in val_index], [p for i, p in enumerate(train) if i in val_index]
@@ -236,15 +237,12 @@ def read_snlive(root: Path, report: Report) -> dict[str, list[Pair]]:
 
 # ---------------------------------------------------------------------------------------------- common
 
-LAYOUTS: dict[str, tuple[str, Callable[[Path, Report], dict[str, list[Pair]]], str]] = {
-    # name: (raw layout, reader, task)
-    "food101": ("food101", read_food101, "single-label"),
-    "mmimdb": ("mmimdb", read_mmimdb, "multi-label"),
-    "snlive": ("snlive", read_snlive, "single-label"),
-    "demo-food101": ("food101", read_food101, "single-label"),
-    "demo-mmimdb": ("mmimdb", lambda root, report: read_mmimdb(root, report, _twin_genres()), "multi-label"),
-    "demo-snlive": ("snlive", read_snlive, "single-label"),
-}
+@dataclass(frozen=True)
+class Layout:
+    raw: str  # which upstream layout (a key of download.MARKERS)
+    reader: Callable[[Path, Report], dict[str, list[Pair]]]
+    task: str
+    classes: Callable[[dict[str, list[Pair]]], list[str]]
 
 
 def _twin_genres() -> tuple[str, ...]:
@@ -253,17 +251,36 @@ def _twin_genres() -> tuple[str, ...]:
     return (*PATTERNS, *COLOURS)
 
 
+def _train_labels(pairs: dict[str, list[Pair]]) -> list[str]:
+    return sorted({p.label for p in pairs["train"]})
+
+
+_FOOD101 = Layout("food101", read_food101, "single-label", _train_labels)
+_SNLIVE = Layout("snlive", read_snlive, "single-label", lambda pairs: list(SNLIVE_LABELS))
+LAYOUTS: dict[str, Layout] = {
+    "food101": _FOOD101,
+    "mmimdb": Layout("mmimdb", read_mmimdb, "multi-label", lambda pairs: list(MMIMDB_GENRES)),
+    "snlive": _SNLIVE,
+    "demo-food101": _FOOD101,
+    "demo-mmimdb": Layout(
+        "mmimdb", lambda root, report: read_mmimdb(root, report, _twin_genres()), "multi-label", lambda pairs: list(_twin_genres())
+    ),
+    "demo-snlive": _SNLIVE,
+}
+
+
 def prepare_dataset(name: str, raw: Path, out: Path, workers: int = 8, progress: Callable | None = None) -> dict[str, object]:
     """Read `raw` in the upstream layout of `name`, check every image, write the prepared folder `out`."""
     if name not in LAYOUTS:
         raise PrepareError(f"unknown data set {name!r}; allowed: {', '.join(LAYOUTS)}")
-    layout, reader, task = LAYOUTS[name]
-    root = find_layout_root(Path(raw), MARKERS[layout])
+    layout = LAYOUTS[name]
+    marker = MARKERS[layout.raw]
+    root = find_layout_root(Path(raw), marker)
     if root is None:
-        raise PrepareError(f"{raw} does not hold the {layout} layout (no {MARKERS[layout]}); run `mitp data download {name}` first")
+        raise PrepareError(f"{raw} does not hold the {layout.raw} layout (no {marker}); run `mitp data download {name}` first")
     report = Report(dataset=name, raw=str(Path(raw)))
-    pairs = reader(root, report)
-    classes = _classes(name, pairs)
+    pairs = layout.reader(root, report)
+    classes = layout.classes(pairs)
     for split in ("train", "val", "test"):
         pairs[split] = _drop_unusable(pairs[split], set(classes), split, report)
     pairs = _drop_bad_images(pairs, report, workers, progress)
@@ -271,29 +288,20 @@ def prepare_dataset(name: str, raw: Path, out: Path, workers: int = 8, progress:
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    label_key = "labels" if task == "multi-label" else "label"
+    label_key = "labels" if layout.task == "multi-label" else "label"
     for split, rows in pairs.items():
         _write_parquet(tmp / f"{split}.parquet", rows, label_key, out)
         report.counts[split] = len(rows)
-    if name.endswith("food101"):
+    if "val_split" in report.notes:  # carved here, not upstream: keep the ids so the split can be rebuilt
         (tmp / "val_ids.txt").write_text("".join(f"{p.id}\n" for p in pairs["val"]))
     atomic_write_json(tmp / "classes.json", classes)
-    report.notes.update({"task": task, "num_classes": len(classes)})
+    report.notes.update({"task": layout.task, "num_classes": len(classes)})
     with open(tmp / "dropped.jsonl", "w") as f:
         f.writelines(json.dumps(entry) + "\n" for entry in report.manifest)
     summary = report.to_json()
     atomic_write_json(tmp / "prepare_report.json", summary)
     replace_directory(tmp, out)
     return summary
-
-
-def _classes(name: str, pairs: dict[str, list[Pair]]) -> list[str]:
-    layout = LAYOUTS[name][0]
-    if layout == "mmimdb":
-        return list(_twin_genres() if name.startswith("demo-") else MMIMDB_GENRES)
-    if layout == "snlive":
-        return list(SNLIVE_LABELS)
-    return sorted({p.label for p in pairs["train"]})
 
 
 def _drop_unusable(rows: list[Pair], classes: set[str], split: str, report: Report) -> list[Pair]:

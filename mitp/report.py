@@ -21,7 +21,6 @@ import yaml
 MISSING = "missing"
 TABLE2_SETTINGS = {"Model 1": "mitp", "Model 2": "mlp-interaction", "Model 3": "prompts-only", "Baseline": "linear-probe"}
 TABLE1_OURS = {"MITP-base": "mitp", "MITP-small": "mitp-small", "P-CLIP": "p-clip"}
-PAPER_COLUMNS = ("food101", "mmimdb", "snlive")
 
 
 def paper_column(dataset: str) -> str:
@@ -76,7 +75,7 @@ def build_tables(records: list[dict[str, Any]], paper: dict[str, Any], datasets:
     table1 = []
     for method, values in paper["table1"].items():
         row = {"method": method}
-        ours_setting = next((s for name, s in TABLE1_OURS.items() if name == method), None)
+        ours_setting = TABLE1_OURS.get(method)
         for dataset, column in columns.items():
             # a peer method of the paper has no run of ours: "-" (not applicable), unlike a missing run
             row[f"{dataset} (ours)"] = _fmt(_cell(records, dataset, ours_setting)) if ours_setting else "-"

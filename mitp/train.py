@@ -25,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch.utils.data import DataLoader, Sampler
 
 from . import checkpoint as ckpt
+from .atomic import atomic_write_json, atomic_write_text, recover_directory, replace_directory
 from .backbone import load_backbone
 from .config import ConfigError, RunConfig
 from .data import build_split
@@ -103,11 +104,11 @@ def train_run(run: RunConfig, run_dir: Path, console: Console | None = None, pro
         if accelerator.is_main_process:
             console.print(f"[bold]resuming[/] from {last} (epoch {state['epoch']} of {run.epochs} done)")
 
-    state["class_embedding_max_cosine"] = model.max_class_cosine()
-    if state["class_embedding_max_cosine"] > CLASS_COSINE_WARNING and accelerator.is_main_process:
+    class_cosine = model.max_class_cosine()
+    if class_cosine > CLASS_COSINE_WARNING and accelerator.is_main_process:
         console.print(
             f"[bold yellow]warning:[/] two classes have template embeddings with cosine "
-            f"{state['class_embedding_max_cosine']:.3f}; Eq. 7 can hardly separate them (check the templates and backbone)"
+            f"{class_cosine:.3f}; Eq. 7 can hardly separate them (check the templates and backbone)"
         )
     sampler = EpochShuffleSampler(len(train_set), run.seed)
     workers = worker_count(run.train.num_workers)
@@ -174,7 +175,7 @@ def train_run(run: RunConfig, run_dir: Path, console: Console | None = None, pro
         accelerator.wait_for_everyone()
 
     if accelerator.is_main_process:
-        ckpt.atomic_write_json(run_dir / RESULT_FILE, _result_summary(run, core, state, metric_name, accelerator))
+        atomic_write_json(run_dir / RESULT_FILE, _result_summary(run, core, state, metric_name, accelerator))
     return TrainResult(run_dir, state["best_epoch"], state["best_metric"], len(state["history"]), state["history"])
 
 
@@ -210,7 +211,7 @@ def _result_summary(run: RunConfig, model: MITPModel, state: dict, metric_name: 
         "backbone_params": model.count_backbone(),
         "device": str(accelerator.device),
         "processes": accelerator.num_processes,
-        "class_embedding_max_cosine": state.get("class_embedding_max_cosine"),
+        "class_embedding_max_cosine": model.max_class_cosine(),
     }
 
 
@@ -237,9 +238,9 @@ def _save_epoch(run_dir: Path, run: RunConfig, model: MITPModel, optimizer, stat
         staging = run_dir / "best.new"
         shutil.rmtree(staging, ignore_errors=True)
         shutil.copytree(directory, staging, ignore=shutil.ignore_patterns(ckpt.OPTIMIZER_FILE))
-        ckpt.replace_directory(staging, run_dir / "best")
+        replace_directory(staging, run_dir / "best")
     ckpt.prune_epoch_checkpoints(run_dir, run.train.keep_checkpoints)
-    ckpt.atomic_write_json(run_dir / "history.json", state["history"])
+    atomic_write_json(run_dir / "history.json", state["history"])
 
 
 def _claim_run_dir(run_dir: Path, run: RunConfig) -> None:
@@ -252,8 +253,8 @@ def _claim_run_dir(run_dir: Path, run: RunConfig) -> None:
                 f"{run_dir} holds a run with a different config; pick another --out or remove it to start afresh"
             )
     else:
-        ckpt.atomic_write_text(path, run.to_json() + "\n")
-    ckpt.recover_directory(run_dir / "best")
+        atomic_write_text(path, run.to_json() + "\n")
+    recover_directory(run_dir / "best")
 
 
 def _accumulate_hub_stats(model: MITPModel, sink: dict[str, list[float]]) -> None:

@@ -53,7 +53,7 @@ TWINS = ("demo-food101", "demo-mmimdb", "demo-snlive")
 
 def vocabulary() -> tuple[str, ...]:
     """Every word a twin caption, class template or stand-in pre-training caption can contain."""
-    words = [*COMMON_WORDS, *COLOURS, GREY, *PATTERNS, *FOOD_WORDS, *MOVIE_WORDS, *NLI_WORDS, "in", "on", "left", "right"]
+    words = [*COMMON_WORDS, *COLOURS, GREY, *PATTERNS, *FOOD_WORDS, *MOVIE_WORDS, *NLI_WORDS]
     return tuple(dict.fromkeys(words))
 
 

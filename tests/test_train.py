@@ -6,6 +6,7 @@ from typer.testing import CliRunner
 
 from mitp import checkpoint as ckpt
 from mitp import train as train_module
+from mitp.atomic import recover_directory
 from mitp.cli import app
 from mitp.config import ConfigError, load_config, resolve_run
 from mitp.metrics import classification_metrics, multilabel_f1
@@ -86,7 +87,7 @@ def test_best_checkpoint_survives_a_kill_during_its_swap(tmp_path):
     old.mkdir()
     (old / ckpt.MODEL_FILE).write_text("x")
     (old / ckpt.STATE_FILE).write_text("{}")
-    ckpt.recover_directory(best)  # killed after best -> best.old, before best.new -> best
+    recover_directory(best)  # killed after best -> best.old, before best.new -> best
     assert ckpt.is_complete(best) and not old.exists()
 
 

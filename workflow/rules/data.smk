@@ -29,7 +29,7 @@ rule prepare:
 
 rule standin:
     output:
-        f"{W['standin']}/config.json" if W.get("standin") else "models/standin/config.json",
+        f"{W.get('standin') or 'models/standin'}/config.json",
     conda:
         "../envs/mitp.yaml"
     log:
