@@ -5,7 +5,9 @@ MITP with the config's food101 setting (random trainable weights: speed does not
 exports the graph with mitp's exporter, checks the logits agree, then times
   - latency at batch 1 (median over --repeats calls, after a warm-up), and
   - throughput at --batch (samples/s, median over --repeats calls),
-for PyTorch eager and onnxruntime, on CPU and, where present, on CUDA (fp32 and the fp16 variant).
+for PyTorch eager and onnxruntime, on CPU (fp32 and the int8 variant) and, where present, on CUDA (fp32 and
+the fp16 variant). Top-1 agreement of a variant means little with random weights, whose class logits are
+nearly tied; the export report of a trained bundle measures it.
 Optionally it also times whole `mitp predict` processes on a bundle (--predict-bundle).
 
     python benchmarks/onnx_inference.py --config workflow/profiles/demo/demo.yaml --dataset demo-food101 --backbone models/standin
@@ -73,7 +75,7 @@ def main() -> None:
     import onnxruntime as ort
     import torch
 
-    from mitp.export import ExportGraph, write_fp16, write_onnx
+    from mitp.export import ExportGraph, write_fp16, write_int8, write_onnx
 
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -95,7 +97,11 @@ def main() -> None:
         results["export_seconds"] = round(time.perf_counter() - start, 1)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
-        sessions = {"cpu": ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])}
+        write_int8(path, Path(tmp) / "model.int8.onnx")
+        sessions = {
+            "cpu": ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]),
+            "cpu-int8": ort.InferenceSession(str(Path(tmp) / "model.int8.onnx"), options, providers=["CPUExecutionProvider"]),
+        }
         if cuda:
             sessions["cuda"] = ort.InferenceSession(str(path), options, providers=["CUDAExecutionProvider"])
             write_fp16(path, Path(tmp) / "model.fp16.onnx")
@@ -128,8 +134,9 @@ def main() -> None:
             graph.cuda()
             results["torch_cuda_latency_b1_ms"] = 1000 * timed(torch_fn(one, "cuda"), args.repeats)
             results["torch_cuda_throughput"] = args.batch / timed(torch_fn(many, "cuda"), args.repeats)
-    results["speedup_cpu_latency_b1"] = results["torch_cpu_latency_b1_ms"] / results["onnx_cpu_latency_b1_ms"]
-    results["speedup_cpu_throughput"] = results["onnx_cpu_throughput"] / results["torch_cpu_throughput"]
+    for variant in ("cpu", "cpu-int8"):
+        results[f"speedup_{variant}_latency_b1"] = results["torch_cpu_latency_b1_ms"] / results[f"onnx_{variant}_latency_b1_ms"]
+        results[f"speedup_{variant}_throughput"] = results[f"onnx_{variant}_throughput"] / results["torch_cpu_throughput"]
     if "torch_cuda_latency_b1_ms" in results and "onnx_cuda_latency_b1_ms" in results:
         for variant in ("cuda", "cuda-fp16"):
             results[f"speedup_{variant}_latency_b1"] = results["torch_cuda_latency_b1_ms"] / results[f"onnx_{variant}_latency_b1_ms"]

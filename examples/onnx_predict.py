@@ -1,6 +1,6 @@
 """Use an mitp bundle with onnxruntime, numpy, Pillow and tokenizers alone (no mitp, no PyTorch).
 
-    python examples/onnx_predict.py BUNDLE IMAGE "caption"
+    python examples/onnx_predict.py BUNDLE IMAGE "caption" [model.int8.onnx]
 """
 
 import json
@@ -12,7 +12,8 @@ from PIL import Image
 from tokenizers import Tokenizer
 
 bundle, image_path, caption = sys.argv[1:4]
-session = ort.InferenceSession(f"{bundle}/model.onnx", providers=ort.get_available_providers())
+model_file = sys.argv[4] if len(sys.argv) > 4 else "model.onnx"  # or a variant: model.fp16.onnx, model.int8.onnx
+session = ort.InferenceSession(f"{bundle}/{model_file}", providers=ort.get_available_providers())
 meta = {k: json.loads(v) for k, v in session.get_modelmeta().custom_metadata_map.items()}
 
 # Image: shorter side to `size` (bicubic), centre crop, scale to [0, 1], normalise; NCHW float32.

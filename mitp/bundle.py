@@ -6,6 +6,7 @@ so this module imports neither torch nor onnx. A bundle is a folder:
     model.onnx          inputs pixel_values [B,3,H,W] f32, input_ids [B,77] i64, attention_mask [B,77] i64
                         -> logits [B,K] f32; prompts, hub and class embeddings baked in
     model.fp16.onnx     optional half-precision variant for GPUs (checked by top-1 agreement)
+    model.int8.onnx     optional variant for CPUs, MatMul weights in int8 (checked by top-1 agreement)
     tokenizer.json      the `tokenizers` file of the backbone
     export_report.json  how the export was verified (max abs diff against PyTorch, batch sizes)
 """
@@ -17,7 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 BUNDLE_FORMAT = 1  # bumped when the graph's inputs/outputs or the metadata change incompatibly
-MODEL_FILE, FP16_FILE, TOKENIZER_FILE, REPORT_FILE = "model.onnx", "model.fp16.onnx", "tokenizer.json", "export_report.json"
+MODEL_FILE, FP16_FILE, INT8_FILE = "model.onnx", "model.fp16.onnx", "model.int8.onnx"
+TOKENIZER_FILE, REPORT_FILE = "tokenizer.json", "export_report.json"
+VARIANT_FILES = {"fp32": MODEL_FILE, "fp16": FP16_FILE, "int8": INT8_FILE}  # what `mitp predict --variant` runs
 REQUIRED_KEYS = ("mitp_bundle_format", "mitp_version", "labels", "task", "decision", "image", "tokenizer", "dataset", "setting")
 
 

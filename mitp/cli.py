@@ -188,20 +188,25 @@ def export_command(
     checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Run directory (uses best/) or a checkpoint directory.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Bundle folder to write (replaced whole when verified).")],
     fp16: Annotated[bool, typer.Option("--fp16", help="Also write model.fp16.onnx for GPUs (checked by top-1 agreement).")] = False,
+    int8: Annotated[bool, typer.Option("--int8", help="Also write model.int8.onnx for CPUs (checked by top-1 agreement).")] = False,
     tolerance: Annotated[float, typer.Option(help="Largest allowed |onnxruntime - PyTorch| on logits.")] = 1e-4,
 ) -> None:
     """Export a trained model to an ONNX bundle, verified against PyTorch before it is written."""
     from .export import ExportError, export_bundle
 
     try:
-        report = export_bundle(checkpoint, out, fp16=fp16, tolerance=tolerance)
+        report = export_bundle(checkpoint, out, fp16=fp16, int8=int8, tolerance=tolerance)
     except ExportError as err:
         _fail(f"export not written: {err}")
     except _user_errors() as err:
         _fail(str(err))
     shown = f"max abs diff {report['fp32']['max_abs_diff']:.2e} at batch 1 and 3"
-    if "fp16" in report:
-        shown += f"; fp16 top-1 agreement {report['fp16']['top1_agreement']:.3f}"
+    for variant in ("fp16", "int8"):
+        if variant in report:
+            check = report[variant]
+            shown += f"; {variant} top-1 agreement {check['top1_agreement']:.3f}"
+            if "label_decision_agreement" in check:
+                shown += f", label decisions {check['label_decision_agreement']:.3f}"
     console.print(f"[bold green]bundle[/] {out}: {shown} ({report['verify_inputs']})")
 
 
@@ -221,7 +226,7 @@ def predict(
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many labels to show.")] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
     provider: Annotated[str, typer.Option(help="auto | cuda | cpu")] = "auto",
-    fp16: Annotated[bool, typer.Option("--fp16", help="Run the bundle's fp16 variant.")] = False,
+    variant: Annotated[str, typer.Option(help="fp32 | fp16 (GPUs) | int8 (CPUs): which of the bundle's models runs.")] = "fp32",
     batch: Annotated[Path | None, typer.Option("--batch", help='JSON lines {"image": ..., "text": ...}; one JSON line out per input.')] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="With --batch: write the JSON lines here instead of stdout.")] = None,
 ) -> None:
@@ -233,7 +238,7 @@ def predict(
     if batch is None and (image is None or text is None):
         _fail("give an IMAGE and a TEXT, or --batch pairs.jsonl")
     try:
-        predictor = Predictor(model, provider, fp16)
+        predictor = Predictor(model, provider, variant)
         if predictor.note:
             console.print(f"[yellow]note:[/] {predictor.note}", soft_wrap=True)
         if batch is not None:

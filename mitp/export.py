@@ -4,10 +4,12 @@ The graph is the whole prompted CLIP: both towers, the temporal prompts, the mem
 class embeddings, from (pixel_values, input_ids, attention_mask) to class logits, with a dynamic batch.
 The bundle is assembled in a temporary folder and renamed into place only after `onnx.checker` and
 onnxruntime agree with PyTorch on real inputs at batch 1 and 3 (max abs diff on logits <= tolerance).
+Optional reduced-precision variants (fp16 for GPUs, int8 for CPUs) are checked by top-1 agreement.
 """
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -18,13 +20,22 @@ import torch
 
 from . import __version__
 from .atomic import atomic_write_json, replace_directory
-from .bundle import BUNDLE_FORMAT, FP16_FILE, MODEL_FILE, REPORT_FILE, TOKENIZER_FILE, BundleInfo, metadata_props
+from .bundle import (
+    BUNDLE_FORMAT,
+    FP16_FILE,
+    INT8_FILE,
+    MODEL_FILE,
+    REPORT_FILE,
+    TOKENIZER_FILE,
+    BundleInfo,
+    metadata_props,
+)
 from .factory import image_size, load_trained
 from .preprocess import CLIP_MEAN, CLIP_STD
 
 TOLERANCE = 1e-4
 VERIFY_BATCHES = (1, 3)
-FP16_SAMPLES = 32  # pairs on which the fp16 variant's top-1 must agree with PyTorch
+VARIANT_SAMPLES = 32  # pairs on which the fp16 / int8 variants' top-1 is compared with PyTorch's
 EXTERNAL_DATA_BYTES = 1 << 30  # weights above this go to model.onnx.data (protobuf caps a file at 2 GB)
 
 
@@ -43,12 +54,15 @@ class ExportGraph(torch.nn.Module):
         return self.model(pixel_values, input_ids, attention_mask)  # (B, K)
 
 
-def export_bundle(checkpoint: Path, out: Path, fp16: bool = False, tolerance: float = TOLERANCE) -> dict[str, Any]:
-    """Write the bundle for `checkpoint` (a run directory or checkpoint folder) to `out`; returns the report."""
+def export_bundle(
+    checkpoint: Path, out: Path, fp16: bool = False, int8: bool = False, tolerance: float = TOLERANCE
+) -> dict[str, Any]:
+    """Write the bundle for `checkpoint` (a run directory or checkpoint folder) to `out`; returns the report.
+    `fp16` / `int8` also write the half-precision (GPU) / int8-weight (CPU) variants."""
     model, run, backbone, state = load_trained(checkpoint)
     model.bake_class_embeddings()
     size = image_size(backbone)
-    inputs, source = verification_inputs(run, backbone, size, FP16_SAMPLES)
+    inputs, source = verification_inputs(run, backbone, size, VARIANT_SAMPLES)
     graph = ExportGraph(model).eval()
 
     out = Path(out)
@@ -73,9 +87,13 @@ def export_bundle(checkpoint: Path, out: Path, fp16: bool = False, tolerance: fl
         "export_seconds": round(export_seconds, 2),
         "fp32": verify(graph, tmp / MODEL_FILE, inputs, tolerance),
     }
+    multi = run.dataset.task == "multi-label"
     if fp16:
         write_fp16(tmp / MODEL_FILE, tmp / FP16_FILE)
-        report["fp16"] = verify_top1(graph, tmp / FP16_FILE, inputs)
+        report["fp16"] = verify_top1(graph, tmp / FP16_FILE, inputs, multi)
+    if int8:
+        write_int8(tmp / MODEL_FILE, tmp / INT8_FILE)
+        report["int8"] = verify_top1(graph, tmp / INT8_FILE, inputs, multi)
     atomic_write_json(tmp / REPORT_FILE, report)
     replace_directory(tmp, out)
     return report
@@ -201,8 +219,45 @@ def write_fp16(source: Path, target: Path) -> None:
     onnx.save(model, str(target))
 
 
-def verify_top1(graph: torch.nn.Module, path: Path, inputs: dict[str, np.ndarray]) -> dict[str, Any]:
-    reference, half = _run_torch(graph, inputs), _run_onnx(_cpu_session(path), inputs)
-    agree = float((reference.argmax(1) == half.argmax(1)).mean())
-    return {"top1_agreement": agree, "max_abs_diff": float(np.abs(reference - half).max()), "samples": len(reference)}
+def write_int8(source: Path, target: Path) -> None:
+    """An int8 copy for CPUs: MatMul weights quantized once, activations on the fly (dynamic quantization,
+    so no calibration data). Weights use 7 bits (reduce_range) so the u8 x s8 kernels of AVX2 / AVX-512
+    CPUs without VNNI cannot saturate their 16-bit sums."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # quantize_dynamic logs a root-level hint to pre-process the model first; that pre-processing
+    # (symbolic shape inference) fails on the dynamo-exported graph, and the graph quantizes without it.
+    logging.disable(logging.WARNING)
+    try:
+        quantize_dynamic(source, target, weight_type=QuantType.QInt8, reduce_range=True, op_types_to_quantize=["MatMul"])
+    finally:
+        logging.disable(logging.NOTSET)
+    _keep_only_json_metadata(target)
+
+
+def _keep_only_json_metadata(path: Path) -> None:
+    """The quantizer tags its output with `onnx.infer: onnxruntime.quant`, which is not JSON; the bundle
+    contract promises JSON values, so the tag goes."""
+    import onnx
+
+    model = onnx.load(str(path))
+    kept = [(p.key, p.value) for p in model.metadata_props if p.key != "onnx.infer"]
+    del model.metadata_props[:]
+    for key, value in kept:
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(path))
+
+
+def verify_top1(graph: torch.nn.Module, path: Path, inputs: dict[str, np.ndarray], multi_label: bool) -> dict[str, Any]:
+    """How often a reduced-precision variant decides like PyTorch: top-1, and for multi-label the per-label
+    decisions (logit > 0, i.e. sigmoid >= 0.5) too."""
+    reference, variant = _run_torch(graph, inputs), _run_onnx(_cpu_session(path), inputs)
+    result = {
+        "top1_agreement": float((reference.argmax(1) == variant.argmax(1)).mean()),
+        "max_abs_diff": float(np.abs(reference - variant).max()),
+        "samples": len(reference),
+    }
+    if multi_label:
+        result["label_decision_agreement"] = float(((reference > 0) == (variant > 0)).mean())
+    return result
 

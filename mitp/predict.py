@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .bundle import FP16_FILE, MODEL_FILE, TOKENIZER_FILE, BundleError, BundleInfo, parse_metadata
+from .bundle import TOKENIZER_FILE, VARIANT_FILES, BundleError, BundleInfo, parse_metadata
 from .preprocess import ImageError, load_image, preprocess_image
 from .tokenizer import load_tokenizer_file
 
@@ -39,17 +39,21 @@ class Prediction:
 class Predictor:
     """A loaded bundle: one onnxruntime session plus the bundle's preprocessing and tokenizer."""
 
-    def __init__(self, bundle: str | Path, provider: str = "auto", fp16: bool = False):
+    def __init__(self, bundle: str | Path, provider: str = "auto", variant: str = "fp32"):
         try:
             import onnxruntime as ort
         except ImportError as err:
             raise BundleError('onnxruntime is not installed: pip install -e ".[cpu]" (or ".[gpu]" for CUDA)') from err
 
+        if variant not in VARIANT_FILES:
+            raise InputError(f"unknown variant {variant!r}; allowed: {', '.join(VARIANT_FILES)}")
         bundle = Path(bundle)
-        model_path = bundle / (FP16_FILE if fp16 else MODEL_FILE)
-        for path in (model_path, bundle / TOKENIZER_FILE):
+        model_path = bundle / VARIANT_FILES[variant]
+        for path in (bundle / VARIANT_FILES["fp32"], bundle / TOKENIZER_FILE):
             if not path.is_file():
                 raise BundleError(f"{path} not found: is {bundle} a bundle written by `mitp export`?")
+        if not model_path.is_file():
+            raise BundleError(f"{bundle} has no {variant} variant ({model_path.name}): export it with `mitp export --{variant}`")
         self.session, self.provider, self.note = _session(ort, model_path, provider)
         self.info: BundleInfo = parse_metadata(self.session.get_modelmeta().custom_metadata_map, str(model_path))
         self.tokenizer = load_tokenizer_file(bundle / TOKENIZER_FILE)

@@ -45,7 +45,7 @@ def trained(tmp_path_factory):
     (root / "config.yaml").write_text(yaml.safe_dump(config))
     result = runner.invoke(app, ["train", "-c", str(root / "config.yaml"), "-d", "food", "-s", "mitp", "--out", str(root / "run"), "--no-progress"])
     assert result.exit_code == 0, result.output
-    result = runner.invoke(app, ["export", "--checkpoint", str(root / "run"), "--out", str(root / "bundle"), "--fp16"])
+    result = runner.invoke(app, ["export", "--checkpoint", str(root / "run"), "--out", str(root / "bundle"), "--fp16", "--int8"])
     assert result.exit_code == 0, result.output
     return root
 
@@ -59,12 +59,14 @@ def _test_pairs(root: Path, count: int) -> tuple[list[Path], list[str]]:
 
 def test_bundle_holds_the_graph_tokenizer_metadata_and_a_verified_report(trained):
     bundle = trained / "bundle"
-    assert {p.name for p in bundle.iterdir()} == {"model.onnx", "model.fp16.onnx", "tokenizer.json", "export_report.json"}
+    assert {p.name for p in bundle.iterdir()} == {"model.onnx", "model.fp16.onnx", "model.int8.onnx", "tokenizer.json", "export_report.json"}
     report = json.loads((bundle / "export_report.json").read_text())
     assert report["fp32"]["max_abs_diff"] <= 1e-4
     assert set(report["fp32"]["max_abs_diff_by_batch"]) == {"1", "3"}
     assert report["verify_inputs"].startswith("food test split")
     assert report["fp16"]["top1_agreement"] >= 0.9
+    # int8 on this barely trained 64-wide model is the hard case (11 of 12 agreed here); chance is 1/16.
+    assert report["int8"]["top1_agreement"] >= 0.75 and report["int8"]["samples"] == 12
     model = onnx.load(str(bundle / "model.onnx"))
     meta = {p.key: json.loads(p.value) for p in model.metadata_props}
     assert meta["mitp_bundle_format"] == BUNDLE_FORMAT and meta["task"] == "single-label"
@@ -90,14 +92,17 @@ def test_predict_matches_pytorch_probabilities(trained):
     assert predictor.provider == "CPUExecutionProvider"
 
 
-def test_cli_json_and_plain_onnxruntime_script_agree(trained):
+@pytest.mark.parametrize(("variant", "model_file"), [("fp32", "model.onnx"), ("int8", "model.int8.onnx")])
+def test_cli_json_and_plain_onnxruntime_script_agree(trained, variant, model_file):
     images, texts = _test_pairs(trained, 1)
-    result = runner.invoke(app, ["predict", str(images[0]), texts[0], "--model", str(trained / "bundle"), "--json", "--provider", "cpu", "-k", "100"])
+    result = runner.invoke(app, [
+        "predict", str(images[0]), texts[0], "--model", str(trained / "bundle"), "--json", "--provider", "cpu", "-k", "100", "--variant", variant,
+    ])
     assert result.exit_code == 0, result.output
     cli = json.loads(result.stdout)
     assert cli["provider"] == "CPUExecutionProvider" and len(cli["labels"]) == 1
     script = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "onnx_predict.py"), str(trained / "bundle"), str(images[0]), texts[0]],
+        [sys.executable, str(ROOT / "examples" / "onnx_predict.py"), str(trained / "bundle"), str(images[0]), texts[0], model_file],
         capture_output=True, text=True, check=True, cwd=trained,
     )
     plain = json.loads(script.stdout)
@@ -120,6 +125,7 @@ def test_bad_inputs_fail_clearly(trained, tmp_path):
         ([str(not_image), text], "cannot decode image"),
         ([str(image), "   "], "caption is empty"),
         ([str(image), text, "--provider", "tpu"], "unknown provider"),
+        ([str(image), text, "--variant", "bf16"], "unknown variant"),
         ([str(image)], "give an IMAGE and a TEXT"),
     ]
     for args, message in cases:
@@ -127,6 +133,20 @@ def test_bad_inputs_fail_clearly(trained, tmp_path):
         assert result.exit_code == 2 and message in result.output, (args, result.output)
     result = runner.invoke(app, ["predict", str(image), text, "--model", str(tmp_path)])
     assert result.exit_code == 2 and "is " + str(tmp_path) + " a bundle" in result.output.replace("\n", "")
+
+
+def test_int8_variant_runs_quantized_matmuls_and_decides_like_fp32(trained, tmp_path):
+    ops = {node.op_type for node in onnx.load(str(trained / "bundle" / "model.int8.onnx")).graph.node}
+    assert ops & {"DynamicQuantizeMatMul", "MatMulInteger", "MatMulIntegerToFloat"}, ops
+    images, texts = _test_pairs(trained, 12)
+    exact = Predictor(trained / "bundle", provider="cpu").predict(images, texts)
+    quantized = Predictor(trained / "bundle", provider="cpu", variant="int8").predict(images, texts)
+    agree = np.mean([a.labels == b.labels for a, b in zip(exact, quantized, strict=True)])
+    assert agree >= 0.75  # see the export report test
+    assert max(abs(a.scores[k] - b.scores[k]) for a, b in zip(exact, quantized, strict=True) for k in a.scores) > 0  # really another model
+    shutil.copytree(trained / "bundle", tmp_path / "fp32-only", ignore=shutil.ignore_patterns("model.int8.onnx"))
+    result = runner.invoke(app, ["predict", str(images[0]), texts[0], "--model", str(tmp_path / "fp32-only"), "--variant", "int8"])
+    assert result.exit_code == 2 and "no int8 variant" in result.output and "--int8" in result.output
 
 
 def test_long_captions_are_truncated_and_said_so(trained):

@@ -9,9 +9,9 @@ rule export:
         "logs/export/{dataset}/{setting}.log",
     threads: W["train_threads"]
     params:
-        fp16="--fp16" if W["export_fp16"] else "",
+        variants=" ".join(flag for flag, wanted in (("--fp16", W["export_fp16"]), ("--int8", W["export_int8"])) if wanted),
     shell:
-        "OMP_NUM_THREADS={threads} mitp export --checkpoint $(dirname {input}) --out {output} {params.fp16} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} mitp export --checkpoint $(dirname {input}) --out {output} {params.variants} > {log} 2>&1"
 
 
 rule sample_pairs:
