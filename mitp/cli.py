@@ -158,7 +158,8 @@ def train(
         result = train_run(run, out, console=console, progress=progress)
     except _user_errors() as err:
         _fail(str(err))
-    console.print(f"[bold green]done[/]: best epoch {result.best_epoch} ({result.best_metric:.4f}) in {out}")
+    if result.main_process:
+        console.print(f"[bold green]done[/]: best epoch {result.best_epoch} ({result.best_metric:.4f}) in {out}")
 
 
 @app.command()

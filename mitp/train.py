@@ -61,6 +61,7 @@ class TrainResult:
     best_metric: float
     epochs_run: int
     history: list[dict[str, Any]]
+    main_process: bool = True  # False in the other processes of a distributed run, which stay quiet
 
 
 def worker_count(requested: int) -> int:
@@ -84,8 +85,9 @@ def train_run(run: RunConfig, run_dir: Path, console: Console | None = None, pro
     """Train one (data set, setting) run into `run_dir`, resuming from its last checkpoint if any."""
     console = console or Console(stderr=True)
     run_dir = Path(run_dir)
-    _claim_run_dir(run_dir, run)
     accelerator = make_accelerator(run.train.precision)
+    _claim_run_dir(run_dir, run, write=accelerator.is_main_process)
+    accelerator.wait_for_everyone()
     set_seed(run.seed)
 
     backbone = load_backbone(run.backbone, seed=run.seed)
@@ -144,7 +146,7 @@ def train_run(run: RunConfig, run_dir: Path, console: Console | None = None, pro
                     accelerator.clip_grad_norm_(model.parameters(), run.train.grad_clip)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-                losses.append(loss.item())
+                losses.append(accelerator.reduce(loss.detach(), reduction="mean").item())  # over all processes
                 samples += len(batch["labels"]) * accelerator.num_processes
                 state["global_step"] += 1
                 _accumulate_hub_stats(core, hub_stats)
@@ -176,7 +178,8 @@ def train_run(run: RunConfig, run_dir: Path, console: Console | None = None, pro
 
     if accelerator.is_main_process:
         atomic_write_json(run_dir / RESULT_FILE, _result_summary(run, core, state, metric_name, accelerator))
-    return TrainResult(run_dir, state["best_epoch"], state["best_metric"], len(state["history"]), state["history"])
+    history = state["history"]
+    return TrainResult(run_dir, state["best_epoch"], state["best_metric"], len(history), history, accelerator.is_main_process)
 
 
 def _peak_memory() -> dict[str, Any]:
@@ -243,8 +246,9 @@ def _save_epoch(run_dir: Path, run: RunConfig, model: MITPModel, optimizer, stat
     atomic_write_json(run_dir / "history.json", state["history"])
 
 
-def _claim_run_dir(run_dir: Path, run: RunConfig) -> None:
-    """Write the run's config, or check that an existing run directory was made by the same config."""
+def _claim_run_dir(run_dir: Path, run: RunConfig, write: bool = True) -> None:
+    """Check that an existing run directory was made by the same config (every process), and write the
+    config or repair an interrupted best/ swap (only the process that `write`s: the main one)."""
     path = run_dir / ckpt.CONFIG_FILE
     if path.is_file():
         existing = json.loads(path.read_text())
@@ -252,9 +256,10 @@ def _claim_run_dir(run_dir: Path, run: RunConfig) -> None:
             raise ConfigError(
                 f"{run_dir} holds a run with a different config; pick another --out or remove it to start afresh"
             )
-    else:
+    elif write:
         atomic_write_text(path, run.to_json() + "\n")
-    recover_directory(run_dir / "best")
+    if write:
+        recover_directory(run_dir / "best")
 
 
 def _accumulate_hub_stats(model: MITPModel, sink: dict[str, list[float]]) -> None:

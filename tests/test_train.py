@@ -129,3 +129,37 @@ def test_metrics_by_hand():
     # tp = [1, 2, 0], fp = [1, 0, 1], fn = [0, 0, 0]
     assert scores["f1_micro"] == pytest.approx(2 * 3 / (2 * 3 + 2))
     assert scores["f1_macro"] == pytest.approx((2 / 3 + 1 + 0) / 3)
+
+
+def test_two_processes_train_like_one_process_with_their_combined_batch(write_config, tmp_path):
+    """The distributed path that `accelerate launch --multi_gpu` starts, run on CPU: torchrun, gloo, DDP.
+    Two processes with batch 32 each see batches 2k and 2k+1 of the same seeded order, and DDP averages
+    their gradients, so they must train what one process trains with batch 64."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    sizes = {"train": 128, "val": 40, "test": 32}
+    config = write_config(synthetic_config(epochs=2, sizes=sizes))
+    combined = tmp_path / "combined.yaml"
+    combined.write_text(yaml.safe_dump(synthetic_config(epochs=2, sizes=sizes, batch_size=64)))
+    single = train_run(resolve_run(load_config(combined), "toy", "mitp"), tmp_path / "single", progress=False)
+
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "mitp.cli", "train", "-c", str(config), "-d", "toy", "-s", "mitp", "--out", str(tmp_path / "ddp"), "--no-progress",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.count("done: best epoch") == 1  # only the main process reports
+
+    result = json.loads((tmp_path / "ddp" / "result.json").read_text())
+    assert result["processes"] == 2
+    history = json.loads((tmp_path / "ddp" / "history.json").read_text())
+    assert [h["val"]["num_samples"] for h in history] == [40, 40]  # gathered from both, padding dropped
+    assert [h["train_loss"] for h in history] == pytest.approx([h["train_loss"] for h in single.history], abs=1e-5)
+    trained, _, _ = ckpt.load_checkpoint(ckpt.epoch_directory(tmp_path / "ddp", 2))
+    reference, _, _ = ckpt.load_checkpoint(ckpt.epoch_directory(tmp_path / "single", 2))
+    for name, tensor in reference.items():
+        assert torch.allclose(tensor, trained[name], atol=1e-5), name
