@@ -87,6 +87,10 @@ def main() -> None:
         "config": args.config, "backbone": args.backbone, "dataset": args.dataset, "setting": args.setting, "batch": args.batch, "repeats": args.repeats,
     }
     cuda = torch.cuda.is_available() and "CUDAExecutionProvider" in ort.get_available_providers()
+    if cuda:
+        from mitp.predict import preload_cuda_libraries
+
+        preload_cuda_libraries(ort)
     if torch.cuda.is_available():
         results["gpu"] = torch.cuda.get_device_name(0)
 
@@ -106,6 +110,9 @@ def main() -> None:
             sessions["cuda"] = ort.InferenceSession(str(path), options, providers=["CUDAExecutionProvider"])
             write_fp16(path, Path(tmp) / "model.fp16.onnx")
             sessions["cuda-fp16"] = ort.InferenceSession(str(Path(tmp) / "model.fp16.onnx"), options, providers=["CUDAExecutionProvider"])
+            for name in ("cuda", "cuda-fp16"):  # onnxruntime falls back to CPU silently: never time that as CUDA
+                if sessions[name].get_providers()[0] != "CUDAExecutionProvider":
+                    raise SystemExit(f"onnxruntime could not start the CUDA provider for {name}: see README, GPU install")
 
         def torch_fn(batch, device):
             tensors = [torch.from_numpy(batch[k]).to(device) for k in ("pixel_values", "input_ids", "attention_mask")]

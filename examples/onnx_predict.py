@@ -13,7 +13,11 @@ from tokenizers import Tokenizer
 
 bundle, image_path, caption = sys.argv[1:4]
 model_file = sys.argv[4] if len(sys.argv) > 4 else "model.onnx"  # or a variant: model.fp16.onnx, model.int8.onnx
-session = ort.InferenceSession(f"{bundle}/{model_file}", providers=ort.get_available_providers())
+# CUDA where onnxruntime-gpu can start it (falling back to CPU by itself), else CPU.
+providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+if "CUDAExecutionProvider" in providers:
+    ort.preload_dlls()  # the CUDA / cuDNN libraries that pip installed (onnxruntime-gpu[cuda,cudnn])
+session = ort.InferenceSession(f"{bundle}/{model_file}", providers=providers)
 meta = {k: json.loads(v) for k, v in session.get_modelmeta().custom_metadata_map.items()}
 
 # Image: shorter side to `size` (bicubic), centre crop, scale to [0, 1], normalise; NCHW float32.

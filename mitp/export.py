@@ -174,6 +174,12 @@ def _add_metadata(path: Path, info: BundleInfo, extra: dict[str, Any]) -> None:
     del model.metadata_props[:]
     for key, value in metadata_props(info, extra).items():
         model.metadata_props.add(key=key, value=value)
+    # value_info entries for weights only repeat the initializers' shapes, and they break onnxruntime 1.31's
+    # quantizer (the `gpu` extra): it transposes a Gemm weight in place and trips over the stale shape.
+    weights = {t.name for t in model.graph.initializer}
+    shapes = [v for v in model.graph.value_info if v.name not in weights]
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(shapes)
     large = sum(t.ByteSize() for t in model.graph.initializer) > EXTERNAL_DATA_BYTES
     for stale in path.parent.glob(path.name + ".data"):
         stale.unlink()

@@ -115,13 +115,21 @@ def _session(ort, model_path: Path, provider: str):
     note = ""
     if provider in ("auto", "cuda"):
         if PROVIDERS["cuda"] in available:
+            preload_cuda_libraries(ort)
+            if provider == "auto":  # a failed try is said in one note below, not in onnxruntime's own log lines
+                ort.set_default_logger_severity(4)
             try:
                 session = ort.InferenceSession(str(model_path), providers=[PROVIDERS["cuda"], PROVIDERS["cpu"]])
                 if session.get_providers()[0] == PROVIDERS["cuda"]:
                     return session, PROVIDERS["cuda"], note
-                note = "onnxruntime has the CUDA provider but could not start it (no GPU or CUDA libraries)"
+                note = (
+                    "onnxruntime has the CUDA provider but could not start it (no GPU, or CUDA 13 / cuDNN 9 "
+                    "libraries missing: see README, GPU install)"
+                )
             except Exception as err:  # onnxruntime raises plain RuntimeErrors/Fails for provider problems
                 note = f"the CUDA provider failed to start: {err}"
+            finally:
+                ort.set_default_logger_severity(2)
         else:
             note = "this onnxruntime has no CUDA provider (install the onnxruntime-gpu variant for GPUs)"
         if provider == "cuda":
@@ -132,6 +140,15 @@ def _session(ort, model_path: Path, provider: str):
     except Exception as err:
         raise BundleError(f"onnxruntime cannot load {model_path}: {err}") from err
     return session, PROVIDERS["cpu"], note
+
+
+def preload_cuda_libraries(ort) -> None:
+    """Load the CUDA and cuDNN libraries that pip installs (the `gpu` extra, or a CUDA build of torch).
+
+    They live in site-packages, off the loader's path, and this process imports no torch to bring them
+    in; without this the CUDA provider fails on a missing libcublasLt even where they are installed."""
+    if hasattr(ort, "preload_dlls"):  # onnxruntime >= 1.21
+        ort.preload_dlls()
 
 
 def read_batch_line(line: str, base: Path) -> tuple[Path, str]:
