@@ -10,6 +10,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,18 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_json(path: Path, value: Any) -> None:
     atomic_write_text(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
+
+
+@contextmanager
+def build_directory(target: Path) -> Iterator[Path]:
+    """A fresh, empty folder beside `target` to build in; it replaces `target` whole only if the block
+    finishes. A failed or killed build leaves `target` as it was (its leftover is cleared next time)."""
+    target = Path(target)
+    tmp = target.with_name(target.name + TMP_SUFFIX)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    yield tmp
+    replace_directory(tmp, target)
 
 
 def replace_directory(source: Path, target: Path) -> None:

@@ -18,9 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 BUNDLE_FORMAT = 1  # bumped when the graph's inputs/outputs or the metadata change incompatibly
-MODEL_FILE, FP16_FILE, INT8_FILE = "model.onnx", "model.fp16.onnx", "model.int8.onnx"
-TOKENIZER_FILE, REPORT_FILE = "tokenizer.json", "export_report.json"
-VARIANT_FILES = {"fp32": MODEL_FILE, "fp16": FP16_FILE, "int8": INT8_FILE}  # what `mitp predict --variant` runs
+MODEL_FILE, TOKENIZER_FILE, REPORT_FILE = "model.onnx", "tokenizer.json", "export_report.json"
+VARIANT_FILES = {"fp32": MODEL_FILE, "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}  # `mitp predict --variant`
 REQUIRED_KEYS = ("mitp_bundle_format", "mitp_version", "labels", "task", "decision", "image", "tokenizer", "dataset", "setting")
 
 

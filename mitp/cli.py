@@ -267,6 +267,7 @@ def _predict_batch(predictor, batch: Path, out: Path | None) -> int:
     import sys
 
     from .predict import InputError, predict_batch_file
+    from .progress import progress_bar
 
     if not batch.is_file():
         raise InputError(f"batch file not found: {batch}")
@@ -274,8 +275,8 @@ def _predict_batch(predictor, batch: Path, out: Path | None) -> int:
     total = sum(1 for line in lines if line.strip())
     sink = open(out, "w") if out else sys.stdout  # noqa: SIM115 (closed below)
     try:
-        with _progress_bar("predict", unit_bytes=False) as bar:
-            task = bar.add_task("", total=total)
+        with progress_bar(console) as bar:
+            task = bar.add_task("predict", total=total)
             failed = predict_batch_file(
                 predictor, lines, batch.parent, lambda record: sink.write(json.dumps(record) + "\n"),
                 on_skip=lambda number, err: console.print(f"[bold red]skipped[/] line {number}: {err}", soft_wrap=True),
@@ -309,13 +310,6 @@ app.add_typer(data_app, name="data")
 DATASETS_HELP = "food101 | mmimdb | snlive | demo-food101 | demo-mmimdb | demo-snlive"
 
 
-def _progress_bar(description: str, unit_bytes: bool):
-    from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    count = DownloadColumn() if unit_bytes else MofNCompleteColumn()
-    return Progress(description, BarColumn(), count, TimeRemainingColumn(), console=console, transient=True)
-
-
 @data_app.command("download")
 def data_download(
     dataset: Annotated[str, typer.Argument(help=DATASETS_HELP)],
@@ -324,11 +318,12 @@ def data_download(
 ) -> None:
     """Fetch a data set in its upstream layout (resumable, checksummed); twins are generated offline."""
     from .download import download_dataset
+    from .progress import progress_bar
 
     raw = raw or Path("data/raw") / dataset
     try:
-        with _progress_bar(f"download {dataset}", unit_bytes=True) as bar:
-            task = bar.add_task("", total=None)
+        with progress_bar(console, unit_bytes=True) as bar:
+            task = bar.add_task(f"download {dataset}", total=None)
             root = download_dataset(dataset, raw, progress=lambda done, total: bar.update(task, completed=done, total=total), seed=seed)
     except _data_errors() as err:
         _fail(str(err))
@@ -344,11 +339,12 @@ def data_prepare(
 ) -> None:
     """Write {train,val,test}.parquet, classes.json and prepare_report.json; bad pairs are dropped and counted."""
     from .prepare import prepare_dataset
+    from .progress import progress_bar
 
     raw, out = raw or Path("data/raw") / dataset, out or Path("data") / dataset
     try:
-        with _progress_bar(f"check images of {dataset}", unit_bytes=False) as bar:
-            task = bar.add_task("", total=None)
+        with progress_bar(console) as bar:
+            task = bar.add_task(f"check images of {dataset}", total=None)
             report = prepare_dataset(dataset, raw, out, workers, progress=lambda done, total: bar.update(task, completed=done, total=total))
     except _data_errors() as err:
         _fail(str(err))

@@ -23,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .atomic import build_directory
+
 CHUNK = 1 << 20
 
 
@@ -83,12 +85,9 @@ def download_dataset(name: str, raw: Path, progress: Callable | None = None, see
     raw = Path(raw)
     if name in TWINS:
         if not (raw / ".complete").is_file():
-            tmp = raw.with_name(raw.name + ".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            make_twin(name, tmp, seed=seed)
-            (tmp / ".complete").write_text("generated\n")
-            shutil.rmtree(raw, ignore_errors=True)
-            os.replace(tmp, raw)
+            with build_directory(raw) as tmp:
+                make_twin(name, tmp, seed=seed)
+                (tmp / ".complete").write_text("generated\n")
         return raw
     if name not in MARKERS:
         raise DownloadError(f"unknown data set {name!r}; allowed: {', '.join([*MARKERS, *TWINS])}")

@@ -10,7 +10,6 @@ Optional reduced-precision variants (fp16 for GPUs, int8 for CPUs) are checked b
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -19,17 +18,8 @@ import numpy as np
 import torch
 
 from . import __version__
-from .atomic import atomic_write_json, replace_directory
-from .bundle import (
-    BUNDLE_FORMAT,
-    FP16_FILE,
-    INT8_FILE,
-    MODEL_FILE,
-    REPORT_FILE,
-    TOKENIZER_FILE,
-    BundleInfo,
-    metadata_props,
-)
+from .atomic import atomic_write_json, build_directory
+from .bundle import BUNDLE_FORMAT, MODEL_FILE, REPORT_FILE, TOKENIZER_FILE, VARIANT_FILES, BundleInfo, metadata_props
 from .factory import image_size, load_trained
 from .preprocess import CLIP_MEAN, CLIP_STD
 
@@ -64,38 +54,32 @@ def export_bundle(
     size = image_size(backbone)
     inputs, source = verification_inputs(run, backbone, size, VARIANT_SAMPLES)
     graph = ExportGraph(model).eval()
+    writers = {name: writer for name, writer, wanted in (("fp16", write_fp16, fp16), ("int8", write_int8, int8)) if wanted}
 
-    out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    started = time.perf_counter()
-    write_onnx(graph, inputs, tmp / MODEL_FILE)
-    export_seconds = time.perf_counter() - started
-    info = bundle_info(run, state["classes"], backbone, size)
-    _add_metadata(tmp / MODEL_FILE, info, {"source_config": run.to_dict(), "checkpoint": state["checkpoint"]})
-    backbone.tokenizer.save(tmp / TOKENIZER_FILE)
+    with build_directory(out) as tmp:
+        started = time.perf_counter()
+        write_onnx(graph, inputs, tmp / MODEL_FILE)
+        export_seconds = time.perf_counter() - started
+        info = bundle_info(run, state["classes"], backbone, size)
+        _add_metadata(tmp / MODEL_FILE, info, {"source_config": run.to_dict(), "checkpoint": state["checkpoint"]})
+        backbone.tokenizer.save(tmp / TOKENIZER_FILE)
 
-    report: dict[str, Any] = {
-        "mitp_version": __version__,
-        "dataset": run.dataset_name,
-        "setting": run.setting_name,
-        "backbone": run.backbone,
-        "checkpoint": state["checkpoint"],
-        "verify_inputs": source,
-        "tolerance": tolerance,
-        "export_seconds": round(export_seconds, 2),
-        "fp32": verify(graph, tmp / MODEL_FILE, inputs, tolerance),
-    }
-    multi = run.dataset.task == "multi-label"
-    if fp16:
-        write_fp16(tmp / MODEL_FILE, tmp / FP16_FILE)
-        report["fp16"] = verify_top1(graph, tmp / FP16_FILE, inputs, multi)
-    if int8:
-        write_int8(tmp / MODEL_FILE, tmp / INT8_FILE)
-        report["int8"] = verify_top1(graph, tmp / INT8_FILE, inputs, multi)
-    atomic_write_json(tmp / REPORT_FILE, report)
-    replace_directory(tmp, out)
+        report: dict[str, Any] = {
+            "mitp_version": __version__,
+            "dataset": run.dataset_name,
+            "setting": run.setting_name,
+            "backbone": run.backbone,
+            "checkpoint": state["checkpoint"],
+            "verify_inputs": source,
+            "tolerance": tolerance,
+            "export_seconds": round(export_seconds, 2),
+            "fp32": verify(graph, tmp / MODEL_FILE, inputs, tolerance),
+        }
+        reference = _run_torch(graph, inputs) if writers else None  # (N, K), shared by the variants' checks
+        for variant, write in writers.items():
+            write(tmp / MODEL_FILE, tmp / VARIANT_FILES[variant])
+            report[variant] = verify_top1(reference, tmp / VARIANT_FILES[variant], inputs, info.task == "multi-label")
+        atomic_write_json(tmp / REPORT_FILE, report)
     return report
 
 
@@ -171,9 +155,7 @@ def _add_metadata(path: Path, info: BundleInfo, extra: dict[str, Any]) -> None:
     import onnx
 
     model = onnx.load(str(path))
-    del model.metadata_props[:]
-    for key, value in metadata_props(info, extra).items():
-        model.metadata_props.add(key=key, value=value)
+    _set_metadata(model, metadata_props(info, extra))
     # value_info entries for weights only repeat the initializers' shapes, and they break onnxruntime 1.31's
     # quantizer (the `gpu` extra): it transposes a Gemm weight in place and trips over the stale shape.
     weights = {t.name for t in model.graph.initializer}
@@ -247,17 +229,21 @@ def _keep_only_json_metadata(path: Path) -> None:
     import onnx
 
     model = onnx.load(str(path))
-    kept = [(p.key, p.value) for p in model.metadata_props if p.key != "onnx.infer"]
-    del model.metadata_props[:]
-    for key, value in kept:
-        model.metadata_props.add(key=key, value=value)
+    _set_metadata(model, {p.key: p.value for p in model.metadata_props if p.key != "onnx.infer"})
     onnx.save(model, str(path))
 
 
-def verify_top1(graph: torch.nn.Module, path: Path, inputs: dict[str, np.ndarray], multi_label: bool) -> dict[str, Any]:
-    """How often a reduced-precision variant decides like PyTorch: top-1, and for multi-label the per-label
-    decisions (logit > 0, i.e. sigmoid >= 0.5) too."""
-    reference, variant = _run_torch(graph, inputs), _run_onnx(_cpu_session(path), inputs)
+def _set_metadata(model, props: dict[str, str]) -> None:
+    """Make `props` the ONNX model's whole `metadata_props`."""
+    del model.metadata_props[:]
+    for key, value in props.items():
+        model.metadata_props.add(key=key, value=value)
+
+
+def verify_top1(reference: np.ndarray, path: Path, inputs: dict[str, np.ndarray], multi_label: bool) -> dict[str, Any]:
+    """How often a reduced-precision variant decides like PyTorch's `reference` logits on `inputs`: top-1,
+    and for multi-label the per-label decisions (logit > 0, i.e. sigmoid >= 0.5) too."""
+    variant = _run_onnx(_cpu_session(path), inputs)
     result = {
         "top1_agreement": float((reference.argmax(1) == variant.argmax(1)).mean()),
         "max_abs_diff": float(np.abs(reference - variant).max()),

@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_write_json, replace_directory
+from .atomic import atomic_write_json, build_directory
 from .download import MARKERS, find_layout_root
 from .preprocess import ImageError, load_image
 
@@ -285,22 +284,19 @@ def prepare_dataset(name: str, raw: Path, out: Path, workers: int = 8, progress:
         pairs[split] = _drop_unusable(pairs[split], set(classes), split, report)
     pairs = _drop_bad_images(pairs, report, workers, progress)
     out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     label_key = "labels" if layout.task == "multi-label" else "label"
-    for split, rows in pairs.items():
-        _write_parquet(tmp / f"{split}.parquet", rows, label_key, out)
-        report.counts[split] = len(rows)
-    if "val_split" in report.notes:  # carved here, not upstream: keep the ids so the split can be rebuilt
-        (tmp / "val_ids.txt").write_text("".join(f"{p.id}\n" for p in pairs["val"]))
-    atomic_write_json(tmp / "classes.json", classes)
-    report.notes.update({"task": layout.task, "num_classes": len(classes)})
-    with open(tmp / "dropped.jsonl", "w") as f:
-        f.writelines(json.dumps(entry) + "\n" for entry in report.manifest)
-    summary = report.to_json()
-    atomic_write_json(tmp / "prepare_report.json", summary)
-    replace_directory(tmp, out)
+    with build_directory(out) as tmp:
+        for split, rows in pairs.items():
+            _write_parquet(tmp / f"{split}.parquet", rows, label_key, out)
+            report.counts[split] = len(rows)
+        if "val_split" in report.notes:  # carved here, not upstream: keep the ids so the split can be rebuilt
+            (tmp / "val_ids.txt").write_text("".join(f"{p.id}\n" for p in pairs["val"]))
+        atomic_write_json(tmp / "classes.json", classes)
+        report.notes.update({"task": layout.task, "num_classes": len(classes)})
+        with open(tmp / "dropped.jsonl", "w") as f:
+            f.writelines(json.dumps(entry) + "\n" for entry in report.manifest)
+        summary = report.to_json()
+        atomic_write_json(tmp / "prepare_report.json", summary)
     return summary
 
 

@@ -12,7 +12,6 @@ loads like any Hugging Face backbone: `--backbone <dir>`.
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .atomic import replace_directory
+from .atomic import build_directory
 from .backbone import preset_config
 from .preprocess import preprocess_image
 from .tokenizer import ClipTokenizer, build_word_tokenizer
@@ -135,9 +134,6 @@ def _lr_factor(step: int, config: StandinConfig) -> float:
 
 def save_standin(clip, tokenizer: ClipTokenizer, out: Path) -> None:
     """save_pretrained + tokenizer.json into a temporary folder, then swap it in (never half-written)."""
-    out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    clip.save_pretrained(tmp)
-    tokenizer.save(tmp / "tokenizer.json")
-    replace_directory(tmp, out)
+    with build_directory(out) as tmp:
+        clip.save_pretrained(tmp)
+        tokenizer.save(tmp / "tokenizer.json")

@@ -21,17 +21,17 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader, Sampler
 
 from . import checkpoint as ckpt
-from .atomic import atomic_write_json, atomic_write_text, recover_directory, replace_directory
+from .atomic import atomic_write_json, atomic_write_text, build_directory, recover_directory
 from .backbone import load_backbone
 from .config import ConfigError, RunConfig
 from .data import build_split
 from .factory import build_model, image_size
 from .metrics import PRIMARY_METRIC, classification_metrics
 from .model import MITPModel, classification_loss
+from .progress import progress_bar
 
 CLASS_COSINE_WARNING = 0.98
 RESULT_FILE = "result.json"
@@ -133,7 +133,7 @@ def train_run(run: RunConfig, run_dir: Path, console: Console | None = None, pro
             torch.cuda.reset_peak_memory_stats()
         model.train()
         losses, samples, hub_stats = [], 0, {}
-        with _progress(progress and accelerator.is_main_process, console) as bar:
+        with progress_bar(console, enabled=progress and accelerator.is_main_process) as bar:
             task = bar.add_task(f"epoch {epoch}/{run.epochs}", total=steps_per_epoch)
             for step, batch in enumerate(train_loader):
                 if step >= steps_per_epoch:
@@ -238,10 +238,8 @@ def _save_epoch(run_dir: Path, run: RunConfig, model: MITPModel, optimizer, stat
         ckpt.epoch_directory(run_dir, state["epoch"]), model.trainable_state_dict(), run, saved, optimizer.state_dict()
     )
     if improved:
-        staging = run_dir / "best.new"
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(directory, staging, ignore=shutil.ignore_patterns(ckpt.OPTIMIZER_FILE))
-        replace_directory(staging, run_dir / "best")
+        with build_directory(run_dir / "best") as staging:
+            shutil.copytree(directory, staging, ignore=shutil.ignore_patterns(ckpt.OPTIMIZER_FILE), dirs_exist_ok=True)
     ckpt.prune_epoch_checkpoints(run_dir, run.train.keep_checkpoints)
     atomic_write_json(run_dir / "history.json", state["history"])
 
@@ -267,9 +265,3 @@ def _accumulate_hub_stats(model: MITPModel, sink: dict[str, list[float]]) -> Non
     for name, value in getattr(hub, "stats", {}).items():
         sink.setdefault(name, []).append(float(value))
 
-
-def _progress(enabled: bool, console: Console) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=console, transient=True, disable=not enabled,
-    )

@@ -87,7 +87,7 @@ def test_best_checkpoint_survives_a_kill_during_its_swap(tmp_path):
     old.mkdir()
     (old / ckpt.MODEL_FILE).write_text("x")
     (old / ckpt.STATE_FILE).write_text("{}")
-    recover_directory(best)  # killed after best -> best.old, before best.new -> best
+    recover_directory(best)  # killed after best -> best.old, before best.tmp -> best
     assert ckpt.is_complete(best) and not old.exists()
 
 
