@@ -88,7 +88,7 @@ def main() -> None:
     }
     cuda = torch.cuda.is_available() and "CUDAExecutionProvider" in ort.get_available_providers()
     if cuda:
-        from mitp.predict import preload_cuda_libraries
+        from mitp.runtime.predict import preload_cuda_libraries
 
         preload_cuda_libraries(ort)
     if torch.cuda.is_available():

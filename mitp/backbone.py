@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from transformers import CLIPConfig, CLIPModel
 
-from .tokenizer import ClipTokenizer, build_word_tokenizer, load_hub_tokenizer, load_tokenizer_file
+from .runtime.tokenizer import ClipTokenizer, build_word_tokenizer, load_hub_tokenizer, load_tokenizer_file
 
 PRESETS = ("vit-l-14", "vit-b-16", "vit-b-32", "tiny")
 # Hub names whose architecture equals a preset: their configs (and parameter counts) need no download.

@@ -43,7 +43,7 @@ def _data_errors():
     """The bad-input errors of `mitp data`, from torch-free modules (an error must not cost a torch import)."""
     from .download import DownloadError
     from .prepare import PrepareError
-    from .preprocess import ImageError
+    from .runtime.preprocess import ImageError
 
     return (ImageError, DownloadError, PrepareError, FileNotFoundError)
 
@@ -212,9 +212,9 @@ def export_command(
 
 
 def _predict_errors():
-    from .bundle import BundleError
-    from .predict import InputError
-    from .preprocess import ImageError
+    from .runtime.bundle import BundleError
+    from .runtime.predict import InputError
+    from .runtime.preprocess import ImageError
 
     return (BundleError, InputError, ImageError)
 
@@ -232,7 +232,7 @@ def predict(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="With --batch: write the JSON lines here instead of stdout.")] = None,
 ) -> None:
     """Predict the label(s) of an image-caption pair with an exported bundle (onnxruntime; no PyTorch)."""
-    from .predict import Predictor
+    from .runtime.predict import Predictor
 
     if model is None:
         _fail("no bundle: pass --model <bundle folder> (or set MITP_MODEL)")
@@ -266,8 +266,8 @@ def _predict_batch(predictor, batch: Path, out: Path | None) -> int:
     """Predict every good line of a batch file; report and skip bad ones. Returns how many failed."""
     import sys
 
-    from .predict import InputError, predict_batch_file
     from .progress import progress_bar
+    from .runtime.predict import InputError, predict_batch_file
 
     if not batch.is_file():
         raise InputError(f"batch file not found: {batch}")

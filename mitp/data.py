@@ -17,9 +17,9 @@ import torch
 from torch.utils.data import Dataset
 
 from .config import RunConfig
-from .preprocess import load_image, preprocess_image
+from .runtime.preprocess import load_image, preprocess_image
+from .runtime.tokenizer import ClipTokenizer
 from .synthetic import make_synthetic_split, synthetic_classes
-from .tokenizer import ClipTokenizer
 
 SPLITS = ("train", "val", "test")
 

@@ -19,9 +19,17 @@ import torch
 
 from . import __version__
 from .atomic import atomic_write_json, build_directory
-from .bundle import BUNDLE_FORMAT, MODEL_FILE, REPORT_FILE, TOKENIZER_FILE, VARIANT_FILES, BundleInfo, metadata_props
 from .factory import image_size, load_trained
-from .preprocess import CLIP_MEAN, CLIP_STD
+from .runtime.bundle import (
+    BUNDLE_FORMAT,
+    MODEL_FILE,
+    REPORT_FILE,
+    TOKENIZER_FILE,
+    VARIANT_FILES,
+    BundleInfo,
+    metadata_props,
+)
+from .runtime.preprocess import CLIP_MEAN, CLIP_STD
 
 TOLERANCE = 1e-4
 VERIFY_BATCHES = (1, 3)

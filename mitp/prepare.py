@@ -23,7 +23,7 @@ import numpy as np
 
 from .atomic import atomic_write_json, build_directory
 from .download import MARKERS, find_layout_root
-from .preprocess import ImageError, load_image
+from .runtime.preprocess import ImageError, load_image
 
 MMIMDB_GENRES = (
     "Drama", "Comedy", "Romance", "Thriller", "Crime", "Action", "Adventure", "Horror", "Documentary", "Mystery",

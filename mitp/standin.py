@@ -22,8 +22,8 @@ from PIL import Image
 
 from .atomic import build_directory
 from .backbone import preset_config
-from .preprocess import preprocess_image
-from .tokenizer import ClipTokenizer, build_word_tokenizer
+from .runtime.preprocess import preprocess_image
+from .runtime.tokenizer import ClipTokenizer, build_word_tokenizer
 from .twins import COLOURS, FOOD_WORDS, GREY, MOVIE_WORDS, NLI_WORDS, PATTERNS, render, vocabulary
 
 

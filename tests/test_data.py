@@ -9,8 +9,8 @@ from transformers import CLIPImageProcessor
 
 from mitp.config import parse_config, resolve_run
 from mitp.data import DataError, build_split, stratified_subset
-from mitp.preprocess import ImageError, load_image, preprocess_image
-from mitp.tokenizer import build_word_tokenizer
+from mitp.runtime.preprocess import ImageError, load_image, preprocess_image
+from mitp.runtime.tokenizer import build_word_tokenizer
 
 from .conftest import synthetic_config
 

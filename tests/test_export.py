@@ -15,11 +15,11 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from mitp.bundle import BUNDLE_FORMAT, BundleError
 from mitp.cli import app
 from mitp.factory import load_trained
-from mitp.predict import Predictor
 from mitp.prepare import prepare_dataset
+from mitp.runtime.bundle import BUNDLE_FORMAT, BundleError
+from mitp.runtime.predict import Predictor
 from mitp.twins import make_twin
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,7 +111,7 @@ def test_cli_json_and_plain_onnxruntime_script_agree(trained, variant, model_fil
 
 
 def test_predict_path_imports_neither_torch_nor_transformers():
-    code = "import sys, mitp.cli, mitp.predict; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    code = "import sys, mitp.cli, mitp.runtime.predict; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

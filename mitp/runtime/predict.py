@@ -1,7 +1,7 @@
 """Predict with an exported bundle on onnxruntime: no torch, no transformers, so it starts fast.
 
 Images are preprocessed with numpy and Pillow and captions tokenized with `tokenizers`, both exactly as
-in training (`mitp.preprocess`, `mitp.tokenizer`), following the settings stored in the bundle.
+in training (`mitp.runtime.preprocess`, `mitp.runtime.tokenizer`), following the settings stored in the bundle.
 """
 
 from __future__ import annotations
