@@ -83,45 +83,63 @@ def info(
         return
     table = Table(title=f"mitp parameter budget: {dataset} on {rows[0]['backbone']}")
     table.add_column("setting", no_wrap=True)
-    for column in ("variant", "layers", "similarity"):
+    for column in ("variant", "head", "layers (text / vision)", "similarity"):
         table.add_column(column)
     table.add_column("trainable", justify="right", no_wrap=True)
+    table.add_column("effective", justify="right", no_wrap=True)
     table.add_column("share", justify="right", no_wrap=True)
     for row in rows:
         table.add_row(
-            row["setting"], row["variant"], ",".join(map(str, row["layers"])) or "-", row["similarity"],
-            f"{row['trainable_params']:,}", f"{100 * row['trainable_params'] / row['backbone_params']:.3f}%",
+            row["setting"], row["variant"], row["head"], _layers_text(row), row["similarity"],
+            f"{row['trainable_params']:,}", f"{row['effective_trainable_params']:,}",
+            f"{100 * row['trainable_params'] / row['backbone_params']:.3f}%",
         )
     stdout.print(table)
     stdout.print(f"backbone parameters (frozen): {rows[0]['backbone_params']:,}")
+    stdout.print("effective: the trainable parameters that receive a gradient in that setting")
+
+
+def _layers_text(row: dict[str, Any]) -> str:
+    text, vision = row["text_layers"], row["vision_layers"]
+    if not text and not vision:
+        return "-"
+    span = lambda layers: f"{layers[0]}-{layers[-1]}" if len(layers) > 2 and layers == list(range(layers[0], layers[-1] + 1)) else ",".join(map(str, layers))  # noqa: E731
+    return span(text) if text == vision else f"{span(text)} / {span(vision)}"
 
 
 def _count_parameters(run) -> dict[str, Any]:
-    """Build the model on the meta device (no weights, no memory) and count its parameters."""
+    """Build the model on the meta device (no weights, no memory) and count its parameters, all of them
+    and those that receive a gradient in this setting."""
     import torch
     from transformers import CLIPModel
 
     from .backbone import architecture_config
     from .data import num_classes
-    from .model import MITPModel
+    from .model import MITPModel, effective_parameter_names
 
     arch = architecture_config(run.backbone)
     arch._attn_implementation = "sdpa"
     with torch.device("meta"):
         clip = CLIPModel(arch).requires_grad_(False)
         model = MITPModel(clip, run.model, num_classes(run), arch.text_config.eos_token_id)
+    effective = effective_parameter_names(run.model, arch, num_classes(run))
     by_module: dict[str, int] = {}
     for name, param in model.trainable_parameters().items():
         by_module[name.split(".")[0]] = by_module.get(name.split(".")[0], 0) + param.numel()
+    linear = run.model.variant == "linear-probe"
     return {
         "dataset": run.dataset_name,
         "setting": run.setting_name,
         "variant": run.model.variant,
-        "layers": list(model.layer_numbers),
+        "head": "linear" if linear else run.model.head,
+        "layers": [i + 1 for i in model.layer_ids] if not linear else [],
+        "text_layers": [i + 1 for i in model.text_layer_ids] if not linear else [],
+        "vision_layers": [i + 1 for i in model.vision_layer_ids] if not linear else [],
         "similarity": run.model.similarity if run.model.variant == "mitp" else "-",
         "prompt_length": run.model.prompt_length,
         "backbone": run.backbone,
         "trainable_params": model.count_trainable(),
+        "effective_trainable_params": sum(p.numel() for name, p in model.trainable_parameters().items() if name in effective),
         "backbone_params": model.count_backbone(),
         "trainable_by_module": by_module,
     }

@@ -19,6 +19,7 @@ import yaml
 VARIANTS = ("mitp", "prompts-only", "mlp-interaction", "p-clip", "linear-probe")
 SIMILARITIES = ("cos", "mmd", "cov-pearson")
 GATES = ("softmax", "sigmoid")
+HEADS = ("fused", "image")  # DESIGN 3.7: image + caption embeddings (fused), or the image embedding alone
 TASKS = ("single-label", "multi-label")
 SOURCES = ("prepared", "synthetic")
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -51,6 +52,9 @@ class TrainConfig:
     fraction: float = 1.0  # stratified share of the training split to keep (paper Table 3)
     grad_clip: float | None = None
     keep_checkpoints: int = 1  # epoch checkpoints kept besides the best one
+    # Multi-label class bias: initialised from the training data, then trained at its own rate (at the
+    # prompts' 2e-4 Adam moves it by ~1 in a whole MM-IMDB training; DESIGN 3.7).
+    class_bias_lr: float = 1e-2
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,7 @@ class SettingConfig:
     variant: str
     layers: tuple[int, ...] | str = "best"
     similarity: str = "cos"
+    head: str | None = None  # None: the project's `head`
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,7 @@ class ModelConfig:
     prompt_length: int
     task: str
     hub: HubConfig = HubConfig()
+    head: str = "fused"  # how the logits are read (DESIGN 3.7); linear-probe has its own head
 
 
 @dataclass(frozen=True)
@@ -144,6 +150,7 @@ class ProjectConfig:
     train: TrainConfig
     datasets: dict[str, DatasetConfig]
     settings: dict[str, SettingConfig]
+    head: str = "fused"
 
     def dataset(self, name: str) -> DatasetConfig:
         if name not in self.datasets:
@@ -175,11 +182,14 @@ def load_config(path: str | Path) -> ProjectConfig:
 
 
 def parse_config(raw: dict[str, Any]) -> ProjectConfig:
-    allowed = {"backbone", "seed", "hub", "train", "datasets", "settings", "grid", "workflow"}
+    allowed = {"backbone", "seed", "head", "hub", "train", "datasets", "settings", "grid", "workflow"}
     _reject_unknown(raw, allowed, "")
     backbone = raw.get("backbone", "openai/clip-vit-large-patch14")
     if not isinstance(backbone, str) or not backbone:
         raise ConfigError("backbone: must be a Hugging Face CLIP name, a local path or 'preset:<name>'")
+    head = raw.get("head", "fused")
+    if head not in HEADS:
+        raise ConfigError(f"head: {head!r} is not one of {', '.join(HEADS)}")
     hub = _build(HubConfig, raw.get("hub") or {}, "hub")
     train = _build(TrainConfig, raw.get("train") or {}, "train")
     _check_hub(hub, "hub")
@@ -205,6 +215,7 @@ def parse_config(raw: dict[str, Any]) -> ProjectConfig:
         train=train,
         datasets=datasets,
         settings=settings,
+        head=head,
     )
 
 
@@ -244,6 +255,7 @@ def resolve_run(
         prompt_length=dataset.prompt_length,
         task=dataset.task,
         hub=project.hub,
+        head=setting.head or project.head,
     )
     return RunConfig(
         backbone=project.backbone,
@@ -258,22 +270,18 @@ def resolve_run(
 
 
 def check_layers_fit(model: ModelConfig, text_layers: int, vision_layers: int) -> None:
-    """Layer numbers must exist in both towers, and the vision tower needs a block after the last
-    interaction layer to receive the hub's output. Called once the backbone's architecture is known."""
+    """Layer numbers must exist in both towers; for the interaction variants the vision tower also needs
+    a block after the last interaction layer to receive the hub's output. Called once the backbone's
+    architecture is known. P-CLIP's `all` (empty tuple here) means every block of each tower."""
     if model.variant in VARIANTS_WITHOUT_LAYERS:
         return
-    limit = min(text_layers, vision_layers - 1)
+    limit = min(text_layers, vision_layers) if model.variant == "p-clip" else min(text_layers, vision_layers - 1)
     bad = [n for n in model.layers if n > limit]
     if bad:
         raise ConfigError(
             f"layers: {bad} beyond the backbone (text tower has {text_layers} blocks, vision tower "
             f"{vision_layers}); allowed layer numbers are 1..{limit}"
         )
-
-
-def all_layers(text_layers: int, vision_layers: int) -> tuple[int, ...]:
-    """What the alias `all` (deep prompt tuning) means on a given backbone."""
-    return tuple(range(1, min(text_layers, vision_layers - 1) + 1))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -320,6 +328,8 @@ def _parse_setting(name: str, raw: Any) -> SettingConfig:
     setting = _build(SettingConfig, raw, key)
     if setting.variant not in VARIANTS:
         raise ConfigError(f"{key}.variant: {setting.variant!r} is not one of {', '.join(VARIANTS)}")
+    if setting.head is not None and setting.head not in HEADS:
+        raise ConfigError(f"{key}.head: {setting.head!r} is not one of {', '.join(HEADS)}")
     if setting.similarity not in SIMILARITIES:
         raise ConfigError(
             f"{key}.similarity: {setting.similarity!r} is not one of {', '.join(SIMILARITIES)}"
@@ -372,6 +382,8 @@ def _check_train(train: TrainConfig, key: str) -> None:
         raise ConfigError(f"{key}.optimizer: {train.optimizer!r} is not one of adam")
     if not train.lr > 0:
         raise ConfigError(f"{key}.lr: must be > 0, got {train.lr}")
+    if not train.class_bias_lr > 0:
+        raise ConfigError(f"{key}.class_bias_lr: must be > 0, got {train.class_bias_lr}")
     _positive(train.epochs, f"{key}.epochs")
     _positive(train.eval_batch_size, f"{key}.eval_batch_size")
     _positive(train.keep_checkpoints, f"{key}.keep_checkpoints")

@@ -29,6 +29,7 @@ from .runtime.bundle import (
     BundleInfo,
     metadata_props,
 )
+from .runtime.decision import decision_rule, multilabel_decisions
 from .runtime.preprocess import CLIP_MEAN, CLIP_STD
 
 TOLERANCE = 1e-4
@@ -58,7 +59,6 @@ def export_bundle(
     """Write the bundle for `checkpoint` (a run directory or checkpoint folder) to `out`; returns the report.
     `fp16` / `int8` also write the half-precision (GPU) / int8-weight (CPU) variants."""
     model, run, backbone, state = load_trained(checkpoint)
-    model.bake_class_embeddings()
     size = image_size(backbone)
     inputs, source = verification_inputs(run, backbone, size, VARIANT_SAMPLES)
     graph = ExportGraph(model).eval()
@@ -92,12 +92,11 @@ def export_bundle(
 
 
 def bundle_info(run, classes: list[str], backbone, size: int) -> BundleInfo:
-    multi = run.dataset.task == "multi-label"
     tok = backbone.tokenizer.info
     return BundleInfo(
         labels=list(classes),
         task=run.dataset.task,
-        decision={"rule": "sigmoid-threshold", "threshold": 0.5} if multi else {"rule": "softmax-argmax"},
+        decision=decision_rule(run.dataset.task),
         image={
             "size": size,
             "resize": "shorter side to size, bicubic",
@@ -250,7 +249,7 @@ def _set_metadata(model, props: dict[str, str]) -> None:
 
 def verify_top1(reference: np.ndarray, path: Path, inputs: dict[str, np.ndarray], multi_label: bool) -> dict[str, Any]:
     """How often a reduced-precision variant decides like PyTorch's `reference` logits on `inputs`: top-1,
-    and for multi-label the per-label decisions (logit > 0, i.e. sigmoid >= 0.5) too."""
+    and for multi-label the per-label decisions (the bundle's rule, sigmoid >= 0.5) too."""
     variant = _run_onnx(_cpu_session(path), inputs)
     result = {
         "top1_agreement": float((reference.argmax(1) == variant.argmax(1)).mean()),
@@ -258,6 +257,6 @@ def verify_top1(reference: np.ndarray, path: Path, inputs: dict[str, np.ndarray]
         "samples": len(reference),
     }
     if multi_label:
-        result["label_decision_agreement"] = float(((reference > 0) == (variant > 0)).mean())
+        result["label_decision_agreement"] = float((multilabel_decisions(reference) == multilabel_decisions(variant)).mean())
     return result
 

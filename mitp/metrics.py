@@ -1,4 +1,6 @@
-"""Classification metrics: accuracy (single-label), F1-micro and F1-macro at threshold 0.5 (multi-label)."""
+"""Classification metrics: accuracy (single-label), F1-micro and F1-macro (multi-label), deciding labels
+by the bundle's own rule (`sigmoid(logit) >= 0.5`, mitp.runtime.decision), so that the scores measure
+what `mitp predict` would answer."""
 
 from __future__ import annotations
 
@@ -6,15 +8,17 @@ from typing import Any
 
 import numpy as np
 
+from .runtime.decision import MULTILABEL_THRESHOLD, multilabel_decisions
+
 PRIMARY_METRIC = {"single-label": "accuracy", "multi-label": "f1_micro"}
 
 
-def classification_metrics(task: str, logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+def classification_metrics(task: str, logits: np.ndarray, labels: np.ndarray, threshold: float = MULTILABEL_THRESHOLD) -> dict[str, Any]:
     """Metrics with the counts behind them. `logits` (N, K); `labels` (N,) ints or (N, K) multi-hot."""
     if len(logits) == 0:
         raise ValueError("no samples to evaluate")
     if task == "multi-label":
-        return multilabel_f1(logits > 0.0, labels > 0.5)  # sigmoid(logit) > 0.5
+        return multilabel_f1(multilabel_decisions(logits, threshold), labels > 0.5)
     predicted = logits.argmax(axis=1)
     correct = int((predicted == labels).sum())
     return {"accuracy": correct / len(labels), "correct": correct, "num_samples": int(len(labels))}

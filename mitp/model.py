@@ -1,31 +1,40 @@
 """MITP on a frozen Hugging Face CLIP, read top to bottom.
 
-    image ─ vision embeddings ─ blocks 1..l0-1 ─┐                 ┌─ [CLS, p_v, patches] ─ ... ─ block N_v ─ CLS ─ proj ─┐
-                                                 ├─ interaction layers (lockstep) ─ hub ─┤                               ├─ cos x scale ─ logits
-    text  ─ token embeddings  ─ blocks 1..l0-1 ─┘   [SOT, p_t, tokens, EOS, pad]         └─ (text stops here)            │
-                                                                                                    class templates ─ frozen text tower ─┘
+    image ─ vision embeddings ─ blocks 1..l0-1 ─┐                 ┌─ [CLS, p_v, patches] ─ ... ─ last block ─ CLS ─ proj ─ v ─┐
+                                                 ├─ interaction layers (lockstep) ─ hub ─┤                                    ├─ fused head ─ logits
+    text  ─ token embeddings  ─ blocks 1..l0-1 ─┘   [SOT, p_t, tokens, EOS, pad]         └─ [SOT, p_t, tokens] ─ ... ─ EOS ─ t ─┘       │
+                                                                                        class templates ─ frozen text tower ─ z_k ─┘
 
 At an interaction layer l the prompts of both towers are inserted after CLS/SOT, the frozen block runs,
 and the block's OUTPUT at the prompt positions (p-hat, Eq. 2) goes to the shared memory hub, whose result
 becomes the prompts of the next interaction layer. Layers between interaction layers (extraction layers)
-run without prompts. After the last interaction layer the hub output is inserted at the next vision block
-and carried to the end of the vision tower. Text blocks after the last interaction layer cannot change the
-logits (class embeddings come from the frozen, unprompted text tower) and are skipped.
+run without prompts. After the last interaction layer the hub output is inserted at the next block of
+BOTH towers and carried to their ends (DESIGN 3.4).
 
-Variants (DESIGN.md 3.8): `mitp` (memory hub), `prompts-only` (temporal prompts, no exchange),
-`mlp-interaction` (naive MLP exchange), `p-clip` (deep prompt tuning of both towers, CoOp-style text
-prompts on the class templates) and `linear-probe` (frozen features + a linear head).
+The head (DESIGN 3.7, config `head`):
+- `fused` (default): v = the prompted vision tower's projected CLS, t = the prompted text tower's
+  projected EOS embedding of the caption; e = normalize(normalize(v) + normalize(t)); logits = CLIP's
+  logit scale x cos(e, z_k). The caption reaches the prediction in every variant.
+- `image`: v alone against z_k (the caption reaches v only through the prompts); text blocks after the
+  last interaction layer cannot change the logits then, and are skipped.
+The class embeddings z_k are the frozen, unprompted text tower on hand-written templates, computed once.
+
+Variants (DESIGN 3.8): `mitp` (memory hub), `prompts-only` (temporal prompts, no exchange),
+`mlp-interaction` (naive MLP exchange), `p-clip` (deep prompt tuning of every block of each tower) and
+`linear-probe` (frozen features + a linear head).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 
 import torch
 from torch import nn
-from transformers import CLIPModel
+from transformers import CLIPConfig, CLIPModel
 
-from .config import ModelConfig, all_layers, check_layers_fit
+from .config import ModelConfig, check_layers_fit
 from .hub import MemoryHub, MLPInteraction
 
 PROMPT_INIT_STD = 0.02  # paper 4.2: prompts ~ N(0, 0.02)
@@ -45,15 +54,20 @@ class MITPModel(nn.Module):
         self.n_text, self.n_vision = text_cfg.num_hidden_layers, vision_cfg.num_hidden_layers
         d_t, d_v, L = text_cfg.hidden_size, vision_cfg.hidden_size, config.prompt_length
         variant = config.variant
+        self.fused = config.head == "fused" and variant != "linear-probe"
 
-        layers = config.layers or (all_layers(self.n_text, self.n_vision) if variant == "p-clip" else ())
         check_layers_fit(config, self.n_text, self.n_vision)
-        self.layer_numbers = tuple(layers)  # 1-based, as in the paper
-        self.layer_ids = tuple(n - 1 for n in layers)  # 0-based indices of the HF blocks
+        # 0-based indices of the HF blocks that get prompts; config numbers are the paper's (1 = first block).
+        # P-CLIP's `all` (no numbers) means every block of each tower: 12 text + 24 vision on ViT-L/14.
+        if variant == "p-clip" and not config.layers:
+            self.text_layer_ids, self.vision_layer_ids = tuple(range(self.n_text)), tuple(range(self.n_vision))
+        else:
+            self.text_layer_ids = self.vision_layer_ids = tuple(n - 1 for n in config.layers)
+        self.layer_ids = self.text_layer_ids  # the interaction layers (MITP variants: the same in both towers)
 
         # Efficiency switches; the benchmark turns them off to measure the naive path.
-        self.frozen_prefix_no_grad = True  # no autograd through blocks below the first interaction layer
-        self.skip_unused_text_layers = True  # text blocks after the last interaction layer are skipped
+        self.frozen_prefix_no_grad = True  # no autograd through blocks below the first prompted layer
+        self.skip_unused_text_layers = True  # image head: text blocks after the last interaction layer are skipped
 
         if variant in PROMPTED_VARIANTS:
             self.text_prompts = nn.Parameter(torch.randn(L, d_t) * PROMPT_INIT_STD)  # p_t^{l0}
@@ -64,18 +78,15 @@ class MITPModel(nn.Module):
         elif variant == "mlp-interaction":
             self.hub = MLPInteraction(d_t, d_v, config.hub.width)
         elif variant == "p-clip":
-            self.deep_text_prompts = nn.Parameter(torch.randn(len(layers), L, d_t) * PROMPT_INIT_STD)
-            self.deep_vision_prompts = nn.Parameter(torch.randn(len(layers), L, d_v) * PROMPT_INIT_STD)
+            self.deep_text_prompts = nn.Parameter(torch.randn(len(self.text_layer_ids), L, d_t) * PROMPT_INIT_STD)
+            self.deep_vision_prompts = nn.Parameter(torch.randn(len(self.vision_layer_ids), L, d_v) * PROMPT_INIT_STD)
         elif variant == "linear-probe":
             self.head = nn.Linear(2 * clip.config.projection_dim, num_classes)
         if config.task == "multi-label" and variant != "linear-probe":
-            self.class_bias = nn.Parameter(torch.zeros(num_classes))  # per-class bias for BCE (DESIGN 3.7)
+            # per-class bias for BCE, initialised from the training data by the trainer (DESIGN 3.7)
+            self.class_bias = nn.Parameter(torch.zeros(num_classes))
 
-        self.register_buffer("class_embeddings", torch.empty(0), persistent=False)  # (K, P), normalised
-        self.register_buffer("template_ids", torch.empty(0, dtype=torch.long), persistent=False)
-        self.register_buffer("template_mask", torch.empty(0, dtype=torch.long), persistent=False)
-        self.templates_per_class = 1
-        self.class_embeddings_baked = False
+        self.register_buffer("class_embeddings", torch.empty(0), persistent=False)  # z_k: (K, P), normalised
 
     # -----------------------------------------------------------------------------------------------
     # shortcuts into the frozen backbone
@@ -138,21 +149,12 @@ class MITPModel(nn.Module):
         `template_ids` is (K * T, 77), class-major (all templates of class 0 first)."""
         if template_ids.shape[0] != self.num_classes * templates_per_class:
             raise ValueError(f"expected {self.num_classes} x {templates_per_class} templates, got {template_ids.shape[0]}")
-        self.template_ids, self.template_mask = template_ids, template_mask
-        self.templates_per_class = templates_per_class
         embeds = torch.cat([
             self.encode_text_frozen(ids, mask)
             for ids, mask in zip(template_ids.split(256), template_mask.split(256), strict=True)
         ])  # (K * T, P)
-        self.class_embeddings = self._average_templates(embeds)
-
-    @torch.no_grad()
-    def bake_class_embeddings(self) -> None:
-        """For inference and export: P-CLIP's prompted class embeddings, computed once instead of per
-        forward (no other variant needs this; their class embeddings are frozen already)."""
-        if self.config.variant == "p-clip":
-            self.class_embeddings = self._pclip_class_embeddings()
-            self.class_embeddings_baked = True
+        embeds = nn.functional.normalize(embeds.float(), dim=-1).view(self.num_classes, templates_per_class, -1)
+        self.class_embeddings = nn.functional.normalize(embeds.mean(dim=1), dim=-1)  # (K, P)
 
     def max_class_cosine(self) -> float:
         """The highest cosine between two classes' template embeddings. Near 1, Eq. 7 cannot tell
@@ -163,11 +165,6 @@ class MITPModel(nn.Module):
         cosine = self.class_embeddings @ self.class_embeddings.T  # (K, K)
         cosine.fill_diagonal_(-1.0)
         return float(cosine.max())
-
-    def _average_templates(self, embeds: torch.Tensor) -> torch.Tensor:
-        embeds = nn.functional.normalize(embeds.float(), dim=-1)  # (K * T, P)
-        embeds = embeds.view(self.num_classes, self.templates_per_class, -1).mean(dim=1)  # (K, P)
-        return nn.functional.normalize(embeds, dim=-1)
 
     # -----------------------------------------------------------------------------------------------
     # MITP: temporal prompts and the memory hub
@@ -182,10 +179,10 @@ class MITPModel(nn.Module):
             return p_t, p_v  # each modality keeps its own prompts: no exchange
         return self.hub(p_t, p_v)
 
-    def prompted_image_embedding(
+    def _mitp_encode(
         self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> torch.Tensor:
-        """The prompted vision tower's projected CLS embedding; it carries the caption via the prompts."""
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(v, t): the prompted towers' projected CLS and EOS embeddings; t is None under the image head."""
         first, last = self.layer_ids[0], self.layer_ids[-1]
         plain_mask = text_attention_mask(attention_mask, 0)  # (B, 1, T, T)
         prompt_mask = text_attention_mask(attention_mask, self.prompt_length)  # (B, 1, T+L, T+L)
@@ -197,8 +194,9 @@ class MITPModel(nn.Module):
                 h_t = self.text_layers[i](h_t, plain_mask)
                 h_v = self.vision_layers[i](h_v, None)
 
-        # Prompt rows of the text tower see later tokens, so from here on the text tower is not causal
-        # for them; token rows stay causal. The text output is never used for the logits (DESIGN 3.3).
+        # Prompt rows of the text tower see every caption token (they acquire the whole caption), so from
+        # here on the prompt rows are not causal; token rows stay causal and see the prompts, so the EOS
+        # embedding carries what the prompts hold (DESIGN 3.3).
         p_t, p_v = self._initial_prompts(h_t.shape[0])
         for i in range(first, last + 1):
             if i not in self.layer_ids:  # extraction layer between two interaction layers
@@ -211,24 +209,28 @@ class MITPModel(nn.Module):
             p_v_hat, h_v = split_prompts(h_v, self.prompt_length)
             p_t, p_v = self._interact(p_t_hat, p_v_hat)  # consolidation and activation
 
-        h_v = insert_prompts(h_v, p_v)  # the last hub output is carried to the end of the vision tower
+        # The last hub output is carried to the end of both towers (DESIGN 3.4).
+        h_v = insert_prompts(h_v, p_v)
         for i in range(last + 1, self.n_vision):
             h_v = self.vision_layers[i](h_v, None)
         image = self._pool_image(h_v)  # (B, P)
 
-        if not self.skip_unused_text_layers:  # naive reference path (benchmark only)
-            h_t = insert_prompts(h_t, p_t)
-            for i in range(last + 1, self.n_text):
-                h_t = self.text_layers[i](h_t, prompt_mask)
-            image = image + 0.0 * h_t.mean()  # keep the wasted work in the graph, as a naive loop would
-        return image
+        if not self.fused and self.skip_unused_text_layers:
+            return image, None
+        h_t = insert_prompts(h_t, p_t)
+        for i in range(last + 1, self.n_text):
+            h_t = self.text_layers[i](h_t, prompt_mask)
+        text = self._pool_text(h_t, input_ids, self.prompt_length)  # (B, P)
+        if not self.fused:  # naive reference path (benchmark only): the work is done, the result unused
+            return image + 0.0 * text.sum(), None
+        return image, text
 
     # -----------------------------------------------------------------------------------------------
     # P-CLIP: deep prompt tuning of both towers, no interaction
 
-    def _deep_prompted_tower(self, layers, h, prompts: torch.Tensor, plain_mask, prompt_mask) -> torch.Tensor:
+    def _deep_prompted_tower(self, layers, layer_ids, h, prompts: torch.Tensor, plain_mask, prompt_mask) -> torch.Tensor:
         """Fresh learned prompts replace the prompt slots at every prompted layer (VPT-deep)."""
-        slot = {layer_id: k for k, layer_id in enumerate(self.layer_ids)}
+        slot = {layer_id: k for k, layer_id in enumerate(layer_ids)}
         has_prompts = False
         for i, layer in enumerate(layers):
             if i in slot:
@@ -238,47 +240,70 @@ class MITPModel(nn.Module):
             h = layer(h, prompt_mask if has_prompts else plain_mask)
         return h
 
-    def _pclip_image_embedding(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        h = self._embed_image(pixel_values)
-        h = self._deep_prompted_tower(self.vision_layers, h, self.deep_vision_prompts, None, None)
-        return self._pool_image(h)
-
-    def _pclip_class_embeddings(self) -> torch.Tensor:
-        ids, mask = self.template_ids, self.template_mask  # (K * T, 77)
-        plain, prompted = text_attention_mask(mask, 0), text_attention_mask(mask, self.prompt_length)
-        h = self._deep_prompted_tower(self.text_layers, self._embed_text(ids), self.deep_text_prompts, plain, prompted)
-        return self._average_templates(self._pool_text(h, ids, self.prompt_length))  # (K, P)
+    def _pclip_encode(
+        self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        h_v = self._deep_prompted_tower(
+            self.vision_layers, self.vision_layer_ids, self._embed_image(pixel_values), self.deep_vision_prompts, None, None
+        )
+        image = self._pool_image(h_v)  # (B, P)
+        if not self.fused:
+            return image, None
+        plain, prompted = text_attention_mask(attention_mask, 0), text_attention_mask(attention_mask, self.prompt_length)
+        h_t = self._deep_prompted_tower(
+            self.text_layers, self.text_layer_ids, self._embed_text(input_ids), self.deep_text_prompts, plain, prompted
+        )
+        return image, self._pool_text(h_t, input_ids, self.prompt_length)  # (B, P), (B, P)
 
     # -----------------------------------------------------------------------------------------------
     # prediction (Eq. 7)
 
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Class logits (B, K)."""
-        variant = self.config.variant
-        if self.class_embeddings.numel() == 0 and variant != "linear-probe":
-            raise RuntimeError("class embeddings are not set: call set_class_embeddings() first")
-        if variant == "linear-probe":
+        """Class logits (B, K), in fp32 whatever the autocast around the call."""
+        if self.config.variant == "linear-probe":
             with torch.no_grad():
-                image = nn.functional.normalize(self.encode_image_frozen(pixel_values).float(), dim=-1)
-                text = nn.functional.normalize(self.encode_text_frozen(input_ids, attention_mask).float(), dim=-1)
-            return self.head(torch.cat([image, text], dim=-1))  # (B, K)
-        if variant == "p-clip":
-            image = self._pclip_image_embedding(pixel_values)
-            classes = self.class_embeddings if self.class_embeddings_baked else self._pclip_class_embeddings()
-        else:
-            image = self.prompted_image_embedding(pixel_values, input_ids, attention_mask)
-            classes = self.class_embeddings
-        image = nn.functional.normalize(image.float(), dim=-1)  # (B, P)
-        logits = self.clip.logit_scale.exp().float() * image @ classes.t()  # (B, K)
-        if hasattr(self, "class_bias"):
-            logits = logits + self.class_bias
+                image = self.encode_image_frozen(pixel_values)
+                text = self.encode_text_frozen(input_ids, attention_mask)
+            return self.linear_probe_logits(image, text)
+        if self.class_embeddings.numel() == 0:
+            raise RuntimeError("class embeddings are not set: call set_class_embeddings() first")
+        encode = self._pclip_encode if self.config.variant == "p-clip" else self._mitp_encode
+        image, text = encode(pixel_values, input_ids, attention_mask)
+        return self.head_logits(image, text)
+
+    def head_logits(self, image: torch.Tensor, text: torch.Tensor | None) -> torch.Tensor:
+        """Normalise, fuse, cosine with z_k, scale and bias: in fp32 with autocast off, since bf16 logits
+        at scale 100 round to steps of 0.125-0.25 and flip top-1 on near ties (DESIGN 3.7)."""
+        with autocast_off(image.device):
+            embedding = nn.functional.normalize(image.float(), dim=-1)  # (B, P)
+            if text is not None:  # fused: image and caption embeddings, each unit length, summed
+                embedding = nn.functional.normalize(embedding + nn.functional.normalize(text.float(), dim=-1), dim=-1)
+            logits = self.clip.logit_scale.exp().float() * embedding @ self.class_embeddings.float().t()  # (B, K)
+            if hasattr(self, "class_bias"):
+                logits = logits + self.class_bias.float()
         return logits
+
+    def linear_probe_logits(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        with autocast_off(image.device):
+            features = torch.cat([nn.functional.normalize(image.float(), dim=-1), nn.functional.normalize(text.float(), dim=-1)], dim=-1)
+            return self.head(features)  # (B, K)
 
     # -----------------------------------------------------------------------------------------------
     # trainable parameters (what a checkpoint holds)
 
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
         return {name: p for name, p in self.named_parameters() if p.requires_grad and not name.startswith("clip.")}
+
+    def parameters_receiving_gradients(self) -> set[str]:
+        """Names of the trainable parameters that one backward pass reaches (a hub input whose output
+        nothing reads gets none)."""
+        vision = self.clip.config.vision_config
+        pixels = torch.zeros(2, 3, vision.image_size, vision.image_size)
+        ids = torch.zeros(2, 77, dtype=torch.long)
+        ids[:, 1] = self.eos_token_id
+        mask = (torch.arange(77) < 2).long().expand(2, -1)  # SOT, EOS
+        self(pixels, ids, mask).sum().backward()
+        return {name for name, p in self.trainable_parameters().items() if p.grad is not None}
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         return {name: p.detach().cpu().contiguous() for name, p in self.trainable_parameters().items()}
@@ -305,6 +330,29 @@ class MITPModel(nn.Module):
         super().train(mode)
         self.clip.eval()  # the frozen backbone always runs in eval mode
         return self
+
+
+def effective_parameter_names(config: ModelConfig, arch: CLIPConfig, num_classes: int) -> set[str]:
+    """The trainable parameters of `config` on backbone `arch` that receive a gradient. Which ones a
+    gradient reaches depends on the wiring (layer counts, prompt slots, head), not on widths, so it is
+    found on a width-8 twin of `arch` with the same layer counts: a tenth of a second even for ViT-L/14."""
+    twin = copy.deepcopy(arch)
+    for tower in (twin.text_config, twin.vision_config):
+        tower.hidden_size, tower.intermediate_size, tower.num_attention_heads = 8, 8, 1
+    twin.vision_config.image_size = twin.vision_config.patch_size  # one patch
+    twin.projection_dim = twin.text_config.projection_dim = twin.vision_config.projection_dim = 8
+    twin._attn_implementation = "sdpa"
+    config = dataclasses.replace(config, hub=dataclasses.replace(config.hub, width=2, mmd_features=2))
+    model = MITPModel(CLIPModel(twin).requires_grad_(False), config, num_classes, arch.text_config.eos_token_id)
+    model.class_embeddings = nn.functional.normalize(torch.randn(num_classes, 8), dim=-1)
+    return model.train().parameters_receiving_gradients()
+
+
+def autocast_off(device: torch.device):
+    """A context with autocast disabled on `device` (a no-op where autocast does not exist, e.g. meta)."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def classification_loss(task: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 MISSING = "missing"
+IMAGE_HEAD_SUFFIX = "-image"  # a setting named <s>-image is setting <s> read with the image head (heads table)
 TABLE2_SETTINGS = {"Model 1": "mitp", "Model 2": "mlp-interaction", "Model 3": "prompts-only", "Baseline": "linear-probe"}
 TABLE1_OURS = {"MITP-base": "mitp", "MITP-small": "mitp-small", "P-CLIP": "p-clip"}
 
@@ -100,16 +101,40 @@ def build_tables(records: list[dict[str, Any]], paper: dict[str, Any], datasets:
             "paper acc (%)": _fmt((paper_acc,)),
             "paper degradation (%)": _fmt((paper["table1"]["MITP-base"]["food101"][0] - paper_acc,)),
         })
+    heads = []
+    names = {r["run"] for r in records}
+    for image_run in sorted(n for n in names if n.endswith(IMAGE_HEAD_SUFFIX) and n.removesuffix(IMAGE_HEAD_SUFFIX) in names):
+        fused_run = image_run.removesuffix(IMAGE_HEAD_SUFFIX)
+        row = {"setting": fused_run}
+        for dataset in datasets:
+            row[f"{dataset} fused"] = _fmt(_cell(records, dataset, fused_run))
+            row[f"{dataset} image"] = _fmt(_cell(records, dataset, image_run))
+        heads.append(row)
     runs = []
     for r in sorted(records, key=lambda r: (r["dataset"], r["run"], r["seed"])):
         runs.append({
-            "dataset": r["dataset"], "run": r["run"], "seed": str(r["seed"]), "test score": _fmt(_score(r)),
+            "dataset": r["dataset"], "run": r["run"], "seed": str(r["seed"]), "head": r.get("head", "image"), "test score": _fmt(_score(r)),
             "trainable params": f"{r['trainable_params']:,}", "backbone params": f"{r['backbone_params']:,}",
             "epochs": str(r["epochs"]), "train time (s)": f"{r['train_seconds']:.1f}",
             "peak memory (GiB)": f"{r['peak_memory_gib']:.2f}" if math.isfinite(r["peak_memory_gib"]) else MISSING,
             "memory kind": r.get("peak_memory_kind", ""), "device": r.get("device", ""),
         })
-    return {"table1": table1, "table2": table2, "table3": table3, "runs": runs}
+    return {"table1": table1, "table2": table2, "table3": table3, "heads": heads, "runs": runs}
+
+
+def table_notes(records: list[dict[str, Any]], datasets: list[str]) -> list[str]:
+    """What differs from the paper, said under every table: the head behind our numbers and Food101's split."""
+    heads = sorted({r.get("head", "image") for r in records if not r["run"].endswith(IMAGE_HEAD_SUFFIX)})
+    notes = [
+        f"Head of our runs: {', '.join(heads) or 'none yet'} (DESIGN.md 3.7: `fused` = image and caption embeddings, "
+        "`image` = image embedding alone; runs named `<setting>-image` use the image head and are compared in heads.md)."
+    ]
+    if any(paper_column(d) == "food101" for d in datasets):
+        notes.append(
+            "Food101 has no validation split: our runs train on 90% of the paper's training pairs (10% per class, "
+            "seed 0, validates), so their training sets are 10% smaller than the paper's."
+        )
+    return notes
 
 
 def write_report(runs: Path, paper_file: Path, out: Path, datasets: list[str]) -> dict[str, Any]:
@@ -119,9 +144,10 @@ def write_report(runs: Path, paper_file: Path, out: Path, datasets: list[str]) -
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tables = build_tables(records, paper, datasets)
+    notes = "".join(f"\n{note}\n" for note in table_notes(records, datasets))
     for name, rows in tables.items():
         _write_csv(out / f"{name}.csv", rows)
-        (out / f"{name}.md").write_text(_markdown(rows))
+        (out / f"{name}.md").write_text(_markdown(rows) + ("" if name == "runs" else notes))
     plot_fig3(records, out / "fig3.png", datasets)
     plot_fig4(records, out / "fig4.png", datasets)
     plot_curves(records, out / "curves.png")

@@ -203,20 +203,3 @@ def test_cuda_request_fails_where_it_cannot_run(trained):
     (image,), (text,) = _test_pairs(trained, 1)
     result = runner.invoke(app, ["predict", str(image), text, "--model", str(trained / "bundle"), "--provider", "cuda"])
     assert result.exit_code == 2 and "cannot run here" in result.output
-
-
-def test_baked_pclip_class_embeddings_give_the_same_logits(tiny):
-    from mitp.config import ModelConfig
-    from mitp.model import MITPModel
-
-    model = MITPModel(tiny.clip, ModelConfig("p-clip", (1, 2, 3, 4), "cos", 2, "single-label"), 3, tiny.tokenizer.info.eos_token_id)
-    ids, mask = tiny.tokenizer(["a photo of red.", "a photo of blue.", "a photo of green."])
-    model.set_class_embeddings(torch.from_numpy(ids), torch.from_numpy(mask), 1)
-    with torch.no_grad():
-        torch.nn.init.normal_(model.deep_text_prompts, std=0.5)
-    pixels, (text_ids, text_mask) = torch.randn(2, 3, 32, 32), tiny.tokenizer(["red", "blue"])
-    with torch.no_grad():
-        before = model(pixels, torch.from_numpy(text_ids), torch.from_numpy(text_mask))
-        model.bake_class_embeddings()
-        after = model(pixels, torch.from_numpy(text_ids), torch.from_numpy(text_mask))
-    assert torch.allclose(before, after, atol=1e-6)

@@ -35,3 +35,19 @@ def test_info_on_another_backbone_preset():
     row = json.loads(info("--dataset", "food101", "--setting", "mitp", "--backbone", "preset:vit-b-16", "--json"))
     assert row["backbone_params"] == 149_620_737  # CLIP ViT-B/16
     assert row["trainable_params"] < 1_998_240
+
+
+def test_effective_counts_and_pclip_depth_on_vit_l14(tmp_path):
+    """Under the fused head every trainable parameter of MITP-small receives a gradient; under the image
+    head the hub's text side (560,976 parameters on ViT-L/14) has nowhere to go. P-CLIP prompts every
+    block of each tower: 12 text + 24 vision blocks x L = 3 prompts."""
+    fused = json.loads(info("--dataset", "food101", "--setting", "mitp-small", "--json"))
+    assert fused["head"] == "fused" and fused["effective_trainable_params"] == fused["trainable_params"]
+    image_config = tmp_path / "image.yaml"
+    image_config.write_text(PROJECT_CONFIG.read_text().replace("\nseed: 0\n", "\nseed: 0\nhead: image\n"))
+    result = runner.invoke(app, ["info", "--config", str(image_config), "--dataset", "food101", "--setting", "mitp-small", "--json"])
+    image = json.loads(result.output)
+    assert image["head"] == "image" and image["trainable_params"] - image["effective_trainable_params"] == 560_976
+    pclip = json.loads(info("--dataset", "food101", "--setting", "p-clip", "--json"))
+    assert (len(pclip["text_layers"]), len(pclip["vision_layers"])) == (12, 24)
+    assert pclip["trainable_params"] == pclip["effective_trainable_params"] == 3 * (12 * 768 + 24 * 1024)

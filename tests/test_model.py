@@ -5,14 +5,14 @@ import torch
 
 from mitp.config import HubConfig, ModelConfig
 from mitp.hub import MemoryHub
-from mitp.model import MITPModel, classification_loss, insert_prompts, text_attention_mask
+from mitp.model import MITPModel, classification_loss, effective_parameter_names, insert_prompts, text_attention_mask
 from mitp.similarity import MMDSimilarity, TokenSimilarity
 
 CAPTIONS = ["a photo of red alpha", "the caption says blue beta and some very old words", "dot"]
 
 
-def make_model(backbone, variant="mitp", layers=(2, 3), similarity="cos", task="single-label", classes=4, length=2):
-    config = ModelConfig(variant, layers, similarity, length, task, HubConfig(width=16))
+def make_model(backbone, variant="mitp", layers=(2, 3), similarity="cos", task="single-label", classes=4, length=2, head="fused"):
+    config = ModelConfig(variant, layers, similarity, length, task, HubConfig(width=16), head=head)
     torch.manual_seed(0)
     model = MITPModel(backbone.clip, config, classes, backbone.tokenizer.info.eos_token_id)
     ids, mask = backbone.tokenizer([f"a photo of class {k}" for k in ("one", "two", "three", "four")[:classes]])
@@ -82,19 +82,66 @@ def test_padding_does_not_change_outputs(tiny, variant):
     assert torch.allclose(reference[2:], alone, atol=1e-5)
 
 
-def test_caption_reaches_the_image_embedding_only_through_interaction(tiny):
+@pytest.mark.parametrize("variant", ["mitp", "prompts-only", "mlp-interaction", "p-clip", "linear-probe"])
+def test_the_caption_reaches_every_prediction_under_the_fused_head(tiny, variant):
     pixels = images(1).expand(2, -1, -1, -1)
     ids, mask = text_batch(tiny, ["red alpha", "blue gamma delta"])
     with torch.no_grad():
-        mitp = make_model(tiny, "mitp")(pixels, ids, mask)
-        alone = make_model(tiny, "prompts-only")(pixels, ids, mask)
-    assert not torch.allclose(mitp[0], mitp[1], atol=1e-5)  # same image, other caption: other logits
-    assert torch.allclose(alone[0], alone[1], atol=1e-6)  # no interaction: the caption cannot matter
+        logits = make_model(tiny, variant, layers=() if variant == "p-clip" else (2, 3))(pixels, ids, mask)
+    assert not torch.allclose(logits[0], logits[1], atol=1e-5)  # same image, other caption: other logits
 
 
-@pytest.mark.parametrize("variant, layers", [("mitp", (2, 3)), ("mitp", (3,)), ("mlp-interaction", (1, 3)), ("p-clip", ())])
-def test_gradients_reach_only_prompts_hub_and_head(tiny, variant, layers):
-    model = make_model(tiny, variant, layers, task="multi-label").train()
+@pytest.mark.parametrize("variant, caption_matters", [("mitp", True), ("mlp-interaction", True), ("prompts-only", False), ("p-clip", False)])
+def test_under_the_image_head_only_interaction_brings_the_caption(tiny, variant, caption_matters):
+    pixels = images(1).expand(2, -1, -1, -1)
+    ids, mask = text_batch(tiny, ["red alpha", "blue gamma delta"])
+    with torch.no_grad():
+        logits = make_model(tiny, variant, layers=() if variant == "p-clip" else (2, 3), head="image")(pixels, ids, mask)
+    assert torch.allclose(logits[0], logits[1], atol=1e-6) is not caption_matters
+
+
+def test_fused_head_is_the_normalised_sum_of_image_and_caption_embeddings(tiny):
+    model = make_model(tiny).eval()
+    ids, mask = text_batch(tiny)
+    pixels = images(3)
+    with torch.no_grad():
+        image, text = model._mitp_encode(pixels, ids, mask)
+        logits = model(pixels, ids, mask)
+    unit = torch.nn.functional.normalize
+    expected = model.clip.logit_scale.exp() * unit(unit(image, dim=-1) + unit(text, dim=-1), dim=-1) @ model.class_embeddings.T
+    assert torch.allclose(logits, expected, atol=1e-5)
+    assert text.shape == image.shape == (3, tiny.clip.config.projection_dim)
+
+
+@pytest.mark.parametrize("variant", ["mitp", "p-clip", "linear-probe"])
+def test_the_head_runs_in_fp32_under_bf16_autocast(tiny, variant):
+    model = make_model(tiny, variant, layers=() if variant == "p-clip" else (2, 3), task="multi-label").eval()
+    ids, mask = text_batch(tiny)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(images(3), ids, mask)
+    assert logits.dtype == torch.float32
+
+
+def test_pclip_prompts_every_block_of_each_tower(tiny):
+    model = make_model(tiny, "p-clip", layers=())
+    n_text, n_vision = tiny.clip.config.text_config.num_hidden_layers, tiny.clip.config.vision_config.num_hidden_layers
+    assert model.deep_text_prompts.shape[0] == n_text and model.deep_vision_prompts.shape[0] == n_vision
+    assert model.text_layer_ids == tuple(range(n_text)) and model.vision_layer_ids == tuple(range(n_vision))
+
+
+@pytest.mark.parametrize(
+    "variant, layers, head, unused",
+    [
+        ("mitp", (2, 3), "fused", ()),
+        ("mitp", (3,), "fused", ()),  # the hub's text output is carried to the end of the text tower
+        ("mitp", (3,), "image", ("hub.vision_to_text", "hub.text_intra")),  # DESIGN 3.4: nowhere to go
+        ("mlp-interaction", (1, 3), "fused", ()),
+        ("p-clip", (), "fused", ()),
+        ("p-clip", (), "image", ("deep_text_prompts",)),
+    ],
+)
+def test_gradients_reach_only_prompts_hub_and_head(tiny, variant, layers, head, unused):
+    model = make_model(tiny, variant, layers, task="multi-label", head=head).train()
     ids, mask = text_batch(tiny)
     logits = model(images(3), ids, mask)
     classification_loss("multi-label", logits, torch.ones_like(logits)).backward()
@@ -103,11 +150,13 @@ def test_gradients_reach_only_prompts_hub_and_head(tiny, variant, layers):
     for name, param in model.named_parameters():
         if param.grad is not None:
             assert name in trainable, name
-    # with one interaction layer the hub's text-side output has nowhere to go (DESIGN 3.4)
-    unused = ("hub.vision_to_text", "hub.text_intra") if layers == (3,) else ()
     for name, param in trainable.items():
-        if not name.startswith(unused):
+        if name.startswith(unused):
+            assert param.grad is None, name
+        else:
             assert param.grad is not None and param.grad.abs().sum() > 0, name
+    expected = {name for name in trainable if not name.startswith(unused)}
+    assert effective_parameter_names(model.config, tiny.clip.config, model.num_classes) == expected
 
 
 @pytest.mark.parametrize("similarity", ["cos", "mmd", "cov-pearson"])

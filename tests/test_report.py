@@ -14,13 +14,13 @@ ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT / "workflow" / "report" / "paper.yaml"
 
 
-def _run(runs: Path, dataset: str, run: str, setting: str, score: dict | None, fraction: float = 1.0, seed: int = 0) -> None:
+def _run(runs: Path, dataset: str, run: str, setting: str, score: dict | None, fraction: float = 1.0, seed: int = 0, head: str = "fused") -> None:
     folder = runs / dataset / run / f"seed{seed}"
     folder.mkdir(parents=True)
     metric = "f1_micro" if score and "f1_micro" in score else "accuracy"
     result = {
         "dataset": dataset, "setting": setting, "variant": "mitp", "layers": [2, 3], "similarity": "cos", "fraction": fraction,
-        "seed": seed, "backbone": "preset:tiny", "metric": metric, "best_epoch": 1, "best_val_metric": 0.5, "epochs": 2,
+        "seed": seed, "head": head, "backbone": "preset:tiny", "metric": metric, "best_epoch": 1, "best_val_metric": 0.5, "epochs": 2,
         "train_seconds": 12.5, "peak_memory_gib": 1.25, "peak_memory_kind": "cpu max RSS", "trainable_params": 1234,
         "backbone_params": 99999, "device": "cpu", "processes": 1,
     }
@@ -46,6 +46,7 @@ def test_report_puts_ours_beside_the_paper_and_marks_missing_runs(tmp_path):
     _run(runs, "demo-food101", "l2-3-cos", "l2-3-cos", {"accuracy": 0.75})
     _run(runs, "demo-mmimdb", "mitp", "mitp", {"f1_micro": 0.6, "f1_macro": 0.5})
     _run(runs, "demo-snlive", "prompts-only", "prompts-only", None)  # trained, not evaluated
+    _run(runs, "demo-food101", "mitp-image", "mitp-image", {"accuracy": 0.6}, head="image")
 
     result = CliRunner().invoke(app, [
         "report", "--runs", str(runs), "--paper", str(PAPER), "--out", str(out), "--datasets", "demo-food101,demo-mmimdb,demo-snlive",
@@ -65,9 +66,16 @@ def test_report_puts_ours_beside_the_paper_and_marks_missing_runs(tmp_path):
     table3 = {row["training data (%)"]: row for row in csv.DictReader(open(out / "table3.csv"))}
     assert table3["10"]["ours acc (%)"] == "70.00" and table3["10"]["ours degradation (%)"] == "15.00"
     assert table3["1"]["ours acc (%)"] == "missing" and table3["1"]["paper acc (%)"] == "87.59"
+    heads = {row["setting"]: row for row in csv.DictReader(open(out / "heads.csv"))}
+    assert list(heads) == ["mitp"]  # only settings that ran with both heads
+    assert (heads["mitp"]["demo-food101 fused"], heads["mitp"]["demo-food101 image"]) == ("85.00", "60.00")
+    assert heads["mitp"]["demo-snlive image"] == "missing"
+    notes = (out / "table1.md").read_text()
+    assert "Head of our runs: fused" in notes and "90% of the paper's training pairs" in notes
     runs_rows = list(csv.DictReader(open(out / "runs.csv")))
-    assert len(runs_rows) == 6 and {r["train time (s)"] for r in runs_rows} == {"12.5"}
+    assert {r["head"] for r in runs_rows} == {"fused", "image"}
+    assert len(runs_rows) == 7 and {r["train time (s)"] for r in runs_rows} == {"12.5"}
     assert "| MITP-base |" in (out / "table1.md").read_text()
     for png in ("fig3.png", "fig4.png", "curves.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert json.loads((out / "summary.json").read_text())["runs_evaluated"] == 5
+    assert json.loads((out / "summary.json").read_text())["runs_evaluated"] == 6

@@ -1,5 +1,8 @@
+import dataclasses
 import json
+import math
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -29,23 +32,75 @@ def test_training_lowers_the_loss_and_beats_chance(write_config, tmp_path):
     assert result.best_metric > 2 * (1 / 16)  # 16 classes: chance is 1/16
 
 
-def test_interaction_lets_the_caption_reach_the_prediction(write_config, tmp_path, monkeypatch):
-    """With well-separated class embeddings, MITP beats the image-only ceiling (1/4: the colour alone);
-    prompts-only cannot see the caption and stays at or below it."""
+def orthonormal_classes(monkeypatch, logit_scale: float | None = None):
+    """Make train_run's models use well-separated (orthonormal) class embeddings, optionally at a given
+    logit scale: a random tiny CLIP's template embeddings nearly coincide, which no head can undo."""
     real_build = train_module.build_model
 
-    def orthonormal_classes(run, backbone, classes):
+    def build(run, backbone, classes):
+        if logit_scale is not None:
+            backbone.clip.logit_scale.data.fill_(math.log(logit_scale))
         model = real_build(run, backbone, classes)
         basis = torch.linalg.qr(torch.randn(32, len(classes), generator=torch.Generator().manual_seed(0)))[0]
         model.class_embeddings = basis.T.contiguous()  # (K, P) orthonormal rows
         return model
 
-    monkeypatch.setattr(train_module, "build_model", orthonormal_classes)
-    config = write_config(synthetic_config(epochs=5, hub_width=64, sizes={"train": 512, "val": 128, "test": 32}))
-    mitp = train_run(run_for(config, "mitp"), tmp_path / "mitp", progress=False).best_metric
-    alone = train_run(run_for(config, "prompts-only"), tmp_path / "alone", progress=False).best_metric
-    assert alone <= 0.25 + 0.05
-    assert mitp > 0.32 and mitp > alone + 0.1
+    monkeypatch.setattr(train_module, "build_model", build)
+
+
+def test_the_head_decides_whether_the_caption_reaches_the_prediction(write_config, tmp_path, monkeypatch):
+    """The class is (colour in the image, word in the caption): the image alone reaches at most 1/4.
+    Under the image head only interaction brings the caption in (prompts-only stays at the image-only
+    ceiling); under the fused head the caption reaches every variant (DESIGN 3.7)."""
+    orthonormal_classes(monkeypatch)
+    scores = {}
+    for head in ("image", "fused"):
+        raw = synthetic_config(epochs=5, hub_width=64, sizes={"train": 512, "val": 128, "test": 32})
+        raw["head"] = head
+        config = write_config(raw)
+        for setting in ("mitp", "prompts-only", "p-clip"):
+            scores[head, setting] = train_run(run_for(config, setting), tmp_path / head / setting, progress=False).best_metric
+    assert scores["image", "prompts-only"] <= 0.25 + 0.05
+    assert scores["image", "mitp"] > 0.32 and scores["image", "mitp"] > scores["image", "prompts-only"] + 0.1
+    assert scores["fused", "p-clip"] > 0.32 and scores["fused", "p-clip"] > scores["image", "p-clip"] + 0.05
+    assert scores["fused", "mitp"] > 0.32
+
+
+def test_multilabel_bias_starts_at_the_training_prior(write_config):
+    """At CLIP's logit scale of 100 a zero bias predicts nearly every label positive; the initialised bias
+    predicts each label about as often as the training data have it."""
+    from mitp.backbone import load_backbone
+    from mitp.data import build_split
+    from mitp.factory import build_model
+    from mitp.runtime.decision import multilabel_decisions
+
+    run = run_for(write_config(synthetic_config(task="multi-label", sizes={"train": 256, "val": 32, "test": 32})))
+    backbone = load_backbone(run.backbone)
+    backbone.clip.logit_scale.data.fill_(math.log(100))
+    train_set = build_split(run, "train", backbone.tokenizer, 32)
+    model = build_model(run, backbone, train_set.classes).eval()
+
+    def positive_rate():
+        with torch.no_grad():
+            logits = model(train_set.images, train_set.input_ids, train_set.attention_mask)
+        return multilabel_decisions(logits.numpy()).mean(axis=0)  # (K,)
+
+    prior = train_set.labels.numpy().mean(axis=0)
+    assert (positive_rate() > prior + 0.3).all()  # the problem: almost everything is positive
+    info = train_module.init_class_bias(model, train_set, run, train_module.make_accelerator("fp32"))
+    assert info["samples"] == 256
+    assert np.abs(positive_rate() - prior).max() <= 0.1
+
+
+def test_initialised_bias_trains_at_least_as_well_as_a_zero_bias(write_config, tmp_path, monkeypatch):
+    orthonormal_classes(monkeypatch, logit_scale=100)
+    run = run_for(write_config(synthetic_config(task="multi-label", epochs=3, hub_width=64, sizes={"train": 512, "val": 128, "test": 32})))
+    new = train_run(run, tmp_path / "new", progress=False)
+    assert json.loads((tmp_path / "new" / "checkpoints" / "epoch-0003" / "state.json").read_text())["class_bias_init"]["samples"] == 512
+    monkeypatch.setattr(train_module, "init_class_bias", lambda *args: {"samples": 0, "min": 0.0, "max": 0.0})  # zero bias
+    old_run = dataclasses.replace(run, train=dataclasses.replace(run.train, class_bias_lr=run.lr))  # at the prompts' lr
+    old = train_run(old_run, tmp_path / "old", progress=False)
+    assert new.best_metric >= old.best_metric
 
 
 def test_resume_after_a_kill_reproduces_the_uninterrupted_run(write_config, tmp_path, monkeypatch):

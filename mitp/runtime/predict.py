@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .bundle import TOKENIZER_FILE, VARIANT_FILES, BundleError, BundleInfo, parse_metadata
+from .decision import MULTILABEL_THRESHOLD, SIGMOID_THRESHOLD, sigmoid, softmax
 from .preprocess import ImageError, load_image, preprocess_image
 from .tokenizer import load_tokenizer_file
 
@@ -86,17 +87,15 @@ class Predictor:
 
     def decide(self, logits: np.ndarray) -> np.ndarray:
         """Probabilities by the bundle's decision rule: softmax over classes, or a sigmoid per label."""
-        if self.info.decision["rule"] == "sigmoid-threshold":
-            return 1.0 / (1.0 + np.exp(-logits))
-        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return shifted / shifted.sum(axis=1, keepdims=True)
+        return sigmoid(logits) if self.info.decision["rule"] == SIGMOID_THRESHOLD else softmax(logits)
 
     def prediction(self, probabilities: np.ndarray, truncated: bool) -> Prediction:
         """The chosen label(s) and every label's probability for one row of probabilities."""
         labels = self.info.labels
         scores = {label: float(p) for label, p in zip(labels, probabilities, strict=True)}
-        if self.info.decision["rule"] == "sigmoid-threshold":
-            chosen = [label for label, p in scores.items() if p >= self.info.decision.get("threshold", 0.5)]
+        if self.info.decision["rule"] == SIGMOID_THRESHOLD:
+            threshold = np.float32(self.info.decision.get("threshold", MULTILABEL_THRESHOLD))
+            chosen = [label for label, p in zip(labels, probabilities, strict=True) if p >= threshold]
         else:
             chosen = [labels[int(probabilities.argmax())]]
         return Prediction(chosen, scores, truncated)
