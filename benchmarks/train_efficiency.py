@@ -2,8 +2,9 @@
 
 The naive path is what a straightforward implementation would do: autograd through the whole backbone
 (backbone weights left with requires_grad, so their gradients are computed too), every text block run,
-fp32. The efficient path is mitp's default: no autograd below the first interaction layer, text blocks
-after the last interaction layer skipped, bf16 autocast on GPU.
+fp32. The efficient path is mitp's default: no autograd below the first interaction layer, no weight
+gradients for the frozen backbone, bf16 autocast on GPU (and, under the image head only, text blocks
+after the last interaction layer skipped: the fused head needs them).
 
 Each (path, setting) is measured in a fresh subprocess so that peak memory is its own:
     python benchmarks/train_efficiency.py --backbone preset:vit-b-16 --steps 5
@@ -96,7 +97,9 @@ def measure(backbone: str, dataset: str, setting: str, naive: bool, steps: int, 
 
 def train_flops_per_sample(model, naive: bool) -> float:
     """Matmul FLOPs of one training sample: forward on every block run, plus backward on the blocks
-    autograd goes through (input gradients ~1x forward; weight gradients of trained or, naive, all weights)."""
+    autograd goes through (input gradients ~1x forward; weight gradients of trained or, naive, all weights).
+    Under the fused head the text tower runs to its end, so its blocks after the last interaction layer
+    are run and differentiated too; under the image head mitp skips them."""
     text, vision = model.clip.config.text_config, model.clip.config.vision_config
     length = model.prompt_length
     patches = (vision.image_size // vision.patch_size) ** 2 + 1
@@ -104,16 +107,15 @@ def train_flops_per_sample(model, naive: bool) -> float:
     def block(tokens: int, width: int, ff: int) -> float:
         return 2 * tokens * (4 * width * width + 2 * width * ff) + 4 * tokens * tokens * width
 
-    first = model.layer_ids[0] if model.layer_ids else 0
-    last = model.layer_ids[-1] if model.layer_ids else text.num_hidden_layers - 1
-    text_blocks = text.num_hidden_layers if naive else last + 1
-    forward = text_blocks * block(77 + length, text.hidden_size, text.intermediate_size)
-    forward += vision.num_hidden_layers * block(patches + length, vision.hidden_size, vision.intermediate_size)
+    text_block = block(77 + length, text.hidden_size, text.intermediate_size)
+    vision_block = block(patches + length, vision.hidden_size, vision.intermediate_size)
+    first = min(model.text_layer_ids[0], model.vision_layer_ids[0])
+    last_text = text.num_hidden_layers - 1 if (naive or model.fused) else model.text_layer_ids[-1]
+    forward = (last_text + 1) * text_block + vision.num_hidden_layers * vision_block
     if naive:
         return 3 * forward  # input and weight gradients everywhere
-    grad_text = (last + 1 - first) * block(77 + length, text.hidden_size, text.intermediate_size)
-    grad_vision = (vision.num_hidden_layers - first) * block(patches + length, vision.hidden_size, vision.intermediate_size)
-    return forward + grad_text + grad_vision
+    backward = (last_text + 1 - first) * text_block + (vision.num_hidden_layers - first) * vision_block
+    return forward + backward
 
 
 def main() -> None:

@@ -23,7 +23,8 @@ import numpy as np
 
 from .atomic import atomic_write_json, build_directory
 from .download import MARKERS, find_layout_root
-from .runtime.preprocess import ImageError, load_image
+from .runtime.preprocess import ImageError, ImageTooLarge, load_image
+from .runtime.tokenizer import clean_caption
 
 MMIMDB_GENRES = (
     "Drama", "Comedy", "Romance", "Thriller", "Crime", "Action", "Adventure", "Horror", "Documentary", "Mystery",
@@ -36,6 +37,8 @@ VAL_FRACTION = 0.1  # Food101 has no validation split: this share of train, stra
 # Drop reasons (the keys of the report).
 MISSING_IMAGE, UNREADABLE_IMAGE, MISSING_TEXT = "missing image", "unreadable image", "missing text"
 MALFORMED_LINE, UNKNOWN_LABEL = "malformed line", "unknown label"
+IMAGE_TOO_LARGE = "image too large"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 
 
 class PrepareError(ValueError):
@@ -57,12 +60,17 @@ class Report:
     counts: dict[str, int] = field(default_factory=dict)
     dropped: dict[str, Counter] = field(default_factory=dict)
     recovered: Counter = field(default_factory=Counter)  # Food101 lines with broken quoting, read anyway
+    not_utf8: Counter = field(default_factory=Counter)  # lines whose invalid bytes were replaced (U+FFFD)
     notes: dict[str, object] = field(default_factory=dict)
     manifest: list[dict[str, str]] = field(default_factory=list)
 
     def drop(self, split: str, pair_id: str, reason: str, detail: str = "") -> None:
         self.dropped.setdefault(split, Counter())[reason] += 1
         self.manifest.append({"split": split, "id": pair_id, "reason": reason, "detail": detail})
+
+    def repair_encoding(self, split: str, line_id: str, detail: str) -> None:
+        self.not_utf8[split] += 1
+        self.manifest.append({"split": split, "id": line_id, "reason": "not UTF-8 (invalid bytes replaced)", "detail": detail})
 
     def recover(self, split: str, pair_id: str, detail: str) -> None:
         self.recovered[split] += 1
@@ -75,6 +83,7 @@ class Report:
             "counts": self.counts,
             "dropped": {split: dict(sorted(c.items())) for split, c in self.dropped.items()},
             "dropped_total": sum(sum(c.values()) for c in self.dropped.values()),
+            "non_utf8_lines": dict(self.not_utf8),
             **self.notes,
         }
 
@@ -111,30 +120,47 @@ def _parse_food101_line(line: str) -> tuple[tuple[str, str, str] | None, bool]:
 
 
 def read_food101(root: Path, report: Report) -> dict[str, list[Pair]]:
-    """Food101: `texts/<split>_titles.csv` (no header) read line by line; val carved from train."""
+    """Food101: `texts/<split>_titles.csv` read line by line; val carved from train. A first line whose
+    filename field is not an image path is a header: skipped and counted, never turned into a class."""
     pairs: dict[str, list[Pair]] = {}
+    headers: Counter = Counter()
     for split in ("train", "test"):
         path = root / "texts" / f"{split}_titles.csv"
         if not path.is_file():
             raise PrepareError(f"{path} not found: expected the UPMC-Food101 layout (texts/{{train,test}}_titles.csv)")
         pairs[split] = []
-        with open(path, encoding="utf-8", errors="replace", newline="") as f:
-            for number, raw_line in enumerate(f, start=1):
-                line = raw_line.rstrip("\r\n")
-                if not line.strip():
-                    continue
-                parsed, well_formed = _parse_food101_line(line)
-                if parsed is None:
-                    report.drop(split, f"{path.name}:{number}", MALFORMED_LINE, line[:200])
-                    continue
-                if not well_formed:
-                    report.recover(split, f"{path.name}:{number}", line[:200])
-                filename, title, label = parsed
-                pairs[split].append(Pair(filename, root / "images" / split / label / filename, title.strip(), label))
+        for number, line in decoded_lines(path, split, report):
+            if not line.strip():
+                continue
+            parsed, well_formed = _parse_food101_line(line)
+            if number == 1 and (parsed is None or not parsed[0].lower().endswith(IMAGE_SUFFIXES)):
+                headers[split] += 1
+                continue
+            if parsed is None:
+                report.drop(split, f"{path.name}:{number}", MALFORMED_LINE, line[:200])
+                continue
+            if not well_formed:
+                report.recover(split, f"{path.name}:{number}", line[:200])
+            filename, title, label = parsed
+            pairs[split].append(Pair(filename, root / "images" / split / label / filename, title.strip(), label))
     report.notes["malformed_quoting_recovered"] = dict(report.recovered)
+    report.notes["header_lines_skipped"] = dict(headers)
     pairs["train"], pairs["val"] = _carve_val(pairs["train"])
     report.notes["val_split"] = f"{VAL_FRACTION:.0%} of train per class, seed 0 (ids in val_ids.txt)"
     return pairs
+
+
+def decoded_lines(path: Path, split: str, report: Report) -> Iterable[tuple[int, str]]:
+    """(line number, text) of a UTF-8 text file; a line with invalid bytes is decoded with U+FFFD in their
+    place and counted in the report (never silently, never fatal)."""
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            raw = raw.rstrip(b"\r\n")
+            try:
+                yield number, raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                report.repair_encoding(split, f"{path.name}:{number}", f"{err.reason} at byte {err.start}")
+                yield number, raw.decode("utf-8", errors="replace")
 
 
 def _carve_val(train: list[Pair]) -> tuple[list[Pair], list[Pair]]:
@@ -211,26 +237,25 @@ def read_snlive(root: Path, report: Report) -> dict[str, list[Pair]]:
         if not path.is_file():
             raise PrepareError(f"{path} not found: expected SNLI-VE's snli_ve_{{train,dev,test}}.jsonl")
         pairs[split] = []
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for number, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                line_id = f"{path.name}:{number}"
-                try:
-                    record = json.loads(line)
-                    image_id, text, label = str(record["Flickr30K_ID"]), record["sentence2"], record["gold_label"]
-                except (json.JSONDecodeError, KeyError, TypeError) as err:
-                    report.drop(split, line_id, MALFORMED_LINE, f"{type(err).__name__}: {err}")
-                    continue
-                pair_id = str(record.get("pairID") or line_id)
-                if label not in SNLIVE_LABELS:
-                    report.drop(split, pair_id, UNKNOWN_LABEL, repr(label))
-                    continue
-                if not isinstance(text, str) or not text.strip():
-                    report.drop(split, pair_id, MISSING_TEXT, "empty sentence2")
-                    continue
-                image_name = image_id if image_id.endswith(".jpg") else f"{image_id}.jpg"
-                pairs[split].append(Pair(pair_id, image_dir / image_name, text.strip(), label))
+        for number, line in decoded_lines(path, split, report):
+            if not line.strip():
+                continue
+            line_id = f"{path.name}:{number}"
+            try:
+                record = json.loads(line)
+                image_id, text, label = str(record["Flickr30K_ID"]), record["sentence2"], record["gold_label"]
+            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                report.drop(split, line_id, MALFORMED_LINE, f"{type(err).__name__}: {err}")
+                continue
+            pair_id = str(record.get("pairID") or line_id)
+            if label not in SNLIVE_LABELS:
+                report.drop(split, pair_id, UNKNOWN_LABEL, repr(label))
+                continue
+            if not isinstance(text, str) or not text.strip():
+                report.drop(split, pair_id, MISSING_TEXT, "empty sentence2")
+                continue
+            image_name = image_id if image_id.endswith(".jpg") else f"{image_id}.jpg"
+            pairs[split].append(Pair(pair_id, image_dir / image_name, text.strip(), label))
     return pairs
 
 
@@ -279,6 +304,7 @@ def prepare_dataset(name: str, raw: Path, out: Path, workers: int = 8, progress:
         raise PrepareError(f"{raw} does not hold the {layout.raw} layout (no {marker}); run `mitp data download {name}` first")
     report = Report(dataset=name, raw=str(Path(raw)))
     pairs = layout.reader(root, report)
+    report.notes["captions_cleaned"] = clean_captions(pairs)
     classes = layout.classes(pairs)
     for split in ("train", "val", "test"):
         pairs[split] = _drop_unusable(pairs[split], set(classes), split, report)
@@ -298,6 +324,19 @@ def prepare_dataset(name: str, raw: Path, out: Path, workers: int = 8, progress:
         summary = report.to_json()
         atomic_write_json(tmp / "prepare_report.json", summary)
     return summary
+
+
+def clean_captions(pairs: dict[str, list[Pair]]) -> dict[str, int]:
+    """Clean every caption as the CLIP tokenizer does (mitp.runtime.tokenizer.clean_caption); returns how
+    many changed per split."""
+    changed = {}
+    for split, rows in pairs.items():
+        changed[split] = 0
+        for pair in rows:
+            cleaned = clean_caption(pair.text)
+            changed[split] += cleaned != pair.text
+            pair.text = cleaned
+    return changed
 
 
 def _drop_unusable(rows: list[Pair], classes: set[str], split: str, report: Report) -> list[Pair]:
@@ -343,6 +382,8 @@ def _check_image(path: Path) -> tuple[Path, tuple[str, str] | None]:
         return path, (MISSING_IMAGE, str(path))
     try:
         load_image(path)
+    except ImageTooLarge as err:
+        return path, (IMAGE_TOO_LARGE, str(err))
     except ImageError as err:
         return path, (UNREADABLE_IMAGE, str(err))
     return path, None

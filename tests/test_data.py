@@ -9,8 +9,8 @@ from transformers import CLIPImageProcessor
 
 from mitp.config import parse_config, resolve_run
 from mitp.data import DataError, build_split, stratified_subset
-from mitp.runtime.preprocess import ImageError, load_image, preprocess_image
-from mitp.runtime.tokenizer import build_word_tokenizer
+from mitp.runtime.preprocess import ImageError, ImageTooLarge, load_image, preprocess_image
+from mitp.runtime.tokenizer import build_word_tokenizer, clean_caption
 
 from .conftest import synthetic_config
 
@@ -21,6 +21,54 @@ def test_preprocessing_matches_transformers_clip_processor(size):
     processor = CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
     expected = processor(images=image, return_tensors="np")["pixel_values"][0]
     assert np.abs(preprocess_image(image, 224) - expected).max() < 1e-5
+
+
+def test_one_image_rule_exif_alpha_16_bit_and_palette(tmp_path):
+    band = np.zeros((20, 40, 3), np.uint8)
+    band[:, :10] = 255  # a white band on the left
+    rotated = Image.fromarray(band)
+    exif = rotated.getexif()
+    exif[0x0112] = 6  # phone photo: "rotate 90 degrees clockwise to display"
+    rotated.save(tmp_path / "phone.jpg", exif=exif.tobytes(), quality=100)
+    upright = np.asarray(load_image(tmp_path / "phone.jpg"))
+    assert upright.shape == (40, 20, 3) and upright[:8].mean() > 240 and upright[12:].mean() < 15  # band on top
+
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[..., 0] = 200  # red everywhere, transparent in the lower half, half-transparent in one row
+    rgba[:4, :, 3], rgba[4, :, 3] = 255, 128
+    Image.fromarray(rgba).save(tmp_path / "alpha.png")
+    pixels = np.asarray(load_image(tmp_path / "alpha.png"))
+    assert pixels[0, 0].tolist() == [200, 0, 0] and pixels[7, 7].tolist() == [255, 255, 255]
+    assert pixels[4, 0].tolist() == [(200 * 128 + 255 * 127 + 127) // 255, 127, 127]  # composited on white
+
+    grey16 = (np.arange(64).reshape(8, 8) * 1000).astype(np.uint16)
+    Image.fromarray(grey16).save(tmp_path / "grey16.png")
+    pixels = np.asarray(load_image(tmp_path / "grey16.png"))
+    assert pixels.shape == (8, 8, 3) and (pixels[..., 0] == grey16 >> 8).all()  # not all white
+
+    palette = Image.new("P", (4, 4))
+    palette.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
+    palette.putpixel((0, 0), 1)
+    palette.save(tmp_path / "palette.png", transparency=1)  # colour 1 is transparent
+    pixels = np.asarray(load_image(tmp_path / "palette.png"))
+    assert pixels[0, 0].tolist() == [255, 255, 255] and pixels[1, 1].tolist() == [255, 0, 0]
+
+
+def test_oversized_images_are_refused_before_decoding(tmp_path):
+    Image.new("1", (10_000, 9_000)).save(tmp_path / "bomb.png")  # 90M pixels: above Pillow's bomb limit
+    Image.new("RGB", (100_000, 1)).save(tmp_path / "line.png")  # its CLIP resize would need 15 GB
+    for name in ("bomb.png", "line.png"):
+        with pytest.raises(ImageTooLarge):
+            load_image(tmp_path / name)
+    with pytest.raises(ImageTooLarge, match="aspect ratio"):
+        preprocess_image(Image.new("RGB", (1, 1000)), 224)
+
+
+def test_captions_are_cleaned_like_clip_does():
+    assert clean_caption("Chicken &amp; Dumplings") == "Chicken & Dumplings"
+    assert clean_caption("  Mom&amp;#39;s   pie \n\t recipe ") == "Mom's pie recipe"  # unescaped twice
+    tokenizer = build_word_tokenizer()
+    assert (tokenizer(["red &amp; blue"])[0] == tokenizer(["red & blue"])[0]).all()
 
 
 def test_unreadable_images_raise_a_clear_error(tmp_path):

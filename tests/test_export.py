@@ -203,3 +203,29 @@ def test_cuda_request_fails_where_it_cannot_run(trained):
     (image,), (text,) = _test_pairs(trained, 1)
     result = runner.invoke(app, ["predict", str(image), text, "--model", str(trained / "bundle"), "--provider", "cuda"])
     assert result.exit_code == 2 and "cannot run here" in result.output
+
+
+def test_predict_applies_the_same_image_rule_and_refuses_huge_images(trained, tmp_path):
+    """Transparency on white, as at preparation and in training; a decompression bomb is refused alone,
+    and in a batch it costs only its own line."""
+    from PIL import Image
+
+    (image,), (text,) = _test_pairs(trained, 1)
+    rgb = np.asarray(Image.open(image).convert("RGB"))
+    rgba = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 255, np.uint8)], axis=2)
+    rgba[: rgb.shape[0] // 2, :, 3] = 0  # the top half transparent
+    Image.fromarray(rgba).save(tmp_path / "alpha.png")
+    white = rgb.copy()
+    white[: rgb.shape[0] // 2] = 255
+    Image.fromarray(white).save(tmp_path / "white.png")
+    predictor = Predictor(trained / "bundle", provider="cpu")
+    assert np.array_equal(predictor.preprocess(tmp_path / "alpha.png"), predictor.preprocess(tmp_path / "white.png"))
+
+    Image.new("1", (10_000, 9_000)).save(tmp_path / "bomb.png")
+    result = runner.invoke(app, ["predict", str(tmp_path / "bomb.png"), text, "--model", str(trained / "bundle")])
+    assert result.exit_code == 2 and "too large to decode safely" in result.output
+    batch = tmp_path / "pairs.jsonl"
+    batch.write_text("\n".join(json.dumps({"image": str(p), "text": text}) for p in (image, tmp_path / "bomb.png", image)) + "\n")
+    result = runner.invoke(app, ["predict", "--batch", str(batch), "--out", str(tmp_path / "out.jsonl"), "--model", str(trained / "bundle")])
+    assert result.exit_code == 1 and "line 2" in result.output
+    assert [json.loads(line)["line"] for line in (tmp_path / "out.jsonl").read_text().splitlines()] == [1, 3]

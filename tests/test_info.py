@@ -44,7 +44,7 @@ def test_effective_counts_and_pclip_depth_on_vit_l14(tmp_path):
     fused = json.loads(info("--dataset", "food101", "--setting", "mitp-small", "--json"))
     assert fused["head"] == "fused" and fused["effective_trainable_params"] == fused["trainable_params"]
     image_config = tmp_path / "image.yaml"
-    image_config.write_text(PROJECT_CONFIG.read_text().replace("\nseed: 0\n", "\nseed: 0\nhead: image\n"))
+    image_config.write_text(PROJECT_CONFIG.read_text().replace("\nhead: fused\n", "\nhead: image\n"))
     result = runner.invoke(app, ["info", "--config", str(image_config), "--dataset", "food101", "--setting", "mitp-small", "--json"])
     image = json.loads(result.output)
     assert image["head"] == "image" and image["trainable_params"] - image["effective_trainable_params"] == 560_976

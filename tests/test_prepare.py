@@ -66,6 +66,43 @@ def _food101_raw(root: Path) -> None:
     (root / "texts" / "test_titles.csv").write_text("\r\n".join(test_lines) + "\r\n")
 
 
+def test_food101_header_captions_encoding_and_huge_images(tmp_path):
+    """A header line is skipped and counted (never a 102nd class), HTML entities and whitespace are cleaned
+    and counted, a line with bytes that are not UTF-8 is kept with U+FFFD and counted, and an image above
+    the decompression-bomb limit is dropped under its own reason instead of stopping the preparation."""
+    raw, out = tmp_path / "raw", tmp_path / "food101"
+    lines = [b"image_path,text,food"]
+    for label in ("apple_pie", "sushi"):
+        for n in range(5):
+            _image(raw / "images" / "train" / label / f"{label}_{n}.jpg")
+            lines.append(f"{label}_{n}.jpg,Best {label},{label}".encode())
+    lines[1] = b"apple_pie_0.jpg,Chicken &amp; Dumplings  Recipe,apple_pie"
+    lines[2] = b"apple_pie_1.jpg,Cr\xe8me br\xfbl\xe9e,apple_pie"  # latin-1, not UTF-8
+    (raw / "images" / "train" / "sushi").mkdir(parents=True, exist_ok=True)
+    Image.new("1", (10_000, 9_000)).save(raw / "images" / "train" / "sushi" / "sushi_9.jpg.png")
+    (raw / "images" / "train" / "sushi" / "sushi_9.jpg.png").rename(raw / "images" / "train" / "sushi" / "sushi_9.jpg")
+    lines.append(b"sushi_9.jpg,a poster the size of a wall,sushi")
+    (raw / "texts").mkdir(parents=True)
+    (raw / "texts" / "train_titles.csv").write_bytes(b"\n".join(lines) + b"\n")
+    _image(raw / "images" / "test" / "sushi" / "sushi_100.jpg")
+    (raw / "texts" / "test_titles.csv").write_text("sushi_100.jpg,test  sushi,sushi\n")
+
+    report = prepare_dataset("food101", raw, out)
+
+    assert json.loads((out / "classes.json").read_text()) == ["apple_pie", "sushi"]
+    assert report["header_lines_skipped"] == {"train": 1}
+    assert report["non_utf8_lines"] == {"train": 1}
+    assert report["captions_cleaned"] == {"train": 1, "val": 0, "test": 1}
+    assert report["dropped"]["train"] == {"image too large": 1}
+    train, val = _read(out, "train"), _read(out, "val")
+    texts = dict(zip(train["id"] + val["id"], train["text"] + val["text"], strict=True))
+    assert texts["apple_pie_0.jpg"] == "Chicken & Dumplings Recipe"
+    assert texts["apple_pie_1.jpg"] == "Cr\ufffdme br\ufffdl\ufffde"
+    assert _read(out, "test")["text"] == ["test sushi"]
+    manifest = [json.loads(line) for line in (out / "dropped.jsonl").read_text().splitlines()]
+    assert {m["reason"] for m in manifest} == {"image too large", "not UTF-8 (invalid bytes replaced)"}
+
+
 def test_food101_lines_parse_with_commas_quotes_and_broken_quoting():
     assert parse_food101_line('a_1.jpg,"Pie, with ""cream""",apple_pie') == ("a_1.jpg", 'Pie, with "cream"', "apple_pie")
     assert parse_food101_line('a_2.jpg,"Never closed, still read,apple_pie') == ("a_2.jpg", "Never closed, still read", "apple_pie")

@@ -1,49 +1,107 @@
-"""CLIP image preprocessing in numpy and Pillow only (shared by training and the ONNX predict path).
+"""One image rule for preparation, training, predict and the bundle (DESIGN 4), in numpy and Pillow only.
 
-Resize the shorter side to `size` (bicubic), centre-crop `size` x `size`, scale to [0, 1] and normalise
-with CLIP's mean and std: the same steps as transformers' CLIPImageProcessor.
+Decoding (`load_image`):
+1. the header is read first: images above Pillow's decompression-bomb limit (MAX_PIXELS) or with an aspect
+   ratio whose CLIP resize would need an absurd buffer (MAX_ASPECT_RATIO) are refused before decoding;
+2. the EXIF Orientation tag is applied (phone photos arrive rotated otherwise);
+3. 16-bit samples become 8-bit by their high byte (v >> 8), as Pillow already does for 16-bit RGB PNGs;
+4. transparency (an alpha channel, or a palette / colour key made transparent) is composited on white,
+   in integers: out = (c * a + 255 * (255 - a) + 127) // 255;
+5. every other mode goes through Pillow's convert("RGB").
+CLIP preprocessing (`clip_crop`, then `normalize`): resize the shorter side to `size` with Pillow's
+antialiased bicubic (the longer side floor(size * long / short)), centre-crop at floor((new - size) / 2),
+then (pixels / 255 - mean) / std in float32, NCHW. `clip_crop` returns the uint8 crop that the image
+cache stores; `normalize` can run on the GPU with the same float32 arithmetic.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS  # Pillow's decompression-bomb limit: 89,478,485 pixels
+MAX_ASPECT_RATIO = 64  # a 100000 x 1 image would resize to 22.4M x 224 pixels (15 GB) before the crop
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+EXIF_ORIENTATION = 0x0112
+# Pillow warns above MAX_PIXELS and raises above twice that; mitp refuses both with one message of its own.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 class ImageError(ValueError):
     """An image file is missing, unreadable or not an image."""
 
 
+class ImageTooLarge(ImageError):
+    """An image whose decoding or resizing would need unreasonable memory."""
+
+
+def check_image_size(width: int, height: int, source: str = "image") -> None:
+    if width < 1 or height < 1:
+        raise ImageError(f"{source} has no pixels ({width} x {height})")
+    if width * height > MAX_PIXELS:
+        raise ImageTooLarge(f"{source} is too large to decode safely: {width} x {height} pixels (limit {MAX_PIXELS:,})")
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise ImageTooLarge(f"{source} is {width} x {height}: an aspect ratio above {MAX_ASPECT_RATIO}:1 is refused")
+
+
 def load_image(path: str | Path) -> Image.Image:
-    """Open and fully decode an image as RGB, or raise ImageError saying what is wrong."""
+    """Open, check and fully decode an image as 8-bit RGB by the rule above, or raise ImageError."""
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"image not found: {path}")
     try:
         with Image.open(path) as img:
+            check_image_size(img.width, img.height, f"image {path}")
             img.load()
-            return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+            if img.getexif().get(EXIF_ORIENTATION, 1) != 1:
+                img = ImageOps.exif_transpose(img)
+            return to_rgb(img)
+    except ImageError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise ImageError(f"cannot decode image {path}: {err}") from err
 
 
-def preprocess_image(
-    image: Image.Image, size: int, mean: tuple[float, ...] = CLIP_MEAN, std: tuple[float, ...] = CLIP_STD
-) -> np.ndarray:
-    """PIL image -> float32 array (3, size, size), CLIP-normalised."""
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB: 16-bit samples by their high byte, transparency composited on white."""
+    if image.mode in SIXTEEN_BIT_MODES:
+        high = (np.asarray(image).astype(np.int64).clip(0, 65535) >> 8).astype(np.uint8)  # (H, W)
+        return Image.fromarray(np.repeat(high[..., None], 3, axis=2))
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        rgba = np.asarray(image.convert("RGBA"), dtype=np.int32)  # (H, W, 4)
+        alpha = rgba[..., 3:]
+        rgb = (rgba[..., :3] * alpha + 255 * (255 - alpha) + 127) // 255
+        return Image.fromarray(rgb.astype(np.uint8))
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def clip_crop(image: Image.Image, size: int) -> np.ndarray:
+    """CLIP's resize (shorter side to `size`, bicubic) and centre crop: uint8 (size, size, 3)."""
     width, height = image.size
+    check_image_size(width, height)
     if width <= height:  # shorter side -> size, longer side scaled and truncated (as transformers does)
         new_w, new_h = size, int(size * height / width)
     else:
         new_w, new_h = int(size * width / height), size
     image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
     left, top = (new_w - size) // 2, (new_h - size) // 2
-    image = image.crop((left, top, left + size, top + size))
-    pixels = np.asarray(image, dtype=np.float32) / 255.0  # (H, W, 3)
-    pixels = (pixels - np.array(mean, dtype=np.float32)) / np.array(std, dtype=np.float32)
-    return pixels.transpose(2, 0, 1).copy()  # (3, H, W)
+    return np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
+
+
+def normalize(crop: np.ndarray, mean: tuple[float, ...] = CLIP_MEAN, std: tuple[float, ...] = CLIP_STD) -> np.ndarray:
+    """uint8 (..., H, W, 3) -> float32 (..., 3, H, W): (x / 255 - mean) / std, every step in float32."""
+    pixels = crop.astype(np.float32) / np.float32(255)
+    pixels = (pixels - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
+    return np.moveaxis(pixels, -1, -3).copy()
+
+
+def preprocess_image(
+    image: Image.Image, size: int, mean: tuple[float, ...] = CLIP_MEAN, std: tuple[float, ...] = CLIP_STD
+) -> np.ndarray:
+    """PIL image -> float32 array (3, size, size), CLIP-normalised."""
+    return normalize(clip_crop(image, size), mean, std)

@@ -1,12 +1,16 @@
 """Fixed-length CLIP tokenization on the `tokenizers` library alone (no torch, no transformers).
 
-The same code tokenizes for training and for the ONNX predict path, so both see identical ids. Real
-backbones bring their `tokenizer.json`; random-weight presets and tests use a small word-level tokenizer
-built in-process, so nothing needs the network.
+The same code tokenizes for training and for the ONNX predict path, so both see identical ids. Captions
+are cleaned first as OpenAI's CLIP tokenizer does (HTML entities unescaped twice, whitespace runs
+collapsed, ends stripped): Food101's captions are web page titles, and "Chicken &amp; Dumplings" would
+tokenize unlike "Chicken & Dumplings". Real backbones bring their `tokenizer.json`; random-weight presets
+and tests use a small word-level tokenizer built in-process, so nothing needs the network.
 """
 
 from __future__ import annotations
 
+import html
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +32,12 @@ BASIC_WORDS = tuple(
     many few very quite rather plain noisy small large old new one two three four five six seven
     eight nine ten caption text words word says describes reads tells named called label""".split()
 )
+
+
+def clean_caption(text: str) -> str:
+    """OpenAI CLIP's basic_clean + whitespace_clean, without ftfy: unescape HTML twice, collapse whitespace."""
+    text = html.unescape(html.unescape(text))
+    return re.sub(r"\s+", " ", text).strip()
 
 
 @dataclass(frozen=True)
@@ -64,7 +74,7 @@ class ClipTokenizer:
 
     def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Like __call__, plus a bool per text that says whether it was truncated."""
-        encodings = self.tokenizer.encode_batch(list(texts))
+        encodings = self.tokenizer.encode_batch([clean_caption(text) for text in texts])
         ids = np.array([e.ids for e in encodings], dtype=np.int64)  # (B, 77)
         mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)  # (B, 77)
         truncated = np.array([bool(e.overflowing) for e in encodings])
