@@ -3,11 +3,18 @@
 Presets are architecture configs shipped inside the package (no weights): `preset:vit-l-14`,
 `preset:vit-b-16`, `preset:vit-b-32` and the test-sized `preset:tiny`. They give random-weight models,
 so parameter counts, tests and benchmarks work offline. The backbone is never edited: mitp wraps it.
+
+A hub name is read from the local Hugging Face cache when it is there. Otherwise it is downloaded,
+after one quick request that turns "no such model" and "no network" into one clear message each
+(transformers would retry for half a minute and print pages). With HF_HUB_OFFLINE=1 an uncached name
+fails at once. `fetch_backbone` saves a hub backbone into a local folder (weights and tokenizer.json) for
+machines that have no internet, such as cluster compute nodes.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -15,7 +22,8 @@ from pathlib import Path
 import torch
 from transformers import CLIPConfig, CLIPModel
 
-from .runtime.tokenizer import ClipTokenizer, build_word_tokenizer, load_hub_tokenizer, load_tokenizer_file
+from .config import ConfigError
+from .runtime.tokenizer import ClipTokenizer, build_word_tokenizer, load_tokenizer_file
 
 PRESETS = ("vit-l-14", "vit-b-16", "vit-b-32", "tiny")
 # Hub names whose architecture equals a preset: their configs (and parameter counts) need no download.
@@ -25,6 +33,7 @@ HUB_PRESETS = {
     "openai/clip-vit-base-patch32": "vit-b-32",
 }
 PRESET_PREFIX = "preset:"
+TOKENIZER_FILE = "tokenizer.json"
 
 
 @dataclass
@@ -37,9 +46,13 @@ class Backbone:
 def preset_config(name: str) -> CLIPConfig:
     """The shipped architecture config of a preset (no weights)."""
     if name not in PRESETS:
-        raise ValueError(f"unknown backbone preset {name!r}; allowed: {', '.join(PRESETS)}")
+        raise ConfigError(f"backbone: unknown preset {name!r}; allowed: {', '.join(PRESET_PREFIX + p for p in PRESETS)}")
     text = resources.files("mitp.presets").joinpath(f"{name}.json").read_text()
     return CLIPConfig.from_dict(json.loads(text))
+
+
+def _is_local(spec: str) -> bool:
+    return Path(spec).is_dir() or spec.startswith((".", "/", "~"))
 
 
 def architecture_config(spec: str) -> CLIPConfig:
@@ -48,27 +61,100 @@ def architecture_config(spec: str) -> CLIPConfig:
         return preset_config(spec.removeprefix(PRESET_PREFIX))
     if spec in HUB_PRESETS:
         return preset_config(HUB_PRESETS[spec])
-    return CLIPConfig.from_pretrained(spec)  # local folder, or a config download from the hub
+    if _is_local(spec):
+        if not (Path(spec) / "config.json").is_file():
+            raise ConfigError(f"backbone: {spec} is not a CLIP folder saved with save_pretrained (no config.json)")
+        return CLIPConfig.from_pretrained(spec)
+    ensure_hub_backbone(spec)
+    return CLIPConfig.from_pretrained(spec)
+
+
+def image_size_of(spec: str) -> int:
+    return architecture_config(spec).vision_config.image_size
+
+
+def ensure_hub_backbone(name: str) -> None:
+    """Make sure the hub backbone `name` can be loaded: cached, or reachable; a clear ConfigError if not."""
+    from huggingface_hub import constants, model_info
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    try:
+        CLIPConfig.from_pretrained(name, local_files_only=True)
+        return  # in the local cache
+    except OSError:
+        pass
+    if constants.HF_HUB_OFFLINE:
+        raise ConfigError(
+            f"backbone {name!r} is neither a local folder nor in the local Hugging Face cache, and HF_HUB_OFFLINE=1 "
+            f"forbids downloading it: "
+            f"on a machine with internet run `mitp fetch-backbone {name} --out models/<folder>` and pass that folder "
+            f"as the backbone, or unset HF_HUB_OFFLINE"
+        )
+    try:
+        model_info(name, timeout=15)
+    except RepositoryNotFoundError as err:
+        raise ConfigError(f"backbone {name!r} is neither a local folder nor a model on the Hugging Face hub") from err
+    except Exception as err:  # connection refused, DNS, timeouts: the hub cannot be reached
+        raise ConfigError(
+            f"backbone {name!r}: cannot reach the Hugging Face hub ({type(err).__name__}: {err}). If this machine is "
+            f"offline, fetch the backbone elsewhere with `mitp fetch-backbone {name} --out models/<folder>` and pass "
+            f"the folder; with a cached copy, set HF_HUB_OFFLINE=1"
+        ) from err
+
+
+def load_tokenizer(spec: str) -> ClipTokenizer:
+    """The backbone's tokenizer alone (no weights): a preset's word tokenizer, or its tokenizer.json."""
+    if spec.startswith(PRESET_PREFIX):
+        preset_config(spec.removeprefix(PRESET_PREFIX))  # an unknown preset fails here
+        return build_word_tokenizer()
+    if _is_local(spec):
+        path = Path(spec) / TOKENIZER_FILE
+        if not path.is_file():
+            raise ConfigError(f"backbone: {spec} has no {TOKENIZER_FILE} (save one beside the weights, as `mitp fetch-backbone` does)")
+        return load_tokenizer_file(path)
+    from huggingface_hub import hf_hub_download
+
+    ensure_hub_backbone(spec)
+    return load_tokenizer_file(hf_hub_download(spec, TOKENIZER_FILE))
 
 
 def load_backbone(spec: str, seed: int = 0) -> Backbone:
     """Load a frozen CLIP and its tokenizer. Presets get random weights drawn from `seed`."""
+    tokenizer = load_tokenizer(spec)
     if spec.startswith(PRESET_PREFIX):
         config = preset_config(spec.removeprefix(PRESET_PREFIX))
         config._attn_implementation = "sdpa"
         torch.manual_seed(seed)
         clip = CLIPModel(config)
-        tokenizer = build_word_tokenizer()
     else:
+        architecture_config(spec)  # clear errors for a bad folder or an unreachable hub name
         clip = CLIPModel.from_pretrained(spec, attn_implementation="sdpa")
-        local = Path(spec) / "tokenizer.json"
-        tokenizer = load_tokenizer_file(local) if local.is_file() else load_hub_tokenizer(spec)
     if tokenizer.vocab_size > clip.config.text_config.vocab_size:
-        raise ValueError(
-            f"tokenizer has {tokenizer.vocab_size} tokens but the backbone's text tower only "
+        raise ConfigError(
+            f"backbone: the tokenizer has {tokenizer.vocab_size} tokens but the text tower only "
             f"{clip.config.text_config.vocab_size}"
         )
     return Backbone(freeze(clip), tokenizer, spec)
+
+
+def fetch_backbone(name: str, out: Path) -> Path:
+    """Save hub backbone `name` (weights as safetensors, config, tokenizer.json) into the folder `out`,
+    so that machines without internet load it with HF_HUB_OFFLINE=1. Written aside and swapped in."""
+    from huggingface_hub import hf_hub_download
+
+    from .atomic import build_directory
+    from .outputs import claim, mark
+
+    claim(Path(out), "backbone", inputs=(Path(name),) if _is_local(name) else ())
+    if not _is_local(name):
+        ensure_hub_backbone(name)
+    tokenizer = Path(name) / TOKENIZER_FILE if _is_local(name) else Path(hf_hub_download(name, TOKENIZER_FILE))
+    load_tokenizer_file(tokenizer)  # a tokenizer mitp can use, before the weights are copied
+    with build_directory(Path(out)) as tmp:
+        mark(tmp, "backbone")
+        CLIPModel.from_pretrained(name).save_pretrained(tmp)
+        shutil.copyfile(tokenizer, tmp / TOKENIZER_FILE)
+    return Path(out)
 
 
 def freeze(clip: CLIPModel) -> CLIPModel:

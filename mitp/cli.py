@@ -6,7 +6,6 @@ Heavy libraries (torch, transformers) are imported inside the commands that need
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -34,27 +33,26 @@ def _fail(message: str, code: int = 2) -> None:
 
 def _user_errors():
     """Errors caused by bad input, reported as one clear line and a non-zero exit code."""
+    from .checkpoint import CheckpointError
     from .data import DataError
 
-    return (ConfigError, DataError, *_data_errors())
+    return (ConfigError, DataError, CheckpointError, *_data_errors())
 
 
 def _data_errors():
     """The bad-input errors of `mitp data`, from torch-free modules (an error must not cost a torch import)."""
     from .download import DownloadError
+    from .outputs import OutputError
     from .prepare import PrepareError
     from .runtime.preprocess import ImageError
 
-    return (ImageError, DownloadError, PrepareError, FileNotFoundError)
+    return (ImageError, DownloadError, PrepareError, OutputError, FileNotFoundError)
 
 
-def _resolve(config: Path, dataset: str, setting: str, backbone: str | None, seed: int | None = None, **train: Any):
-    run = resolve_run(load_config(config), dataset, setting, **train)
-    if backbone:
-        run = dataclasses.replace(run, backbone=backbone)
-    if seed is not None:
-        run = dataclasses.replace(run, seed=seed)
-    return run
+def _resolve(config: Path, dataset: str, setting: str, backbone: str | None, seed: int | None = None, **overrides: Any):
+    from .config import load_config
+
+    return resolve_run(load_config(config), dataset, setting, backbone=backbone, seed=seed, **overrides)
 
 
 @app.command()
@@ -164,13 +162,9 @@ def train(
     """Train one (data set, setting) run; resumes from the last finished epoch after a kill."""
     try:
         run = _resolve(
-            config, dataset, setting, backbone, seed,
+            config, dataset, setting, backbone, seed, lr=lr,
             epochs=epochs, max_steps_per_epoch=max_steps, fraction=fraction, num_workers=num_workers, precision=precision,
         )
-        if epochs is not None:  # an explicit --epochs wins over the data set's own epochs
-            run = dataclasses.replace(run, dataset=dataclasses.replace(run.dataset, epochs=None))
-        if lr is not None:
-            run = dataclasses.replace(run, dataset=dataclasses.replace(run.dataset, lr=lr))
         from .train import train_run
 
         result = train_run(run, out, console=console, progress=progress)
@@ -189,14 +183,15 @@ def evaluate(
     num_workers: Annotated[int | None, typer.Option("--num-workers")] = None,
 ) -> None:
     """Evaluate a checkpoint: accuracy, or F1-micro/-macro for multi-label, written to metrics.json."""
+    target = out or Path(checkpoint) / f"metrics-{split}.json"
     try:
-        from .evaluate import evaluate_checkpoint, write_metrics
+        from .evaluate import check_metrics_target, evaluate_checkpoint, write_metrics
 
+        check_metrics_target(target)
         metrics = evaluate_checkpoint(checkpoint, split, batch_size, num_workers)
+        write_metrics(metrics, target)
     except _user_errors() as err:
         _fail(str(err))
-    target = out or Path(checkpoint) / f"metrics-{split}.json"
-    write_metrics(metrics, target)
     values = metrics["metrics"]
     shown = ", ".join(f"{k} {values[k]:.4f}" for k in ("accuracy", "f1_micro", "f1_macro") if k in values)
     console.print(f"{metrics['dataset']}/{metrics['setting']} {split}: {shown} (n={values['num_samples']}) -> {target}")
@@ -230,11 +225,12 @@ def export_command(
 
 
 def _predict_errors():
+    from .outputs import OutputError
     from .runtime.bundle import BundleError
     from .runtime.predict import InputError
     from .runtime.preprocess import ImageError
 
-    return (BundleError, InputError, ImageError)
+    return (BundleError, InputError, ImageError, OutputError)
 
 
 @app.command()
@@ -242,7 +238,7 @@ def predict(
     image: Annotated[Path | None, typer.Argument(help="Image file.", show_default=False)] = None,
     text: Annotated[str | None, typer.Argument(help="The caption that goes with the image.", show_default=False)] = None,
     model: Annotated[Path | None, typer.Option("--model", "-m", envvar="MITP_MODEL", help="Bundle folder from `mitp export`.")] = None,
-    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many labels to show.")] = 5,
+    top_k: Annotated[int | None, typer.Option("--top-k", "-k", min=1, help="Only the k best labels (default: every label in --json and --batch, the best 5 in the table).", show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
     provider: Annotated[str, typer.Option(help="auto | cuda | cpu")] = "auto",
     variant: Annotated[str, typer.Option(help="fp32 | fp16 (GPUs) | int8 (CPUs): which of the bundle's models runs.")] = "fp32",
@@ -261,7 +257,7 @@ def predict(
         if predictor.note:
             console.print(f"[yellow]note:[/] {predictor.note}", soft_wrap=True)
         if batch is not None:
-            failed = _predict_batch(predictor, batch, out)
+            failed = _predict_batch(predictor, batch, out, model, top_k)
             raise typer.Exit(1 if failed else 0)
         result = predictor.predict([image], [text])[0]
     except _predict_errors() as err:
@@ -275,34 +271,39 @@ def predict(
     table.add_column("label")
     table.add_column("probability", justify="right")
     table.add_column("predicted", justify="center")
-    for label, score in result.to_json(predictor.provider, top_k)["scores"].items():
+    for label, score in result.to_json(predictor.provider, top_k or 5)["scores"].items():
         table.add_row(label, f"{score:.4f}", "*" if label in result.labels else "")
     stdout.print(table)
 
 
-def _predict_batch(predictor, batch: Path, out: Path | None) -> int:
-    """Predict every good line of a batch file; report and skip bad ones. Returns how many failed."""
+def _predict_batch(predictor, batch: Path, out: Path | None, bundle: Path, top_k: int | None) -> int:
+    """Predict every good line of a batch file; report and skip bad ones. Returns how many failed.
+    `--out` is written whole at the end (atomically), never in place of the batch file or the bundle."""
+    import contextlib
     import sys
 
+    from .atomic import atomic_writer
+    from .outputs import OutputError
     from .progress import progress_bar
     from .runtime.predict import InputError, predict_batch_file
 
     if not batch.is_file():
         raise InputError(f"batch file not found: {batch}")
-    lines = batch.read_text().splitlines()
+    if out is not None:
+        if out.is_dir():
+            raise OutputError(f"--out {out} is a folder: name a file for the JSON lines")
+        if out.resolve() in (batch.resolve(), *(p.resolve() for p in bundle.iterdir())):
+            raise OutputError(f"--out {out} would overwrite an input: name another file")
+    lines = batch.read_bytes().splitlines()
     total = sum(1 for line in lines if line.strip())
-    sink = open(out, "w") if out else sys.stdout  # noqa: SIM115 (closed below)
-    try:
-        with progress_bar(console) as bar:
-            task = bar.add_task("predict", total=total)
-            failed = predict_batch_file(
-                predictor, lines, batch.parent, lambda record: sink.write(json.dumps(record) + "\n"),
-                on_skip=lambda number, err: console.print(f"[bold red]skipped[/] line {number}: {err}", soft_wrap=True),
-                on_line=lambda: bar.advance(task),
-            )
-    finally:
-        if out:
-            sink.close()
+    with atomic_writer(out) if out else contextlib.nullcontext(sys.stdout) as sink, progress_bar(console) as bar:
+        task = bar.add_task("predict", total=total)
+        failed = predict_batch_file(
+            predictor, lines, batch.parent, lambda record: sink.write(json.dumps(record) + "\n"),
+            on_skip=lambda number, err: console.print(f"[bold red]skipped[/] line {number}: {err}", soft_wrap=True),
+            on_line=lambda: bar.advance(task),
+            top_k=top_k,
+        )
     console.print(f"predicted {total - failed} of {total} lines" + (f"; {failed} skipped" if failed else ""))
     return failed
 
@@ -319,7 +320,10 @@ def report(
 
     if not paper.is_file():
         _fail(f"paper numbers not found: {paper}")
-    summary = write_report(runs, paper, out, [d for d in datasets.split(",") if d])
+    try:
+        summary = write_report(runs, paper, out, [d for d in datasets.split(",") if d], warn=lambda m: console.print(f"[bold yellow]warning:[/] {m}", soft_wrap=True))
+    except _data_errors() as err:
+        _fail(str(err))
     console.print(f"[bold green]report[/] {out}: {summary['runs_evaluated']} evaluated of {summary['runs_found']} finished runs")
 
 
@@ -383,7 +387,10 @@ def pretrain_standin(
     from .standin import StandinConfig
     from .standin import pretrain_standin as run_pretraining
 
-    summary = run_pretraining(out, StandinConfig(steps=steps, batch_size=batch_size, seed=seed), log=console.print)
+    try:
+        summary = run_pretraining(out, StandinConfig(steps=steps, batch_size=batch_size, seed=seed), log=console.print)
+    except _data_errors() as err:
+        _fail(str(err))
     console.print(f"[bold green]stand-in CLIP[/] in {out}: loss {summary['final_loss']:.3f} after {steps} steps, {summary['seconds']:.0f} s")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,14 +168,29 @@ class ProjectConfig:
 # loading and validation
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads `2e-4` (no dot) as a string; here it is the number everyone means."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def read_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+
+
 def load_config(path: str | Path) -> ProjectConfig:
     """Read and validate `config.yaml`; raise ConfigError naming the first bad key."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
+        raw = read_yaml(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
@@ -229,8 +245,15 @@ def expand_grid(grid: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         if not isinstance(block, dict):
             raise ConfigError(f"{key}: must be a mapping with layer_sets and similarities")
         _reject_unknown(block, {"layer_sets", "similarities"}, key)
-        for layers in block.get("layer_sets") or []:
-            for similarity in block.get("similarities") or ["cos"]:
+        layer_sets = block.get("layer_sets") or []
+        similarities = block.get("similarities") or ["cos"]
+        if not isinstance(layer_sets, list) or not all(isinstance(layers, list) for layers in layer_sets):
+            raise ConfigError(f"{key}.layer_sets: must be a list of layer lists, e.g. [[4, 5, 6], [6, 8, 10]]")
+        if not isinstance(similarities, list) or any(sim not in SIMILARITIES for sim in similarities):
+            raise ConfigError(f"{key}.similarities: must be a list drawn from {', '.join(SIMILARITIES)}, got {similarities!r}")
+        for layers in layer_sets:
+            _check_layer_list(tuple(layers), f"{key}.layer_sets")
+            for similarity in similarities:
                 name = "l" + "-".join(str(n) for n in layers) + f"-{similarity}"
                 settings[name] = {"variant": "mitp", "layers": list(layers), "similarity": similarity}
     return settings
@@ -240,14 +263,32 @@ def resolve_run(
     project: ProjectConfig,
     dataset_name: str,
     setting_name: str,
+    *,
+    backbone: str | None = None,
+    seed: int | None = None,
+    lr: float | None = None,
     **train_overrides: Any,
 ) -> RunConfig:
-    """Resolve one run: layer aliases become numbers, per-data-set values override the defaults."""
+    """Resolve one run: layer aliases become numbers, per-data-set values override the defaults, and
+    command-line overrides (None = not given) are checked like config values. `epochs` and `lr` given
+    here win over the data set's own."""
     dataset = project.dataset(dataset_name)
     setting = project.setting(setting_name)
     overrides = {k: v for k, v in train_overrides.items() if v is not None}
-    train = dataclasses.replace(project.train, **overrides) if overrides else project.train
+    types = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+    _reject_unknown(overrides, set(types), "train")
+    checked = {name: _coerce(value, types[name], f"train.{name}") for name, value in overrides.items()}
+    train = dataclasses.replace(project.train, **checked)
     _check_train(train, "train")
+    if "epochs" in checked:
+        dataset = dataclasses.replace(dataset, epochs=None)
+    if lr is not None:
+        lr = _coerce(lr, "float", "lr")
+        if not lr > 0:
+            raise ConfigError(f"lr: must be > 0, got {lr}")
+        dataset = dataclasses.replace(dataset, lr=lr)
+    if backbone is not None and (not isinstance(backbone, str) or not backbone):
+        raise ConfigError("backbone: must be a Hugging Face CLIP name, a local path or 'preset:<name>'")
     model = ModelConfig(
         variant=setting.variant,
         layers=_resolve_layers(setting, dataset, f"settings.{setting_name}.layers"),
@@ -258,8 +299,8 @@ def resolve_run(
         head=setting.head or project.head,
     )
     return RunConfig(
-        backbone=project.backbone,
-        seed=project.seed,
+        backbone=backbone or project.backbone,
+        seed=project.seed if seed is None else _int(seed, "seed"),
         dataset_name=dataset_name,
         dataset=dataset,
         setting_name=setting_name,
@@ -292,11 +333,7 @@ def _parse_dataset(name: str, raw: Any) -> DatasetConfig:
     key = f"datasets.{name}"
     if not isinstance(raw, dict):
         raise ConfigError(f"{key}: must be a mapping")
-    raw = dict(raw)
-    for list_key in ("best_layers", "small_layers", "templates"):
-        if list_key in raw:
-            raw[list_key] = tuple(raw[list_key])
-    ds = _build(DatasetConfig, raw, key)
+    ds = _build(DatasetConfig, dict(raw), key)
     if ds.task not in TASKS:
         raise ConfigError(f"{key}.task: {ds.task!r} is not one of {', '.join(TASKS)}")
     if ds.source not in SOURCES:
@@ -315,17 +352,33 @@ def _parse_dataset(name: str, raw: Any) -> DatasetConfig:
         raise ConfigError(f"{key}.lr: must be > 0, got {ds.lr}")
     if ds.num_classes is not None:
         _positive(ds.num_classes, f"{key}.num_classes")
+    if ds.source == "synthetic":
+        _check_synthetic(ds.synthetic, f"{key}.synthetic")
     return ds
+
+
+SYNTHETIC_OPTIONS = {"n_colours": int, "n_words": int, "noise": float, "sizes": dict}
+
+
+def _check_synthetic(options: dict[str, Any], key: str) -> None:
+    _reject_unknown(options, set(SYNTHETIC_OPTIONS), key)
+    for name, kind in SYNTHETIC_OPTIONS.items():
+        if name in options:
+            _coerce(options[name], kind.__name__ if kind is not dict else "dict", f"{key}.{name}")
+    for name in ("n_colours", "n_words"):
+        if name in options and not 1 <= options[name] <= 6:
+            raise ConfigError(f"{key}.{name}: must be 1..6, got {options[name]}")
+    sizes = options.get("sizes", {})
+    _reject_unknown(sizes, {"train", "val", "test"}, f"{key}.sizes")
+    for split, size in sizes.items():
+        _positive(size, f"{key}.sizes.{split}")
 
 
 def _parse_setting(name: str, raw: Any) -> SettingConfig:
     key = f"settings.{name}"
     if not isinstance(raw, dict):
         raise ConfigError(f"{key}: must be a mapping")
-    raw = dict(raw)
-    if isinstance(raw.get("layers"), list):
-        raw["layers"] = tuple(raw["layers"])
-    setting = _build(SettingConfig, raw, key)
+    setting = _build(SettingConfig, dict(raw), key)
     if setting.variant not in VARIANTS:
         raise ConfigError(f"{key}.variant: {setting.variant!r} is not one of {', '.join(VARIANTS)}")
     if setting.head is not None and setting.head not in HEADS:
@@ -395,6 +448,10 @@ def _check_train(train: TrainConfig, key: str) -> None:
         raise ConfigError(f"{key}.fraction: must be in (0, 1], got {train.fraction}")
     if train.max_steps_per_epoch is not None:
         _positive(train.max_steps_per_epoch, f"{key}.max_steps_per_epoch")
+    if train.grad_clip is not None and not train.grad_clip > 0:
+        raise ConfigError(f"{key}.grad_clip: must be > 0 (or null for none), got {train.grad_clip}")
+    if not train.weight_decay >= 0:
+        raise ConfigError(f"{key}.weight_decay: must be >= 0, got {train.weight_decay}")
 
 
 def _build(cls: type, raw: Any, key: str) -> Any:
@@ -414,18 +471,34 @@ def _build(cls: type, raw: Any, key: str) -> Any:
 
 
 def _coerce(value: Any, type_name: Any, key: str) -> Any:
-    """Light type checks for the scalar fields; YAML gives ints where floats are meant, accept them."""
+    """Check one value against its field's declared type (YAML gives ints where floats are meant: accepted)."""
     type_name = str(type_name)
-    if type_name.startswith("int") and not type_name.startswith("int |"):
+    if type_name.endswith(" | None"):
+        if value is None:
+            return None
+        type_name = type_name.removesuffix(" | None")
+    if type_name == "int":
         return _int(value, key)
     if type_name == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)
-    if type_name == "str" and not isinstance(value, str):
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
-    if type_name.startswith("tuple") and isinstance(value, list):
+    if type_name == "str":
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    if type_name == "tuple[int, ...] | str" and isinstance(value, str):
+        return value
+    if type_name.startswith("tuple[int"):
+        if not isinstance(value, list) or any(isinstance(v, bool) or not isinstance(v, int) for v in value):
+            raise ConfigError(f"{key}: expected a list of integers, e.g. [4, 5, 6], got {value!r}")
         return tuple(value)
+    if type_name.startswith("tuple[str"):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
+        return tuple(value)
+    if type_name.startswith("dict") and not isinstance(value, dict):
+        raise ConfigError(f"{key}: expected a mapping, got {value!r}")
     return value
 
 

@@ -10,6 +10,7 @@ Captions are tokenized once, up front, to 77 ids.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .config import RunConfig
-from .runtime.preprocess import load_image, preprocess_image
+from .runtime.preprocess import ImageError, load_image, preprocess_image
 from .runtime.tokenizer import ClipTokenizer
 from .synthetic import make_synthetic_split, synthetic_classes
 
@@ -63,6 +64,25 @@ class PairDataset(Dataset):
             "attention_mask": self.attention_mask[index],
             "labels": self.labels[index],
         }
+
+    def check_images(self, workers: int = 8) -> None:
+        """Decode every image once (threads), so that a broken one stops the run now with its path."""
+        if self.image_paths is None:
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        def problem(path: Path) -> str | None:
+            try:
+                load_image(path)
+            except ImageError as err:
+                return str(err)
+            return None
+
+        with ThreadPoolExecutor(max_workers=max(1, min(workers, os.cpu_count() or 1))) as pool:
+            problems = [p for p in pool.map(problem, self.image_paths) if p]
+        if problems:
+            more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+            raise DataError(f"{len(problems)} image(s) of this split cannot be used: {'; '.join(problems[:3])}{more}; prepare the data set again")
 
     def subset(self, indices: np.ndarray) -> PairDataset:
         return PairDataset(
@@ -131,24 +151,37 @@ def read_classes(data_dir: Path) -> list[str]:
     path = data_dir / "classes.json"
     if not path.is_file():
         raise DataError(f"{path} not found: prepare the data set first (mitp data prepare)")
-    classes = json.loads(path.read_text())
-    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes) or len(set(classes)) != len(classes):
-        raise DataError(f"{path}: expected a JSON list of distinct class names")
+    try:
+        classes = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(f"{path} is not valid JSON ({err}): prepare the data set again (mitp data prepare)") from err
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes) or len(set(classes)) != len(classes) or len(classes) < 2:
+        raise DataError(f"{path}: expected a JSON list of at least two distinct class names")
     return classes
 
 
 def _prepared_split(data_dir: Path, split: str, task: str, tokenizer: ClipTokenizer, image_size: int) -> PairDataset:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     classes = read_classes(data_dir)
     path = data_dir / f"{split}.parquet"
     if not path.is_file():
         raise DataError(f"{path} not found: prepare the data set first (mitp data prepare)")
-    table = pq.read_table(path).to_pydict()
+    try:
+        table = pq.read_table(path).to_pydict()
+    except (OSError, pa.ArrowException) as err:
+        raise DataError(f"cannot read {path} ({err}): prepare the data set again (mitp data prepare)") from err
     label_key = "labels" if task == "multi-label" else "label"
     missing = {"id", "image", "text", label_key} - set(table)
     if missing:
         raise DataError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
+    if not table["id"]:
+        raise DataError(f"{path}: the {split} split is empty; nothing to train or evaluate on")
+    for column in ("image", "text"):
+        bad = [row for row, value in enumerate(table[column]) if not isinstance(value, str) or not value.strip()]
+        if bad:
+            raise DataError(f"{path}: row(s) {bad[:5]} have no {column}{' (and more)' if len(bad) > 5 else ''}")
     index = {name: i for i, name in enumerate(classes)}
     labels = _encode_labels(table[label_key], index, task, path)
     ids, mask = tokenizer(table["text"])
@@ -165,6 +198,8 @@ def _encode_labels(values: list, index: dict[str, int], task: str, path: Path) -
     if task == "multi-label":
         labels = np.zeros((len(values), len(index)), dtype=np.float32)
         for row, names in enumerate(values):
+            if not isinstance(names, list):
+                raise DataError(f"{path}: row {row} has labels {names!r} (expected a list of class names)")
             for name in names:
                 labels[row, lookup(name, row)] = 1.0
         return labels

@@ -17,6 +17,7 @@ import os
 import shutil
 import tarfile
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .atomic import build_directory
+from .outputs import claim, mark, marker_kind
 
 CHUNK = 1 << 20
 
@@ -84,8 +86,10 @@ def download_dataset(name: str, raw: Path, progress: Callable | None = None, see
 
     raw = Path(raw)
     if name in TWINS:
-        if not (raw / ".complete").is_file():
+        if marker_kind(raw) != "raw" or not (raw / ".complete").is_file():
+            claim(raw, "raw", option="--raw")
             with build_directory(raw) as tmp:
+                mark(tmp, "raw")
                 make_twin(name, tmp, seed=seed)
                 (tmp / ".complete").write_text("generated\n")
         return raw
@@ -93,8 +97,10 @@ def download_dataset(name: str, raw: Path, progress: Callable | None = None, see
         raise DownloadError(f"unknown data set {name!r}; allowed: {', '.join([*MARKERS, *TWINS])}")
     found = find_layout_root(raw, MARKERS[name])
     if found is not None:
-        return found
+        return found  # in place already (downloaded, or unpacked by hand): nothing is written
+    claim(raw, "raw", option="--raw")
     raw.mkdir(parents=True, exist_ok=True)
+    mark(raw, "raw")
     if name == "food101":
         sources, headers = [Source(KAGGLE_FOOD101, "upmcfood101.zip")], _kaggle_headers(raw)
     else:
@@ -123,10 +129,32 @@ def _kaggle_headers(raw: Path) -> dict[str, str]:
     return {"Authorization": f"Basic {token}"}
 
 
+class _SameOriginAuthRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow redirects, but never carry the Authorization header to another origin (scheme, host, port):
+    the Kaggle API redirects to a storage host that must not see the API key."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and _origin(newurl) != _origin(req.full_url):
+            for name in [h for h in new.headers if h.lower() == "authorization"]:
+                del new.headers[name]
+            new.unredirected_hdrs.pop("Authorization", None)
+        return new
+
+
+def _origin(url: str) -> tuple[str, str | None, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme, parts.hostname, parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+
+
+_opener = urllib.request.build_opener(_SameOriginAuthRedirects)
+
+
 def fetch(
     url: str, dest: Path, sha256: str | None = None, headers: dict[str, str] | None = None, progress: Callable | None = None
 ) -> Path:
-    """Download `url` to `dest`, resuming `dest.part`; verify `sha256` before the final rename.
+    """Download `url` to `dest`, resuming `dest.part`; check it (sha256 where known, else that it is the
+    archive its name says) before the final rename, so a page of HTML or a cut body never gets it.
 
     `progress(done_bytes, total_bytes)` is called as data arrive (total may be None)."""
     dest = Path(dest)
@@ -138,8 +166,9 @@ def fetch(
     request = urllib.request.Request(url, headers={"User-Agent": "mitp", **(headers or {})})
     if done:
         request.add_header("Range", f"bytes={done}-")
+    host = urllib.parse.urlsplit(url).hostname
     try:
-        with urllib.request.urlopen(request, timeout=60) as response:
+        with _opener.open(request, timeout=60) as response:
             if done and response.status != 206:  # the server ignored Range: start over
                 done = 0
             length = response.headers.get("Content-Length")
@@ -155,17 +184,41 @@ def fetch(
     except urllib.error.HTTPError as err:
         if err.code == 416 and done:  # range not satisfiable: the part file is already complete
             pass
+        elif err.code in (401, 403):
+            raise DownloadError(f"download of {url} was refused (HTTP {err.code} {err.reason}): check the credentials and that you accepted the data set's terms") from err
         else:
             raise DownloadError(f"download of {url} failed: HTTP {err.code} {err.reason}") from err
-    except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError) as err:
-        raise DownloadError(f"download of {url} interrupted ({err}); run again to resume from {part}") from err
+    except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        if part.exists() and part.stat().st_size:
+            raise DownloadError(f"download of {url} interrupted ({reason}); run again to resume from {part}") from err
+        raise DownloadError(f"cannot reach {host} ({reason}): check the network connection, then run again") from err
     if sha256 is not None:
         actual = file_sha256(part)
         if actual != sha256:
             part.unlink()
             raise DownloadError(f"{url}: sha256 {actual} does not match the expected {sha256}; the partial file was removed")
+    else:
+        problem = archive_problem(part, dest.name)
+        if problem:
+            part.unlink()
+            raise DownloadError(f"{url} did not send the expected file ({problem}); the partial file was removed, run again")
     os.replace(part, dest)
     return dest
+
+
+def archive_problem(path: Path, name: str) -> str | None:
+    """Why `path` is not the archive that `name` promises (None if it looks whole): checked by magic bytes,
+    and for zip files by their central directory, which a truncated body lacks."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if name.endswith(".zip"):
+        if not head.startswith(b"PK") or not zipfile.is_zipfile(path):
+            return "not a complete zip archive" + (" but an HTML page" if head.lstrip().startswith(b"<") else "")
+    elif name.endswith((".gz", ".tgz")):
+        if not head.startswith(b"\x1f\x8b"):
+            return "not a gzip file" + (" but an HTML page" if head.lstrip().startswith(b"<") else "")
+    return None
 
 
 def file_sha256(path: Path) -> str:
@@ -198,7 +251,8 @@ def extract(archive: Path, into: Path) -> None:
             raise DownloadError(f"{archive}: not a tar, zip or gzip file")
     except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError) as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise DownloadError(f"cannot extract {archive}: {err}; delete it and download again") from err
+        archive.unlink(missing_ok=True)  # damaged: the next run downloads it again instead of failing here forever
+        raise DownloadError(f"cannot extract {archive} ({err}); it was removed: run the command again to download it again") from err
     for child in tmp.iterdir():
         target = into / child.name
         if target.exists():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from .atomic import atomic_write_json
 from .data import DataError, build_split
 from .factory import image_size, load_trained
 from .metrics import PRIMARY_METRIC
+from .outputs import OutputError
 from .train import evaluate_loader, make_accelerator, worker_count
 
 
@@ -44,6 +46,20 @@ def evaluate_checkpoint(checkpoint: str | Path, split: str = "test", batch_size:
         "mitp_version": __version__,
         "config": run.to_dict(),
     }
+
+
+def check_metrics_target(path: Path) -> None:
+    """`--out` may be a new file or an earlier metrics file of mitp's, nothing else (checked before any work)."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"--out {path} is a folder: name a file for the metrics")
+    if path.exists():
+        try:
+            earlier = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            earlier = None
+        if not (isinstance(earlier, dict) and "mitp_version" in earlier and "metrics" in earlier):
+            raise OutputError(f"--out {path} exists and is not a metrics file written by mitp evaluate; it is left as it is: name another file")
 
 
 def write_metrics(metrics: dict[str, Any], path: str | Path) -> None:

@@ -20,6 +20,7 @@ import torch
 from . import __version__
 from .atomic import atomic_write_json, build_directory
 from .factory import image_size, load_trained
+from .outputs import claim, mark
 from .runtime.bundle import (
     BUNDLE_FORMAT,
     MODEL_FILE,
@@ -58,6 +59,7 @@ def export_bundle(
 ) -> dict[str, Any]:
     """Write the bundle for `checkpoint` (a run directory or checkpoint folder) to `out`; returns the report.
     `fp16` / `int8` also write the half-precision (GPU) / int8-weight (CPU) variants."""
+    claim(out, "bundle", inputs=(Path(checkpoint),))
     model, run, backbone, state = load_trained(checkpoint)
     size = image_size(backbone)
     inputs, source = verification_inputs(run, backbone, size, VARIANT_SAMPLES)
@@ -65,6 +67,7 @@ def export_bundle(
     writers = {name: writer for name, writer, wanted in (("fp16", write_fp16, fp16), ("int8", write_int8, int8)) if wanted}
 
     with build_directory(out) as tmp:
+        mark(tmp, "bundle")
         started = time.perf_counter()
         write_onnx(graph, inputs, tmp / MODEL_FILE)
         export_seconds = time.perf_counter() - started

@@ -23,6 +23,7 @@ import numpy as np
 
 from .atomic import atomic_write_json, build_directory
 from .download import MARKERS, find_layout_root
+from .outputs import claim, mark
 from .runtime.preprocess import ImageError, ImageTooLarge, load_image
 from .runtime.tokenizer import clean_caption
 
@@ -298,6 +299,7 @@ def prepare_dataset(name: str, raw: Path, out: Path, workers: int = 8, progress:
     if name not in LAYOUTS:
         raise PrepareError(f"unknown data set {name!r}; allowed: {', '.join(LAYOUTS)}")
     layout = LAYOUTS[name]
+    claim(Path(out), "prepared", inputs=(Path(raw),))
     marker = MARKERS[layout.raw]
     root = find_layout_root(Path(raw), marker)
     if root is None:
@@ -312,6 +314,7 @@ def prepare_dataset(name: str, raw: Path, out: Path, workers: int = 8, progress:
     out = Path(out)
     label_key = "labels" if layout.task == "multi-label" else "label"
     with build_directory(out) as tmp:
+        mark(tmp, "prepared")
         for split, rows in pairs.items():
             _write_parquet(tmp / f"{split}.parquet", rows, label_key, out)
             report.counts[split] = len(rows)

@@ -13,10 +13,14 @@ import json
 import math
 import statistics
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from .atomic import atomic_write_json, atomic_write_text, atomic_writer
+from .outputs import claim, mark
 
 MISSING = "missing"
 IMAGE_HEAD_SUFFIX = "-image"  # a setting named <s>-image is setting <s> read with the image head (heads table)
@@ -28,18 +32,41 @@ def paper_column(dataset: str) -> str:
     return dataset.removeprefix("demo-")
 
 
-def collect_runs(runs: Path) -> list[dict[str, Any]]:
-    """One record per finished run: result.json merged with its test metrics and history."""
-    records = []
+RESULT_KEYS = ("dataset", "seed", "trainable_params", "backbone_params", "epochs", "train_seconds", "peak_memory_gib", "metric", "fraction")
+
+
+def collect_runs(runs: Path, warn: Callable[[str], object] = print) -> tuple[list[dict[str, Any]], list[str]]:
+    """One record per finished run (result.json merged with its test metrics and history), and the
+    folders of runs whose files could not be read: those are reported, and the report is still written."""
+    records, unreadable = [], []
     for result_path in sorted(Path(runs).glob("*/*/seed*/result.json")):
-        record = json.loads(result_path.read_text())
-        record["run"] = result_path.parent.parent.name
-        metrics_path = result_path.parent / "metrics-test.json"
-        record["test"] = json.loads(metrics_path.read_text())["metrics"] if metrics_path.is_file() else None
-        history_path = result_path.parent / "history.json"
-        record["history"] = json.loads(history_path.read_text()) if history_path.is_file() else []
+        folder = result_path.parent
+        try:
+            record = _read_json(result_path, dict)
+            missing = [key for key in RESULT_KEYS if key not in record]
+            if missing:
+                raise ValueError(f"{result_path} lacks {', '.join(missing)}")
+            record["run"] = folder.parent.name
+            metrics_path = folder / "metrics-test.json"
+            record["test"] = _read_json(metrics_path, dict)["metrics"] if metrics_path.is_file() else None
+            history_path = folder / "history.json"
+            record["history"] = _read_json(history_path, list) if history_path.is_file() else []
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            warn(f"run {folder} is unreadable and shown as such: {err}")
+            unreadable.append(str(folder))
+            continue
         records.append(record)
-    return records
+    return records, unreadable
+
+
+def _read_json(path: Path, kind: type) -> Any:
+    try:
+        value = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err})") from err
+    if not isinstance(value, kind):
+        raise ValueError(f"{path} does not hold a JSON {kind.__name__}")
+    return value
 
 
 def _score(record: dict[str, Any]) -> tuple[float, ...] | None:
@@ -137,22 +164,30 @@ def table_notes(records: list[dict[str, Any]], datasets: list[str]) -> list[str]
     return notes
 
 
-def write_report(runs: Path, paper_file: Path, out: Path, datasets: list[str]) -> dict[str, Any]:
-    """Write tables (.md, .csv) and plots (.png) into `out`; returns counts of what was found."""
+def write_report(runs: Path, paper_file: Path, out: Path, datasets: list[str], warn: Callable[[str], object] = print) -> dict[str, Any]:
+    """Write tables (.md, .csv) and plots (.png) into `out`, each file atomically; returns counts of what was found."""
     paper = yaml.safe_load(Path(paper_file).read_text())
-    records = collect_runs(runs)
-    out = Path(out)
+    out = claim(Path(out), "report")
+    records, unreadable = collect_runs(runs, warn)
     out.mkdir(parents=True, exist_ok=True)
+    mark(out, "report")
     tables = build_tables(records, paper, datasets)
     notes = "".join(f"\n{note}\n" for note in table_notes(records, datasets))
+    if unreadable:
+        notes += f"\nUnreadable runs (damaged result or metrics files, left out): {', '.join(unreadable)}\n"
     for name, rows in tables.items():
         _write_csv(out / f"{name}.csv", rows)
-        (out / f"{name}.md").write_text(_markdown(rows) + ("" if name == "runs" else notes))
+        atomic_write_text(out / f"{name}.md", _markdown(rows) + ("" if name == "runs" else notes))
     plot_fig3(records, out / "fig3.png", datasets)
     plot_fig4(records, out / "fig4.png", datasets)
     plot_curves(records, out / "curves.png")
-    summary = {"runs_found": len(records), "runs_evaluated": sum(r["test"] is not None for r in records), "datasets": datasets}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    summary = {
+        "runs_found": len(records) + len(unreadable),
+        "runs_evaluated": sum(r["test"] is not None for r in records),
+        "runs_unreadable": unreadable,
+        "datasets": datasets,
+    }
+    atomic_write_json(out / "summary.json", summary)
     return summary
 
 
@@ -162,7 +197,8 @@ def _write_csv(path: Path, rows: list[dict[str, str]]) -> None:
 
     columns = list(dict.fromkeys(key for row in rows for key in row))
     table = pa.table({c: pa.array([row.get(c, MISSING) for row in rows], pa.string()) for c in columns})
-    pacsv.write_csv(table, path)
+    with atomic_writer(path, "wb") as f:
+        pacsv.write_csv(table, f)
 
 
 def _markdown(rows: list[dict[str, str]]) -> str:
@@ -204,7 +240,8 @@ def plot_fig3(records: list[dict[str, Any]], path: Path, datasets: list[str]) ->
         fig.text(0.5, 0.5, "no evaluated runs yet", ha="center")
     fig.suptitle("Fig. 3: score vs trainable parameters and memory (ours)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_writer(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=120)
     plt.close(fig)
 
 
@@ -237,7 +274,8 @@ def plot_fig4(records: list[dict[str, Any]], path: Path, datasets: list[str]) ->
         axis.text(0.5, 0.5, "no grid runs evaluated yet", ha="center", transform=axis.transAxes)
     axis.set_title("Fig. 4: interaction layers x similarity (ours)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_writer(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=120)
     plt.close(fig)
 
 
@@ -255,5 +293,6 @@ def plot_curves(records: list[dict[str, Any]], path: Path) -> None:
         axis.legend(fontsize=6, ncol=2)
     axis.set_title("Training curves")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_writer(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=120)
     plt.close(fig)

@@ -22,6 +22,7 @@ from PIL import Image
 
 from .atomic import build_directory
 from .backbone import preset_config
+from .outputs import claim, mark
 from .runtime.preprocess import preprocess_image
 from .runtime.tokenizer import ClipTokenizer, build_word_tokenizer
 from .twins import COLOURS, FOOD_WORDS, GREY, MOVIE_WORDS, NLI_WORDS, PATTERNS, render, vocabulary
@@ -93,6 +94,7 @@ def pretrain_standin(out: Path, config: StandinConfig = StandinConfig(), log=pri
     """Train the stand-in CLIP and write it (save_pretrained + tokenizer.json) atomically to `out`."""
     from transformers import CLIPModel
 
+    claim(Path(out), "standin")
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     tokenizer = build_word_tokenizer(vocabulary())
@@ -135,5 +137,6 @@ def _lr_factor(step: int, config: StandinConfig) -> float:
 def save_standin(clip, tokenizer: ClipTokenizer, out: Path) -> None:
     """save_pretrained + tokenizer.json into a temporary folder, then swap it in (never half-written)."""
     with build_directory(out) as tmp:
+        mark(tmp, "standin")
         clip.save_pretrained(tmp)
         tokenizer.save(tmp / "tokenizer.json")

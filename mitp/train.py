@@ -7,10 +7,8 @@ from its last finished epoch with the same data order (the sampler is seeded per
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,18 +21,17 @@ from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from rich.console import Console
 from torch.utils.data import DataLoader, Sampler, Subset
 
-from . import checkpoint as ckpt
-from .atomic import atomic_write_json, atomic_write_text, build_directory, recover_directory
-from .backbone import load_backbone
+from .atomic import atomic_write_json
+from .backbone import image_size_of, load_backbone, load_tokenizer
 from .config import ConfigError, RunConfig
 from .data import PairDataset, build_split
-from .factory import build_model, image_size
+from .factory import build_model
 from .metrics import PRIMARY_METRIC, classification_metrics
 from .model import MITPModel, classification_loss
 from .progress import progress_bar
+from .rundir import RESULT_FILE, locked_run_folder, repair, resume_point, save_epoch
 
 CLASS_COSINE_WARNING = 0.98
-RESULT_FILE = "result.json"
 
 
 class EpochShuffleSampler(Sampler[int]):
@@ -86,25 +83,34 @@ def train_run(run: RunConfig, run_dir: Path, console: Console | None = None, pro
     console = console or Console(stderr=True)
     run_dir = Path(run_dir)
     accelerator = make_accelerator(run.train.precision)
-    _claim_run_dir(run_dir, run, write=accelerator.is_main_process)
-    accelerator.wait_for_everyone()
-    set_seed(run.seed)
+    main = accelerator.is_main_process
+    tokenizer = load_tokenizer(run.backbone)  # before the weights: bad data must not wait for them
+    size = image_size_of(run.backbone)
+    train_set = build_split(run, "train", tokenizer, size)
+    val_set = build_split(run, "val", tokenizer, size)
+    val_set.check_images()  # a broken validation image is found now, not after the first epoch
+    with locked_run_folder(run_dir, main):
+        warn = (lambda message: console.print(f"[bold yellow]warning:[/] {message}", soft_wrap=True)) if main else (lambda message: None)
+        resumed = resume_point(run_dir, run, warn)
+        if main:
+            repair(run_dir, resumed[1] if resumed else None, run.epochs)
+        accelerator.wait_for_everyone()
+        return _train(run, run_dir, accelerator, console, progress, train_set, val_set, resumed)
 
+
+def _train(run, run_dir, accelerator, console, progress, train_set, val_set, resumed) -> TrainResult:
+    set_seed(run.seed)
     backbone = load_backbone(run.backbone, seed=run.seed)
-    size = image_size(backbone)
-    train_set = build_split(run, "train", backbone.tokenizer, size)
-    val_set = build_split(run, "val", backbone.tokenizer, size)
     model = build_model(run, backbone, train_set.classes)
     optimizer = make_optimizer(model, run)
-
     state = {"epoch": 0, "global_step": 0, "best_epoch": 0, "best_metric": -math.inf, "history": []}
-    last = ckpt.latest_epoch_checkpoint(run_dir)
-    if last is not None:
-        trainable, _, state = ckpt.load_checkpoint(last)
+    if resumed is not None:
+        trainable, state, optimizer_state = resumed
         model.load_trainable_state_dict(trainable)
-        optimizer.load_state_dict(ckpt.load_optimizer_state(last))
+        if optimizer_state is not None:
+            optimizer.load_state_dict(optimizer_state)
         if accelerator.is_main_process:
-            console.print(f"[bold]resuming[/] from {last} (epoch {state['epoch']} of {run.epochs} done)")
+            console.print(f"[bold]resuming[/] {run_dir} after epoch {state['epoch']} of {run.epochs}")
 
     class_cosine = model.max_class_cosine()
     if class_cosine > CLASS_COSINE_WARNING and accelerator.is_main_process:
@@ -118,7 +124,7 @@ def train_run(run: RunConfig, run_dir: Path, console: Console | None = None, pro
     val_loader = DataLoader(val_set, batch_size=run.train.eval_batch_size, num_workers=workers)
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
     core: MITPModel = accelerator.unwrap_model(model)
-    if last is None and hasattr(core, "class_bias"):
+    if resumed is None and hasattr(core, "class_bias"):
         state["class_bias_init"] = init_class_bias(core, train_set, run, accelerator)
         if accelerator.is_main_process:
             init = state["class_bias_init"]
@@ -177,7 +183,8 @@ def train_run(run: RunConfig, run_dir: Path, console: Console | None = None, pro
         if improved:
             state["best_metric"], state["best_epoch"] = val[metric_name], epoch
         if accelerator.is_main_process:
-            _save_epoch(run_dir, run, core, optimizer, state, train_set.classes, improved)
+            saved = {**state, "classes": train_set.classes}
+            save_epoch(run_dir, run, core.trainable_state_dict(), optimizer.state_dict(), saved, improved)
             console.print(
                 f"epoch {epoch}: loss {record['train_loss']:.4f}  val {metric_name} {val[metric_name]:.4f}"
                 f"  ({record['train_samples_per_s']:.1f} samples/s){'  [green]best[/]' if improved else ''}"
@@ -282,34 +289,6 @@ def evaluate_loader(model, loader: DataLoader, accelerator: Accelerator, task: s
         all_logits.append(logits.cpu())
         all_labels.append(labels.cpu())
     return classification_metrics(task, torch.cat(all_logits).numpy(), torch.cat(all_labels).numpy())
-
-
-def _save_epoch(run_dir: Path, run: RunConfig, model: MITPModel, optimizer, state: dict, classes: list[str], improved: bool) -> None:
-    saved = {**state, "classes": classes}
-    directory = ckpt.save_checkpoint(
-        ckpt.epoch_directory(run_dir, state["epoch"]), model.trainable_state_dict(), run, saved, optimizer.state_dict()
-    )
-    if improved:
-        with build_directory(run_dir / "best") as staging:
-            shutil.copytree(directory, staging, ignore=shutil.ignore_patterns(ckpt.OPTIMIZER_FILE), dirs_exist_ok=True)
-    ckpt.prune_epoch_checkpoints(run_dir, run.train.keep_checkpoints)
-    atomic_write_json(run_dir / "history.json", state["history"])
-
-
-def _claim_run_dir(run_dir: Path, run: RunConfig, write: bool = True) -> None:
-    """Check that an existing run directory was made by the same config (every process), and write the
-    config or repair an interrupted best/ swap (only the process that `write`s: the main one)."""
-    path = run_dir / ckpt.CONFIG_FILE
-    if path.is_file():
-        existing = json.loads(path.read_text())
-        if existing != json.loads(run.to_json()):
-            raise ConfigError(
-                f"{run_dir} holds a run with a different config; pick another --out or remove it to start afresh"
-            )
-    elif write:
-        atomic_write_text(path, run.to_json() + "\n")
-    if write:
-        recover_directory(run_dir / "best")
 
 
 def _accumulate_hub_stats(model: MITPModel, sink: dict[str, list[float]]) -> None:

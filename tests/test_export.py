@@ -59,7 +59,7 @@ def _test_pairs(root: Path, count: int) -> tuple[list[Path], list[str]]:
 
 def test_bundle_holds_the_graph_tokenizer_metadata_and_a_verified_report(trained):
     bundle = trained / "bundle"
-    assert {p.name for p in bundle.iterdir()} == {"model.onnx", "model.fp16.onnx", "model.int8.onnx", "tokenizer.json", "export_report.json"}
+    assert {p.name for p in bundle.iterdir()} == {".mitp-output", "model.onnx", "model.fp16.onnx", "model.int8.onnx", "tokenizer.json", "export_report.json"}
     report = json.loads((bundle / "export_report.json").read_text())
     assert report["fp32"]["max_abs_diff"] <= 1e-4
     assert set(report["fp32"]["max_abs_diff_by_batch"]) == {"1", "3"}

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from mitp import checkpoint as ckpt
 from mitp import train as train_module
-from mitp.atomic import recover_directory
+from mitp.atomic import OLD_SUFFIX, repair_directory
 from mitp.cli import app
 from mitp.config import ConfigError, load_config, resolve_run
 from mitp.metrics import classification_metrics, multilabel_f1
@@ -107,18 +107,19 @@ def test_resume_after_a_kill_reproduces_the_uninterrupted_run(write_config, tmp_
     config = write_config(synthetic_config(epochs=3, sizes={"train": 96, "val": 32, "test": 32}))
     reference = train_run(run_for(config), tmp_path / "reference", progress=False)
 
-    real_save = train_module._save_epoch
+    real_save = train_module.save_epoch
 
-    def save_then_die(run_dir, run, model, optimizer, state, classes, improved):
-        real_save(run_dir, run, model, optimizer, state, classes, improved)
+    def save_then_die(run_dir, run, trainable, optimizer_state, state, improved):
+        real_save(run_dir, run, trainable, optimizer_state, state, improved)
         if state["epoch"] == 2:
             raise KeyboardInterrupt  # killed right after epoch 2 was checkpointed
 
-    monkeypatch.setattr(train_module, "_save_epoch", save_then_die)
+    monkeypatch.setattr(train_module, "save_epoch", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train_run(run_for(config), tmp_path / "killed", progress=False)
-    monkeypatch.setattr(train_module, "_save_epoch", real_save)
-    (tmp_path / "killed" / "checkpoints" / "epoch-0003.tmp").mkdir()  # a half-written leftover
+    monkeypatch.setattr(train_module, "save_epoch", real_save)
+    leftover = tmp_path / "killed" / "checkpoints" / ".epoch-0003.x1y2.mitp-tmp"
+    leftover.mkdir()  # a half-written checkpoint of a killed save
     resumed = train_run(run_for(config), tmp_path / "killed", progress=False)
 
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
@@ -127,22 +128,23 @@ def test_resume_after_a_kill_reproduces_the_uninterrupted_run(write_config, tmp_
     new_state, _, _ = ckpt.load_checkpoint(tmp_path / "killed" / "best")
     for name, tensor in ref_state.items():
         assert torch.allclose(tensor, new_state[name], atol=1e-6), name
-    assert not (tmp_path / "killed" / "checkpoints" / "epoch-0003.tmp").exists()
+    assert not leftover.exists()
 
 
 def test_a_run_directory_refuses_a_different_config(write_config, tmp_path):
     config = write_config(synthetic_config(epochs=1, sizes={"train": 32, "val": 32, "test": 32}))
     train_run(run_for(config), tmp_path / "run", progress=False)
-    with pytest.raises(ConfigError, match="different config"):
+    with pytest.raises(ConfigError, match=r"model.variant, setting.variant, setting_name differ from this command's"):
         train_run(run_for(config, "prompts-only"), tmp_path / "run", progress=False)
 
 
-def test_best_checkpoint_survives_a_kill_during_its_swap(tmp_path):
-    best, old = tmp_path / "best", tmp_path / "best.old"
+def test_a_swap_killed_between_its_two_renames_is_repaired(tmp_path):
+    """Where the file system cannot exchange two folders atomically, the swap takes two renames."""
+    best, old = tmp_path / "best", tmp_path / f"best{OLD_SUFFIX}"
     old.mkdir()
     (old / ckpt.MODEL_FILE).write_text("x")
     (old / ckpt.STATE_FILE).write_text("{}")
-    recover_directory(best)  # killed after best -> best.old, before best.tmp -> best
+    repair_directory(best)  # killed after best -> best.mitp-old, before the new folder -> best
     assert ckpt.is_complete(best) and not old.exists()
 
 

@@ -104,6 +104,8 @@ class Predictor:
 def check_caption(caption: object) -> None:
     if not isinstance(caption, str) or not caption.strip():
         raise InputError("the caption is empty: give the text that goes with the image")
+    if any("\ud800" <= ch <= "\udfff" for ch in caption):  # bytes that were not UTF-8 (surrogate escapes)
+        raise InputError("the caption is not valid UTF-8 text")
 
 
 def _session(ort, model_path: Path, provider: str):
@@ -150,10 +152,14 @@ def preload_cuda_libraries(ort) -> None:
         ort.preload_dlls()
 
 
-def read_batch_line(line: str, base: Path) -> tuple[Path, str]:
+def read_batch_line(line: bytes, base: Path) -> tuple[Path, str]:
     """(image path, text) of one JSON line of a batch file; relative image paths are taken from `base`."""
     try:
-        record = json.loads(line)
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise InputError(f"not valid UTF-8 ({err.reason} at byte {err.start})") from err
+    try:
+        record = json.loads(text)
     except json.JSONDecodeError as err:
         raise InputError(f"not valid JSON ({err.msg})") from err
     if not isinstance(record, dict) or not isinstance(record.get("image"), str) or not isinstance(record.get("text"), str):
@@ -164,12 +170,13 @@ def read_batch_line(line: str, base: Path) -> tuple[Path, str]:
 
 def predict_batch_file(
     predictor: Predictor,
-    lines: list[str],
+    lines: list[bytes],
     base: Path,
     emit: Callable[[dict[str, Any]], object],
     on_skip: Callable[[int, Exception], object],
     on_line: Callable[[], object] = lambda: None,
     chunk: int = 32,
+    top_k: int | None = None,
 ) -> int:
     """Predict the JSON lines of a batch file (relative image paths are taken from `base`) in chunks;
     a bad line (malformed, missing or unreadable image, empty caption) goes to `on_skip` and the rest
@@ -182,7 +189,7 @@ def predict_batch_file(
             pixels = np.stack([pixels for _, _, pixels, _ in pending])  # (B, 3, H, W)
             predictions = predictor.predict_pixels(pixels, [text for *_, text in pending])
             for (number, image, _, _), prediction in zip(pending, predictions, strict=True):
-                emit({"line": number, "image": str(image), **prediction.to_json(predictor.provider)})
+                emit({"line": number, "image": str(image), **prediction.to_json(predictor.provider, top_k)})
             pending.clear()
 
     for number, line in enumerate(lines, start=1):

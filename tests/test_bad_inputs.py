@@ -1,0 +1,294 @@
+"""Bad inputs a new user meets: each gets one clear message and a non-zero exit, and nothing is lost."""
+
+from __future__ import annotations
+
+import http.server
+import io
+import json
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from PIL import Image
+from typer.testing import CliRunner
+
+from mitp import train as train_module
+from mitp.cli import app
+from mitp.config import ConfigError, load_config, parse_config
+from mitp.download import DownloadError, fetch
+from mitp.prepare import prepare_dataset
+from mitp.twins import make_twin
+
+from .conftest import PROJECT_CONFIG, synthetic_config
+
+runner = CliRunner()
+SMALL = {"train": 24, "val": 8, "test": 8}
+
+
+def fails(args: list[str], message: str) -> str:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split()), result.output
+    assert "Traceback" not in result.output
+    return result.output
+
+
+# ------------------------------------------------------------------------------ commands own their outputs
+
+
+@pytest.fixture
+def prepared_food(tmp_path):
+    make_twin("demo-food101", tmp_path / "data" / "raw" / "food", sizes=SMALL)
+    prepare_dataset("demo-food101", tmp_path / "data" / "raw" / "food", tmp_path / "data" / "food")
+    return tmp_path / "data"
+
+
+def test_outputs_that_belong_to_someone_else_are_refused(prepared_food, tmp_path, monkeypatch):
+    data = prepared_food
+    raw = data / "raw" / "food"
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "notes.txt").write_text("my notes")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    fails(["data", "prepare", "demo-food101", "--raw", str(raw), "--out", str(data)], "would replace the input")
+    fails(["data", "prepare", "demo-food101", "--raw", str(raw), "--out", str(raw)], "would replace the input")
+    fails(["data", "prepare", "demo-food101", "--raw", str(raw), "--out", str(user)], "was not written by mitp")
+    fails(["data", "download", "demo-food101", "--raw", str(user)], "was not written by mitp")
+    fails(["export", "--checkpoint", str(data / "food"), "--out", str(data / "food")], "would replace the input")
+    fails(["export", "--checkpoint", str(tmp_path / "run"), "--out", str(data / "food")], "was written by mitp data prepare")
+    fails(["report", "--runs", str(tmp_path), "--out", str(user)], "was not written by mitp")
+    monkeypatch.chdir(data / "food")
+    fails(["data", "prepare", "demo-food101", "--raw", str(raw), "--out", "."], "is the current folder")
+    monkeypatch.chdir(tmp_path)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert (user / "notes.txt").read_text() == "my notes"
+    # an earlier output of the same command may be replaced
+    result = runner.invoke(app, ["data", "prepare", "demo-food101", "--raw", str(raw), "--out", str(data / "food")])
+    assert result.exit_code == 0, result.output
+
+
+def test_export_refuses_a_run_folder_as_its_output(tmp_path, write_config):
+    config = write_config(synthetic_config(epochs=1, sizes=SMALL))
+    run = tmp_path / "run"
+    assert runner.invoke(app, ["train", "-c", str(config), "-d", "toy", "--out", str(run), "--no-progress"]).exit_code == 0
+    other = tmp_path / "other-run"
+    assert runner.invoke(app, ["train", "-c", str(config), "-d", "toy", "--out", str(other), "--no-progress"]).exit_code == 0
+    fails(["export", "--checkpoint", str(run), "--out", str(other)], "was written by mitp train")
+    assert (other / "best" / "model.safetensors").is_file()
+
+
+# ------------------------------------------------------------------------------ bad data, early and clear
+
+
+def _rewrite(path: Path, change) -> None:
+    table = pq.read_table(path).to_pydict()
+    change(table)
+    pq.write_table(pa.table(table), path)
+
+
+@pytest.fixture
+def food_config(prepared_food, tmp_path):
+    def write(data_dir: Path = prepared_food / "food") -> Path:
+        config = synthetic_config(epochs=1)
+        config["datasets"] = {"food": {
+            "task": "single-label", "data_dir": str(data_dir), "batch_size": 16, "prompt_length": 2,
+            "best_layers": [2, 3], "small_layers": [3], "templates": ["a photo of {}."],
+        }}
+        path = tmp_path / "food.yaml"
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    return write
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda d: _rewrite(d / "train.parquet", lambda t: [t[k].clear() for k in t]), "the train split is empty"),
+        (lambda d: _rewrite(d / "train.parquet", lambda t: t["text"].__setitem__(2, None)), "row(s) [2] have no text"),
+        (lambda d: (d / "val.parquet").write_bytes((d / "val.parquet").read_bytes()[:200]), "cannot read"),
+        (lambda d: (d / "classes.json").write_text('["a", "b"'), "classes.json is not valid JSON"),
+        (lambda d: (d / "classes.json").write_text('{"a": 1}'), "expected a JSON list"),
+        (lambda d: (d / pq.read_table(d / "val.parquet").to_pydict()["image"][0]).write_bytes(b"broken"), "cannot be used"),
+    ],
+    ids=["empty-train", "null-caption", "truncated-parquet", "malformed-classes", "classes-not-a-list", "bad-val-image"],
+)
+def test_bad_prepared_data_stops_before_any_training_step(prepared_food, food_config, tmp_path, monkeypatch, damage, message):
+    damage(prepared_food / "food")
+    monkeypatch.setattr(train_module, "load_backbone", lambda *a, **k: pytest.fail("the backbone loaded before the data were checked"))
+    fails(["train", "-c", str(food_config()), "-d", "food", "--out", str(tmp_path / "run")], message)
+    assert not (tmp_path / "run" / "history.json").exists()
+
+
+def test_training_on_an_unprepared_data_set_says_prepare_first(food_config, tmp_path, monkeypatch):
+    monkeypatch.setattr(train_module, "load_backbone", lambda *a, **k: pytest.fail("the backbone loaded first"))
+    fails(["train", "-c", str(food_config(tmp_path / "nowhere")), "-d", "food", "--out", str(tmp_path / "run")], "prepare the data set first")
+
+
+# ------------------------------------------------------------------------------ config errors, before any work
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda r: r["datasets"]["food101"].update(lr="abc"), "datasets.food101.lr: expected a number, got 'abc'"),
+        (lambda r: r["train"].update(grad_clip="big"), "train.grad_clip: expected a number, got 'big'"),
+        (lambda r: r["datasets"]["food101"].update(best_layers=5), "datasets.food101.best_layers: expected a list of integers"),
+        (lambda r: r["grid"][0].update(similarities="cos"), "grid[0].similarities: must be a list"),
+        (lambda r: r["settings"]["mitp"].update(head="text"), "settings.mitp.head: 'text' is not one of fused, image"),
+        (lambda r: r["datasets"]["synthetic"]["synthetic"].update(colours=3), "datasets.synthetic.synthetic: unknown key(s) colours"),
+        (lambda r: r["datasets"]["synthetic"]["synthetic"].update(noise="high"), "datasets.synthetic.synthetic.noise: expected a number"),
+    ],
+)
+def test_bad_config_values_name_their_key(mutate, message):
+    raw = yaml.safe_load(PROJECT_CONFIG.read_text())
+    mutate(raw)
+    with pytest.raises(ConfigError) as err:
+        parse_config(raw)
+    assert message in str(err.value)
+
+
+def test_yaml_floats_without_a_dot_are_numbers(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(PROJECT_CONFIG.read_text().replace("lr: 2.0e-4", "lr: 2e-4"))
+    assert "lr: 2e-4" in path.read_text()
+    assert load_config(path).train.lr == pytest.approx(2e-4)
+
+
+def test_command_line_overrides_and_backbones_are_checked(write_config, tmp_path, monkeypatch):
+    config = str(write_config(synthetic_config(epochs=1, sizes=SMALL)))
+    out = str(tmp_path / "run")
+    fails(["train", "-c", config, "-d", "toy", "--out", out, "--lr", "-1"], "lr: must be > 0, got -1.0")
+    fails(["train", "-c", config, "-d", "toy", "--out", out, "--fraction", "2"], "train.fraction: must be in (0, 1]")
+    fails(["train", "-c", config, "-d", "toy", "--out", out, "--precision", "fp8"], "train.precision: 'fp8' is not one of")
+    fails(["train", "-c", config, "-d", "toy", "--out", out, "--backbone", "preset:vit-h-14"], "unknown preset 'vit-h-14'")
+    fails(["info", "-c", config, "-d", "toy", "--backbone", "preset:nope"], "unknown preset 'nope'")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    started = time.perf_counter()
+    fails(["train", "-c", config, "-d", "toy", "--out", out, "--backbone", "someone/clip-that-is-not-cached"], "HF_HUB_OFFLINE=1")
+    assert time.perf_counter() - started < 10
+    assert not Path(out).exists()
+
+
+# ------------------------------------------------------------------------------ predict inputs
+
+
+def test_batch_lines_that_are_not_utf8_cost_only_their_line(tmp_path, prepared_food):
+    from mitp.runtime.predict import Predictor, predict_batch_file  # noqa: F401 (the CLI path is tested in test_export)
+
+    image = prepared_food / "food" / pq.read_table(prepared_food / "food" / "test.parquet").to_pydict()["image"][0]
+    lines = [json.dumps({"image": str(image), "text": "red"}).encode(), b'{"image": "x.jpg", "text": "caf\xe9"}']
+    from mitp.runtime.predict import InputError, read_batch_line
+
+    assert read_batch_line(lines[0], tmp_path)[1] == "red"
+    with pytest.raises(InputError, match="not valid UTF-8"):
+        read_batch_line(lines[1], tmp_path)
+
+
+def test_a_caption_that_is_not_utf8_is_refused():
+    from mitp.runtime.predict import InputError, check_caption
+
+    with pytest.raises(InputError, match="not valid UTF-8"):
+        check_caption(b"caf\xe9".decode("utf-8", errors="surrogateescape"))
+
+
+# ------------------------------------------------------------------------------ downloads
+
+
+class _Server(http.server.BaseHTTPRequestHandler):
+    routes: dict[str, tuple[int, dict[str, str], bytes]] = {}
+    seen: list[tuple[str, str | None]] = []
+
+    def do_GET(self):  # noqa: N802
+        self.seen.append((self.path, self.headers.get("Authorization")))
+        status, headers, body = self.routes.get(self.path, (404, {}, b"not found"))
+        self.send_response(status)
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def servers():
+    started = []
+    for _ in range(2):
+        httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Server)
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        started.append(httpd)
+    _Server.routes, _Server.seen = {}, []
+    yield [f"http://127.0.0.1:{h.server_address[1]}" for h in started]
+    for httpd in started:
+        httpd.shutdown()
+
+
+def _zip() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        zf.writestr("texts/train_titles.csv", "a.jpg,title,label\n")
+    return buffer.getvalue()
+
+
+def test_a_page_instead_of_an_archive_is_rejected_before_its_final_name(servers, tmp_path):
+    a, _ = servers
+    _Server.routes["/page.zip"] = (200, {"Content-Type": "text/html"}, b"<!DOCTYPE html><html>Please log in</html>")
+    _Server.routes["/cut.zip"] = (200, {}, _zip()[:-30])
+    for name in ("page.zip", "cut.zip"):
+        with pytest.raises(DownloadError, match="did not send the expected file"):
+            fetch(f"{a}/{name}", tmp_path / name)
+        assert not (tmp_path / name).exists() and not (tmp_path / f"{name}.part").exists()
+    _Server.routes["/good.zip"] = (200, {}, _zip())
+    assert fetch(f"{a}/good.zip", tmp_path / "good.zip").read_bytes() == _zip()
+
+
+def test_credentials_never_follow_a_redirect_to_another_host(servers, tmp_path):
+    a, b = servers
+    _Server.routes["/api/download"] = (302, {"Location": f"{b}/storage/file.zip"}, b"")
+    _Server.routes["/storage/file.zip"] = (200, {}, _zip())
+    fetch(f"{a}/api/download", tmp_path / "file.zip", headers={"Authorization": "Basic c2VjcmV0"})
+    assert _Server.seen == [("/api/download", "Basic c2VjcmV0"), ("/storage/file.zip", None)]
+
+
+def test_network_failures_say_what_happened(servers, tmp_path):
+    a, _ = servers
+    _Server.routes["/private.zip"] = (401, {}, b"unauthorized")
+    with pytest.raises(DownloadError, match="check the credentials"):
+        fetch(f"{a}/private.zip", tmp_path / "private.zip")
+    with pytest.raises(DownloadError, match=r"cannot reach 127\.0\.0\.1"):
+        fetch("http://127.0.0.1:9/file.zip", tmp_path / "file.zip")  # nothing listens on port 9
+
+
+# ------------------------------------------------------------------------------ report
+
+
+def test_a_damaged_run_is_shown_unreadable_and_the_report_still_written(tmp_path):
+    runs = tmp_path / "runs"
+    folder = runs / "demo-food101" / "mitp" / "seed0"
+    folder.mkdir(parents=True)
+    (folder / "result.json").write_text('{"dataset": "demo-food101", "seed"')  # cut short
+    result = runner.invoke(app, [
+        "report", "--runs", str(runs), "--paper", str(PROJECT_CONFIG.parent / "workflow" / "report" / "paper.yaml"),
+        "--out", str(tmp_path / "report"), "--datasets", "demo-food101",
+    ])
+    assert result.exit_code == 0, result.output
+    assert "unreadable" in result.output
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert summary["runs_unreadable"] == [str(folder)] and (tmp_path / "report" / "table1.md").is_file()
+
+
+def test_images_too_large_for_memory_are_refused_not_decoded(tmp_path):
+    from mitp.runtime.preprocess import ImageTooLarge, load_image
+
+    Image.new("RGB", (100_000, 1)).save(tmp_path / "line.png")
+    with pytest.raises(ImageTooLarge):
+        load_image(tmp_path / "line.png")
