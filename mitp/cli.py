@@ -12,10 +12,10 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
-from .config import ConfigError, load_config, resolve_run
 
 app = typer.Typer(help="MITP: memory-inspired temporal prompt interaction on frozen CLIP.", no_args_is_help=True, add_completion=False)
 console = Console(stderr=True)
@@ -27,13 +27,27 @@ BackboneOption = Annotated[str | None, typer.Option("--backbone", help="Override
 
 
 def _fail(message: str, code: int = 2) -> None:
-    console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(code)
+
+
+TRAINING_LIBRARIES = ("torch", "transformers", "accelerate", "safetensors", "yaml", "pyarrow", "onnx")
+
+
+def _require(*modules: str, extra: str = "train") -> None:
+    """Stop with a clear message when a command needs libraries that this install left out (the runtime-only
+    install, `pip install "mitp[cpu]"`, has `mitp predict` and `mitp bundle verify` alone)."""
+    from importlib.util import find_spec
+
+    missing = [m for m in modules if find_spec(m) is None]
+    if missing:
+        _fail(f"this command needs {', '.join(missing)}, which this install does not have: pip install \"mitp[{extra}]\"")
 
 
 def _user_errors():
     """Errors caused by bad input, reported as one clear line and a non-zero exit code."""
     from .checkpoint import CheckpointError
+    from .config import ConfigError
     from .data import DataError
 
     return (ConfigError, DataError, CheckpointError, *_data_errors())
@@ -50,7 +64,7 @@ def _data_errors():
 
 
 def _resolve(config: Path, dataset: str, setting: str, backbone: str | None, seed: int | None = None, **overrides: Any):
-    from .config import load_config
+    from .config import load_config, resolve_run
 
     return resolve_run(load_config(config), dataset, setting, backbone=backbone, seed=seed, **overrides)
 
@@ -70,7 +84,10 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Trainable and backbone parameter counts, built on the backbone's architecture with no download."""
+    _require(*TRAINING_LIBRARIES)
     try:
+        from .config import load_config
+
         project = load_config(config)
         names = [setting] if setting else list(project.settings)
         rows = [_count_parameters(_resolve(config, dataset, name, backbone)) for name in names]
@@ -160,6 +177,7 @@ def train(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Train one (data set, setting) run; resumes from the last finished epoch after a kill."""
+    _require(*TRAINING_LIBRARIES)
     try:
         run = _resolve(
             config, dataset, setting, backbone, seed, lr=lr,
@@ -183,6 +201,7 @@ def evaluate(
     num_workers: Annotated[int | None, typer.Option("--num-workers")] = None,
 ) -> None:
     """Evaluate a checkpoint: accuracy, or F1-micro/-macro for multi-label, written to metrics.json."""
+    _require(*TRAINING_LIBRARIES)
     target = out or Path(checkpoint) / f"metrics-{split}.json"
     try:
         from .evaluate import check_metrics_target, evaluate_checkpoint, write_metrics
@@ -206,6 +225,7 @@ def export_command(
     tolerance: Annotated[float, typer.Option(help="Largest allowed |onnxruntime - PyTorch| on logits.")] = 1e-4,
 ) -> None:
     """Export a trained model to an ONNX bundle, verified against PyTorch before it is written."""
+    _require(*TRAINING_LIBRARIES, "onnxscript", "onnxruntime")
     from .export import ExportError, export_bundle
 
     try:
@@ -300,7 +320,7 @@ def _predict_batch(predictor, batch: Path, out: Path | None, bundle: Path, top_k
         task = bar.add_task("predict", total=total)
         failed = predict_batch_file(
             predictor, lines, batch.parent, lambda record: sink.write(json.dumps(record) + "\n"),
-            on_skip=lambda number, err: console.print(f"[bold red]skipped[/] line {number}: {err}", soft_wrap=True),
+            on_skip=lambda number, err: console.print(f"[bold red]skipped[/] line {number}: {escape(str(err))}", soft_wrap=True),
             on_line=lambda: bar.advance(task),
             top_k=top_k,
         )
@@ -316,15 +336,49 @@ def report(
     datasets: Annotated[str, typer.Option(help="Comma-separated data sets, in column order.")] = "food101,mmimdb,snlive",
 ) -> None:
     """Rebuild Tables 1-3, parameter/time/memory per run, Fig. 3, Fig. 4 and training curves beside the paper."""
+    _require("yaml", "pyarrow", "matplotlib", extra="workflow")
     from .report import write_report
 
     if not paper.is_file():
         _fail(f"paper numbers not found: {paper}")
     try:
-        summary = write_report(runs, paper, out, [d for d in datasets.split(",") if d], warn=lambda m: console.print(f"[bold yellow]warning:[/] {m}", soft_wrap=True))
+        summary = write_report(runs, paper, out, [d for d in datasets.split(",") if d], warn=lambda m: console.print(f"[bold yellow]warning:[/] {escape(m)}", soft_wrap=True))
     except _data_errors() as err:
         _fail(str(err))
     console.print(f"[bold green]report[/] {out}: {summary['runs_evaluated']} evaluated of {summary['runs_found']} finished runs")
+
+
+bundle_app = typer.Typer(help="Inspect and check exported bundles (torch-free).", no_args_is_help=True)
+app.add_typer(bundle_app, name="bundle")
+
+
+@bundle_app.command("verify")
+def bundle_verify(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder from `mitp export`.")],
+    variant: Annotated[list[str] | None, typer.Option("--variant", help="Check only these variants (fp32, fp16, int8); default: all in the bundle.")] = None,
+    provider: Annotated[str, typer.Option(help="auto | cuda | cpu")] = "cpu",
+) -> None:
+    """Check a bundle against its own contract and test vectors: metadata, tokenizer, preprocessing, logits."""
+    from .runtime.verify import verify_bundle
+
+    try:
+        checks = verify_bundle(bundle, variant, provider)
+    except _predict_errors() as err:
+        _fail(str(err))
+    table = Table(title=f"mitp bundle verify {bundle}")
+    table.add_column("check", no_wrap=True)
+    table.add_column("result", no_wrap=True)
+    table.add_column("detail")
+    for check in checks:
+        table.add_row(check.name, "[green]ok[/]" if check.ok else "[bold red]FAILED[/]", escape(check.detail))
+    stdout.print(table)
+    failed = [c for c in checks if not c.ok]
+    for check in failed:
+        console.print(f"[bold red]FAILED[/] {check.name}: {escape(check.detail)}", soft_wrap=True)
+    if failed:
+        console.print(f"[bold red]bundle verify failed:[/] {len(failed)} of {len(checks)} checks", soft_wrap=True)
+        raise typer.Exit(1)
+    console.print(f"[bold green]bundle verified:[/] {len(checks)} checks passed")
 
 
 data_app = typer.Typer(help="Download and prepare the data sets (real ones and the offline twins).", no_args_is_help=True)
@@ -360,6 +414,7 @@ def data_prepare(
     workers: Annotated[int, typer.Option(help="Threads that decode images.")] = 8,
 ) -> None:
     """Write {train,val,test}.parquet, classes.json and prepare_report.json; bad pairs are dropped and counted."""
+    _require("pyarrow")
     from .prepare import prepare_dataset
     from .progress import progress_bar
 
@@ -382,6 +437,7 @@ def pretrain_standin(
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Pre-train the small stand-in CLIP of the offline twins on the CPU (a few minutes)."""
+    _require(*TRAINING_LIBRARIES)
     if steps < 1 or batch_size < 2:
         _fail("--steps must be >= 1 and --batch-size >= 2")
     from .standin import StandinConfig

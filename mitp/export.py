@@ -2,14 +2,17 @@
 
 The graph is the whole prompted CLIP: both towers, the temporal prompts, the memory hub and the cached
 class embeddings, from (pixel_values, input_ids, attention_mask) to class logits, with a dynamic batch.
-The bundle is assembled in a temporary folder and renamed into place only after `onnx.checker` and
+The bundle is assembled in a temporary folder and swapped into place only after `onnx.checker` and
 onnxruntime agree with PyTorch on real inputs at batch 1 and 3 (max abs diff on logits <= tolerance).
-Optional reduced-precision variants (fp16 for GPUs, int8 for CPUs) are checked by top-1 agreement.
+Optional reduced-precision variants (fp16 for GPUs, int8 for CPUs) are checked by top-1 agreement. The
+inputs are made by the runtime's own preprocessing and tokenizer, the contract (mitp.runtime.bundle) goes
+into every model's metadata and into bundle.json, and test vectors let any port check itself.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -19,19 +22,26 @@ import torch
 
 from . import __version__
 from .atomic import atomic_write_json, build_directory
+from .download import file_sha256
 from .factory import image_size, load_trained
 from .outputs import claim, mark
 from .runtime.bundle import (
     BUNDLE_FORMAT,
+    CONTRACT_FILE,
+    MIN_ONNXRUNTIME,
     MODEL_FILE,
+    ONNX_IR_VERSION,
+    ONNX_OPSET,
     REPORT_FILE,
     TOKENIZER_FILE,
     VARIANT_FILES,
-    BundleInfo,
+    VECTORS_FILE,
     metadata_props,
+    models_entry,
 )
 from .runtime.decision import decision_rule, multilabel_decisions
-from .runtime.preprocess import CLIP_MEAN, CLIP_STD
+from .runtime.preprocess import image_rules, load_image, preprocess_image
+from .runtime.verify import test_vector_sources, write_test_vectors
 
 TOLERANCE = 1e-4
 VERIFY_BATCHES = (1, 3)
@@ -62,25 +72,26 @@ def export_bundle(
     claim(out, "bundle", inputs=(Path(checkpoint),))
     model, run, backbone, state = load_trained(checkpoint)
     size = image_size(backbone)
-    inputs, source = verification_inputs(run, backbone, size, VARIANT_SAMPLES)
     graph = ExportGraph(model).eval()
     writers = {name: writer for name, writer, wanted in (("fp16", write_fp16, fp16), ("int8", write_int8, int8)) if wanted}
 
     with build_directory(out) as tmp:
         mark(tmp, "bundle")
+        pairs, source = verification_pairs(run, size, VARIANT_SAMPLES, tmp / ".generated")
+        inputs = runtime_inputs(pairs, backbone.tokenizer, size)
         started = time.perf_counter()
         write_onnx(graph, inputs, tmp / MODEL_FILE)
         export_seconds = time.perf_counter() - started
-        info = bundle_info(run, state["classes"], backbone, size)
-        _add_metadata(tmp / MODEL_FILE, info, {"source_config": run.to_dict(), "checkpoint": state["checkpoint"]})
+        contract = bundle_contract(run, state, backbone, size, ["fp32", *writers])
+        finish_model(tmp / MODEL_FILE, metadata_props(contract, "fp32"))
         backbone.tokenizer.save(tmp / TOKENIZER_FILE)
 
         report: dict[str, Any] = {
             "mitp_version": __version__,
             "dataset": run.dataset_name,
             "setting": run.setting_name,
-            "backbone": run.backbone,
-            "checkpoint": state["checkpoint"],
+            "backbone": contract["source"]["backbone"],
+            "checkpoint": contract["source"]["checkpoint"],
             "verify_inputs": source,
             "tolerance": tolerance,
             "export_seconds": round(export_seconds, 2),
@@ -89,69 +100,91 @@ def export_bundle(
         reference = _run_torch(graph, inputs) if writers else None  # (N, K), shared by the variants' checks
         for variant, write in writers.items():
             write(tmp / MODEL_FILE, tmp / VARIANT_FILES[variant])
-            report[variant] = verify_top1(reference, tmp / VARIANT_FILES[variant], inputs, info.task == "multi-label")
+            finish_model(tmp / VARIANT_FILES[variant], metadata_props(contract, variant), check=False)
+            report[variant] = verify_top1(reference, tmp / VARIANT_FILES[variant], inputs, run.dataset.task == "multi-label")
+        vectors = write_test_vectors(tmp, test_vector_sources(pairs, tmp / ".generated"), backbone.tokenizer, size, ["fp32", *writers])
+        shutil.rmtree(tmp / ".generated", ignore_errors=True)
+        atomic_write_json(tmp / CONTRACT_FILE, {**contract, "test_vectors": VECTORS_FILE})
+        report["test_vectors"] = len(vectors)
         atomic_write_json(tmp / REPORT_FILE, report)
     return report
 
 
-def bundle_info(run, classes: list[str], backbone, size: int) -> BundleInfo:
-    tok = backbone.tokenizer.info
-    return BundleInfo(
-        labels=list(classes),
-        task=run.dataset.task,
-        decision=decision_rule(run.dataset.task),
-        image={
-            "size": size,
-            "resize": "shorter side to size, bicubic",
-            "crop": "center size x size",
-            "scale": "1/255",
-            "mean": list(CLIP_MEAN),
-            "std": list(CLIP_STD),
-            "layout": "NCHW RGB float32",
+def bundle_contract(run, state: dict[str, Any], backbone, size: int, variants: list[str]) -> dict[str, Any]:
+    """What another program needs to use the bundle, and what produced it (no path of this machine)."""
+    config = run.to_dict()
+    config["dataset"].pop("data_dir", None)
+    if Path(run.backbone).is_dir():
+        config["backbone"] = f"local folder {Path(run.backbone).name!r}"
+    max_length, classes = backbone.tokenizer.info.max_length, list(state["classes"])
+    return {
+        "mitp_bundle_format": BUNDLE_FORMAT,
+        "mitp_version": __version__,
+        "requires": {"onnxruntime": f">={MIN_ONNXRUNTIME}", "onnx_ir_version": ONNX_IR_VERSION, "opset": ONNX_OPSET},
+        "dataset": run.dataset_name,
+        "setting": run.setting_name,
+        "task": run.dataset.task,
+        "labels": classes,
+        "decision": {**decision_rule(run.dataset.task), "labels": "labels[i] is the class of logits[:, i]"},
+        "inputs": {
+            "pixel_values": {"shape": ["batch", 3, size, size], "dtype": "float32"},
+            "input_ids": {"shape": ["batch", max_length], "dtype": "int64"},
+            "attention_mask": {"shape": ["batch", max_length], "dtype": "int64"},
         },
-        tokenizer={
-            "file": TOKENIZER_FILE,
-            "max_length": tok.max_length,
-            "pad_token_id": tok.pad_token_id,
-            "bos_token_id": tok.bos_token_id,
-            "eos_token_id": tok.eos_token_id,
-            "truncation": "to max_length, keeping the end-of-text token",
+        "outputs": {"logits": {"shape": ["batch", len(classes)], "dtype": "float32"}},
+        "models": models_entry(variants),
+        "image": image_rules(size),
+        "tokenizer": backbone.tokenizer.rules(TOKENIZER_FILE),
+        "source": {
+            "backbone": config["backbone"],
+            "checkpoint": {"epoch": state["epoch"], "model_sha256": file_sha256(Path(state["checkpoint"]) / "model.safetensors")},
+            "run_config": config,
         },
-        dataset=run.dataset_name,
-        setting=run.setting_name,
-        mitp_version=__version__,
-        bundle_format=BUNDLE_FORMAT,
-    )
+    }
 
 
-def verification_inputs(run, backbone, size: int, count: int) -> tuple[dict[str, np.ndarray], str]:
-    """Up to `count` real pairs from the data set (test, else val split); generated ones when no data are on disk."""
-    from .data import DataError, build_split
+def verification_pairs(run, size: int, count: int, scratch: Path) -> tuple[list[tuple[Path, str]], str]:
+    """Up to `count` real (image file, caption) pairs of the data set (test, else val split); generated
+    ones, written under `scratch`, when no prepared data are on disk."""
+    import pyarrow.parquet as pq
 
+    data_dir = Path(run.dataset.data_dir) if run.dataset.data_dir else None
     for split in ("test", "val"):
-        try:
-            dataset = build_split(run, split, backbone.tokenizer, size)
-        except (DataError, FileNotFoundError, OSError):
+        path = data_dir / f"{split}.parquet" if data_dir else None
+        if path is None or not path.is_file():
             continue
-        if len(dataset) >= max(VERIFY_BATCHES):
-            items = [dataset[i] for i in range(min(count, len(dataset)))]
-            arrays = {key: torch.stack([item[key] for item in items]).numpy() for key in ("pixel_values", "input_ids", "attention_mask")}
-            return arrays, f"{run.dataset_name} {split} split, first {len(items)} pairs"
+        table = pq.read_table(path, columns=["image", "text"]).to_pydict()
+        if len(table["image"]) >= max(VERIFY_BATCHES):
+            pairs = [(data_dir / image, text) for image, text in zip(table["image"][:count], table["text"][:count], strict=True)]
+            return pairs, f"{run.dataset_name} {split} split, first {len(pairs)} pairs"
+    from PIL import Image
+
+    scratch.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
-    ids, mask = backbone.tokenizer([f"caption number {i}" for i in range(count)])
-    pixels = rng.normal(0, 1, (count, 3, size, size)).astype(np.float32)
-    return {"pixel_values": pixels, "input_ids": ids, "attention_mask": mask}, "generated (no prepared data found)"
+    pairs = []
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (size + 7 * i, size + 3, 3), dtype=np.uint8)).save(scratch / f"{i}.png")
+        pairs.append((scratch / f"{i}.png", f"caption number {i}"))
+    return pairs, "generated (no prepared data found)"
+
+
+def runtime_inputs(pairs: list[tuple[Path, str]], tokenizer, size: int) -> dict[str, np.ndarray]:
+    """Model inputs made by the runtime's own preprocessing and tokenizer: what `mitp predict` feeds."""
+    pixels = np.stack([preprocess_image(load_image(image), size) for image, _ in pairs])  # (N, 3, S, S)
+    ids, mask = tokenizer([text for _, text in pairs])  # (N, 77) each
+    return {"pixel_values": pixels, "input_ids": ids, "attention_mask": mask}
 
 
 def write_onnx(graph: torch.nn.Module, inputs: dict[str, np.ndarray], path: Path) -> None:
-    """torch.onnx.export with the dynamo exporter and a dynamic batch dimension (checked once the
-    metadata are in, by `_add_metadata`)."""
+    """torch.onnx.export with the dynamo exporter, opset 18 and a dynamic batch dimension (checked once
+    the metadata are in, by `finish_model`)."""
     example = tuple(torch.from_numpy(inputs[k][:2]) for k in ("pixel_values", "input_ids", "attention_mask"))
     batch = torch.export.Dim("batch", min=1, max=4096)
     program = torch.onnx.export(
         graph,
         example,
         dynamo=True,
+        opset_version=ONNX_OPSET,
         input_names=["pixel_values", "input_ids", "attention_mask"],
         output_names=["logits"],
         dynamic_shapes={"pixel_values": {0: batch}, "input_ids": {0: batch}, "attention_mask": {0: batch}},
@@ -161,11 +194,17 @@ def write_onnx(graph: torch.nn.Module, inputs: dict[str, np.ndarray], path: Path
     program.save(str(path))
 
 
-def _add_metadata(path: Path, info: BundleInfo, extra: dict[str, Any]) -> None:
+def finish_model(path: Path, props: dict[str, str], check: bool = True) -> None:
+    """Give a saved graph the bundle contract as metadata and ONNX IR version 9 (onnxruntime >= 1.17 loads
+    it; the exporter writes IR 10, which needs 1.18, and uses nothing of IR 10), then check it with
+    onnx.checker. The fp16 converter leaves its casts out of topological order, which the checker rejects
+    and onnxruntime accepts: the variants are checked by running them instead (verify_top1)."""
     import onnx
 
     model = onnx.load(str(path))
-    _set_metadata(model, metadata_props(info, extra))
+    _set_metadata(model, props)
+    if model.ir_version > ONNX_IR_VERSION:
+        model.ir_version = ONNX_IR_VERSION
     # value_info entries for weights only repeat the initializers' shapes, and they break onnxruntime 1.31's
     # quantizer (the `gpu` extra): it transposes a Gemm weight in place and trips over the stale shape.
     weights = {t.name for t in model.graph.initializer}
@@ -176,7 +215,8 @@ def _add_metadata(path: Path, info: BundleInfo, extra: dict[str, Any]) -> None:
     for stale in path.parent.glob(path.name + ".data"):
         stale.unlink()
     onnx.save(model, str(path), save_as_external_data=large, location=path.name + ".data" if large else None)
-    onnx.checker.check_model(str(path), full_check=True)
+    if check:
+        onnx.checker.check_model(str(path), full_check=True)
 
 
 def _cpu_session(path: Path):
@@ -230,17 +270,6 @@ def write_int8(source: Path, target: Path) -> None:
         quantize_dynamic(source, target, weight_type=QuantType.QInt8, reduce_range=True, op_types_to_quantize=["MatMul"])
     finally:
         logging.disable(logging.NOTSET)
-    _keep_only_json_metadata(target)
-
-
-def _keep_only_json_metadata(path: Path) -> None:
-    """The quantizer tags its output with `onnx.infer: onnxruntime.quant`, which is not JSON; the bundle
-    contract promises JSON values, so the tag goes."""
-    import onnx
-
-    model = onnx.load(str(path))
-    _set_metadata(model, {p.key: p.value for p in model.metadata_props if p.key != "onnx.infer"})
-    onnx.save(model, str(path))
 
 
 def _set_metadata(model, props: dict[str, str]) -> None:

@@ -19,6 +19,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from rich.console import Console
+from rich.markup import escape
 from torch.utils.data import DataLoader, Sampler, Subset
 
 from .atomic import atomic_write_json
@@ -90,7 +91,7 @@ def train_run(run: RunConfig, run_dir: Path, console: Console | None = None, pro
     val_set = build_split(run, "val", tokenizer, size)
     val_set.check_images()  # a broken validation image is found now, not after the first epoch
     with locked_run_folder(run_dir, main):
-        warn = (lambda message: console.print(f"[bold yellow]warning:[/] {message}", soft_wrap=True)) if main else (lambda message: None)
+        warn = (lambda message: console.print(f"[bold yellow]warning:[/] {escape(message)}", soft_wrap=True)) if main else (lambda message: None)
         resumed = resume_point(run_dir, run, warn)
         if main:
             repair(run_dir, resumed[1] if resumed else None, run.epochs)

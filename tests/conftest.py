@@ -7,8 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from typer.testing import CliRunner
 
 from mitp.backbone import load_backbone
+from mitp.cli import app
+from mitp.prepare import prepare_dataset
+from mitp.twins import make_twin
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT_CONFIG = ROOT / "config.yaml"
@@ -66,3 +70,32 @@ def write_config(tmp_path):
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """A tiny MITP trained one short epoch on a small prepared food twin, and its exported bundle."""
+    root = tmp_path_factory.mktemp("export")
+    make_twin("demo-food101", root / "raw", sizes={"train": 60, "val": 20, "test": 12})
+    prepare_dataset("demo-food101", root / "raw", root / "food")
+    config = {
+        "backbone": "preset:tiny",
+        "hub": {"width": 16},
+        "train": {"num_workers": 0, "epochs": 1, "eval_batch_size": 32},
+        "datasets": {"food": {
+            "task": "single-label", "data_dir": str(root / "food"), "batch_size": 16, "prompt_length": 2,
+            "best_layers": [2, 3], "small_layers": [3], "templates": ["a photo of {}."], "lr": 3e-3,
+        }},
+        "settings": {"mitp": {"variant": "mitp", "layers": "best"}},
+    }
+    (root / "config.yaml").write_text(yaml.safe_dump(config))
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", "-c", str(root / "config.yaml"), "-d", "food", "-s", "mitp", "--out", str(root / "run"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["export", "--checkpoint", str(root / "run"), "--out", str(root / "bundle"), "--fp16", "--int8"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["train", "-c", str(root / "config.yaml"), "-d", "food", "-s", "mitp", "--seed", "1", "--out", str(root / "other-run"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["export", "--checkpoint", str(root / "other-run"), "--out", str(root / "other-bundle")])
+    assert result.exit_code == 0, result.output
+    return root

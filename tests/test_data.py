@@ -9,14 +9,31 @@ from transformers import CLIPImageProcessor
 
 from mitp.config import parse_config, resolve_run
 from mitp.data import DataError, build_split, stratified_subset
-from mitp.runtime.preprocess import ImageError, ImageTooLarge, load_image, preprocess_image
+from mitp.runtime.preprocess import ImageError, ImageTooLarge, clip_crop, load_image, preprocess_image
 from mitp.runtime.tokenizer import build_word_tokenizer, clean_caption
 
 from .conftest import synthetic_config
 
 
+def test_resize_and_crop_follow_the_bundles_rule_exactly():
+    """Against an independent numpy implementation of the rule, over down- and up-scaling, odd sizes,
+    portrait and landscape: every pixel identical."""
+    from .resample_reference import clip_crop as reference
+
+    rng = np.random.default_rng(0)
+    shapes = [(696, 280), (280, 696), (1, 1), (5, 300), (300, 5), (223, 225), (224, 224), (1000, 37)]
+    shapes += [tuple(int(v) for v in rng.integers(2, 500, 2)) for _ in range(12)]
+    for height, width in (s for s in shapes if max(s) <= 64 * min(s)):
+        image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        for size in (32, 224):
+            assert np.array_equal(clip_crop(Image.fromarray(image), size), reference(image, size)), (height, width, size)
+
+
 @pytest.mark.parametrize("size", [(300, 200), (200, 351), (224, 224), (640, 480)])
 def test_preprocessing_matches_transformers_clip_processor(size):
+    """Sizes, crop offsets and normalisation as transformers' CLIP processor. (Under Pillow 13 its one-call
+    resize runs the height pass first for portrait images, which moves a few pixels; mitp's rule keeps the
+    classic width-then-height order, the one CLIP was trained with.)"""
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
     processor = CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
     expected = processor(images=image, return_tensors="np")["pixel_values"][0]

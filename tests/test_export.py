@@ -12,42 +12,15 @@ import numpy as np
 import onnx
 import pytest
 import torch
-import yaml
 from typer.testing import CliRunner
 
 from mitp.cli import app
 from mitp.factory import load_trained
-from mitp.prepare import prepare_dataset
 from mitp.runtime.bundle import BUNDLE_FORMAT, BundleError
 from mitp.runtime.predict import Predictor
-from mitp.twins import make_twin
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A tiny MITP trained one short epoch on a small prepared food twin, and its exported bundle."""
-    root = tmp_path_factory.mktemp("export")
-    make_twin("demo-food101", root / "raw", sizes={"train": 60, "val": 20, "test": 12})
-    prepare_dataset("demo-food101", root / "raw", root / "food")
-    config = {
-        "backbone": "preset:tiny",
-        "hub": {"width": 16},
-        "train": {"num_workers": 0, "epochs": 1, "eval_batch_size": 32},
-        "datasets": {"food": {
-            "task": "single-label", "data_dir": str(root / "food"), "batch_size": 16, "prompt_length": 2,
-            "best_layers": [2, 3], "small_layers": [3], "templates": ["a photo of {}."], "lr": 3e-3,
-        }},
-        "settings": {"mitp": {"variant": "mitp", "layers": "best"}},
-    }
-    (root / "config.yaml").write_text(yaml.safe_dump(config))
-    result = runner.invoke(app, ["train", "-c", str(root / "config.yaml"), "-d", "food", "-s", "mitp", "--out", str(root / "run"), "--no-progress"])
-    assert result.exit_code == 0, result.output
-    result = runner.invoke(app, ["export", "--checkpoint", str(root / "run"), "--out", str(root / "bundle"), "--fp16", "--int8"])
-    assert result.exit_code == 0, result.output
-    return root
 
 
 def _test_pairs(root: Path, count: int) -> tuple[list[Path], list[str]]:
@@ -59,7 +32,9 @@ def _test_pairs(root: Path, count: int) -> tuple[list[Path], list[str]]:
 
 def test_bundle_holds_the_graph_tokenizer_metadata_and_a_verified_report(trained):
     bundle = trained / "bundle"
-    assert {p.name for p in bundle.iterdir()} == {".mitp-output", "model.onnx", "model.fp16.onnx", "model.int8.onnx", "tokenizer.json", "export_report.json"}
+    assert {p.name for p in bundle.iterdir()} == {
+        ".mitp-output", "model.onnx", "model.fp16.onnx", "model.int8.onnx", "tokenizer.json", "export_report.json", "bundle.json", "test_vectors",
+    }
     report = json.loads((bundle / "export_report.json").read_text())
     assert report["fp32"]["max_abs_diff"] <= 1e-4
     assert set(report["fp32"]["max_abs_diff_by_batch"]) == {"1", "3"}
@@ -71,8 +46,8 @@ def test_bundle_holds_the_graph_tokenizer_metadata_and_a_verified_report(trained
     meta = {p.key: json.loads(p.value) for p in model.metadata_props}
     assert meta["mitp_bundle_format"] == BUNDLE_FORMAT and meta["task"] == "single-label"
     assert meta["labels"] == json.loads((trained / "food" / "classes.json").read_text())
-    assert meta["image"]["size"] == 32 and len(meta["image"]["mean"]) == 3
-    assert meta["tokenizer"]["max_length"] == 77 and meta["decision"] == {"rule": "softmax-argmax"}
+    assert meta["image"]["size"] == 32 and len(meta["image"]["normalize"]["mean"]) == 3
+    assert meta["tokenizer"]["max_length"] == 77 and meta["decision"]["rule"] == "softmax-argmax"
     assert [i.name for i in model.graph.input] == ["pixel_values", "input_ids", "attention_mask"]
     assert [o.name for o in model.graph.output] == ["logits"]
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # the batch is dynamic
@@ -110,10 +85,59 @@ def test_cli_json_and_plain_onnxruntime_script_agree(trained, variant, model_fil
     assert max(abs(plain["scores"][k] - cli["scores"][k]) for k in cli["scores"]) <= 1e-5
 
 
-def test_predict_path_imports_neither_torch_nor_transformers():
-    code = "import sys, mitp.cli, mitp.runtime.predict; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+def test_predict_and_verify_import_neither_torch_transformers_nor_training_libraries():
+    code = (
+        "import sys, mitp.cli, mitp.runtime.predict, mitp.runtime.verify; "
+        "print(sorted(m for m in ('torch', 'transformers', 'yaml', 'onnx', 'pyarrow', 'safetensors') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_bundle_json_is_the_contract_without_build_paths(trained):
+    bundle = trained / "bundle"
+    contract = json.loads((bundle / "bundle.json").read_text())
+    for variant, file in (("fp32", "model.onnx"), ("fp16", "model.fp16.onnx"), ("int8", "model.int8.onnx")):
+        model = onnx.load(str(bundle / file))
+        meta = {p.key: json.loads(p.value) for p in model.metadata_props}
+        assert model.ir_version == 9  # onnxruntime >= 1.17
+        assert meta.pop("variant")["name"] == variant and contract["models"][variant]["file"] == file
+        assert meta == {k: v for k, v in contract.items() if k != "test_vectors"}
+    assert "int8" in contract["models"]["int8"]["weights"] and contract["requires"]["onnxruntime"] == ">=1.17"
+    assert contract["image"]["resize"]["filter"].startswith("bicubic") and contract["image"]["decode"]["alpha"]["background"] == [255] * 3
+    assert contract["tokenizer"]["padding"]["side"] == "right" and "pad id may equal the end id" in contract["tokenizer"]["attention_mask"]
+    text = (bundle / "bundle.json").read_text() + (bundle / "export_report.json").read_text()
+    assert str(trained) not in text and "/tmp" not in text and "data_dir" not in text
+
+
+def test_bundle_verify_passes_and_names_what_a_swapped_file_changes(trained, tmp_path):
+    result = runner.invoke(app, ["bundle", "verify", str(trained / "bundle")])
+    assert result.exit_code == 0, result.output
+    assert "bundle verified" in result.output and "model.int8.onnx logits" in result.stdout
+    vectors = json.loads((trained / "bundle" / "test_vectors" / "vectors.json").read_text())["vectors"]
+    assert [v["name"] for v in vectors] == ["real-0", "real-1", "real-2", "exif-rotated", "alpha-on-white", "grey-16-bit"]
+
+    swapped = tmp_path / "swapped-model"
+    shutil.copytree(trained / "bundle", swapped)
+    shutil.copy(trained / "other-bundle" / "model.onnx", swapped / "model.onnx")
+    result = runner.invoke(app, ["bundle", "verify", str(swapped), "--variant", "fp32"])
+    assert result.exit_code == 1 and "FAILED model.onnx logits: vector 0 (real-0): logits differ by" in result.output
+
+    swapped = tmp_path / "swapped-tokenizer"
+    shutil.copytree(trained / "bundle", swapped)
+    from mitp.runtime.tokenizer import build_word_tokenizer
+
+    build_word_tokenizer(("a", "photo", "of", "red")).save(swapped / "tokenizer.json")
+    result = runner.invoke(app, ["bundle", "verify", str(swapped)])
+    assert result.exit_code == 1 and "FAILED tokenizer: vector 0 (real-0): ids differ at positions" in result.output
+
+
+def test_predict_json_gives_every_label_unless_top_k(trained):
+    (image,), (text,) = _test_pairs(trained, 1)
+    every = json.loads(runner.invoke(app, ["predict", str(image), text, "--model", str(trained / "bundle"), "--json"]).stdout)
+    assert len(every["scores"]) == 16
+    top = json.loads(runner.invoke(app, ["predict", str(image), text, "--model", str(trained / "bundle"), "--json", "-k", "3"]).stdout)
+    assert list(top["scores"]) == list(every["scores"])[:3]
 
 
 def test_bad_inputs_fail_clearly(trained, tmp_path):

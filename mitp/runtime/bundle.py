@@ -1,25 +1,45 @@
-"""The inference bundle's contract: what `model.onnx` carries in its `metadata_props` (JSON values).
+"""The inference bundle's contract, readable from any language (DESIGN 5).
 
-Shared by the exporter (which writes it) and the predict path (which reads it with onnxruntime alone),
-so this module imports neither torch nor onnx. A bundle is a folder:
+A bundle is a folder:
 
-    model.onnx          inputs pixel_values [B,3,H,W] f32, input_ids [B,77] i64, attention_mask [B,77] i64
-                        -> logits [B,K] f32; prompts, hub and class embeddings baked in
-    model.fp16.onnx     optional half-precision variant for GPUs (checked by top-1 agreement)
-    model.int8.onnx     optional variant for CPUs, MatMul weights in int8 (checked by top-1 agreement)
-    tokenizer.json      the `tokenizers` file of the backbone
-    export_report.json  how the export was verified (max abs diff against PyTorch, batch sizes)
+    model.onnx              inputs pixel_values [B,3,H,W] f32, input_ids [B,77] i64, attention_mask [B,77] i64
+                            -> logits [B,K] f32; prompts, hub and class embeddings baked in
+    model.fp16.onnx         optional half-precision variant for GPUs
+    model.int8.onnx         optional variant for CPUs, MatMul weights in int8
+    tokenizer.json          the `tokenizers` file of the backbone
+    bundle.json             the contract below as plain JSON (onnxruntime-node and -web expose no ONNX metadata)
+    test_vectors/           vectors.json plus the images it names: expected ids, pixels and logits
+    export_report.json      how the export was checked against PyTorch
+
+The contract (labels, task, decision rule, image and tokenizer rules as structured fields, the models and
+their precision, what produced the bundle, without any path of the exporting machine) is also written
+into every model's ONNX `metadata_props`, one JSON value per key, with the file's own `variant`.
+This module imports neither torch nor onnx: the exporter writes the contract, predict and verify read it.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-BUNDLE_FORMAT = 1  # bumped when the graph's inputs/outputs or the metadata change incompatibly
-MODEL_FILE, TOKENIZER_FILE, REPORT_FILE = "model.onnx", "tokenizer.json", "export_report.json"
+BUNDLE_FORMAT = 2  # bumped when the graph's inputs/outputs or the contract change incompatibly
+MODEL_FILE, TOKENIZER_FILE, REPORT_FILE, CONTRACT_FILE = "model.onnx", "tokenizer.json", "export_report.json", "bundle.json"
+VECTORS_DIR, VECTORS_FILE = "test_vectors", "test_vectors/vectors.json"
 VARIANT_FILES = {"fp32": MODEL_FILE, "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}  # `mitp predict --variant`
+VARIANT_PRECISION = {
+    "fp32": {"weights": "float32", "compute": "float32", "inputs_outputs": "float32"},
+    "fp16": {"weights": "float16", "compute": "float16 (for GPUs)", "inputs_outputs": "float32 (cast inside the graph)"},
+    "int8": {
+        "weights": "MatMul weights int8 (signed, 7-bit range, one scale per tensor); other weights float32",
+        "compute": "MatMul activations quantized to uint8 on the fly, one scale per batch (ONNX dynamic quantization): "
+        "results depend a little on the other inputs of the batch",
+        "inputs_outputs": "float32",
+    },
+}
+# The oldest onnxruntime that loads the bundle: the graphs are saved as ONNX IR version 9, opset 18.
+ONNX_IR_VERSION, ONNX_OPSET, MIN_ONNXRUNTIME = 9, 18, "1.17"
 REQUIRED_KEYS = ("mitp_bundle_format", "mitp_version", "labels", "task", "decision", "image", "tokenizer", "dataset", "setting")
 
 
@@ -32,29 +52,30 @@ class BundleInfo:
     labels: list[str]
     task: str  # single-label | multi-label
     decision: dict[str, Any]  # {"rule": "softmax-argmax"} or {"rule": "sigmoid-threshold", "threshold": 0.5}
-    image: dict[str, Any]  # size, resize, crop, mean, std
-    tokenizer: dict[str, Any]  # max_length, pad/bos/eos ids
+    image: dict[str, Any]  # mitp.runtime.preprocess.image_rules
+    tokenizer: dict[str, Any]  # ClipTokenizer.rules
     dataset: str
     setting: str
     mitp_version: str
     bundle_format: int
 
+    @property
+    def image_size(self) -> int:
+        return int(self.image["size"])
 
-def metadata_props(info: BundleInfo, extra: dict[str, Any] | None = None) -> dict[str, str]:
-    """The key -> JSON string pairs written into the ONNX model."""
-    values = {
-        "mitp_bundle_format": info.bundle_format,
-        "mitp_version": info.mitp_version,
-        "labels": info.labels,
-        "task": info.task,
-        "decision": info.decision,
-        "image": info.image,
-        "tokenizer": info.tokenizer,
-        "dataset": info.dataset,
-        "setting": info.setting,
-        **(extra or {}),
-    }
+    @property
+    def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        return tuple(self.image["normalize"]["mean"]), tuple(self.image["normalize"]["std"])
+
+
+def metadata_props(contract: dict[str, Any], variant: str) -> dict[str, str]:
+    """The key -> JSON string pairs written into one model file: the contract plus the file's variant."""
+    values = {**contract, "variant": {"name": variant, "file": VARIANT_FILES[variant], **VARIANT_PRECISION[variant]}}
     return {key: json.dumps(value) for key, value in values.items()}
+
+
+def models_entry(variants: list[str]) -> dict[str, dict[str, str]]:
+    return {name: {"file": VARIANT_FILES[name], **VARIANT_PRECISION[name]} for name in variants}
 
 
 def parse_metadata(props: dict[str, str], source: str) -> BundleInfo:
@@ -66,6 +87,25 @@ def parse_metadata(props: dict[str, str], source: str) -> BundleInfo:
         values = {key: json.loads(props[key]) for key in REQUIRED_KEYS}
     except json.JSONDecodeError as err:
         raise BundleError(f"{source}: metadata is not valid JSON ({err})") from err
+    return _info(values, source)
+
+
+def read_contract(bundle: Path) -> dict[str, Any]:
+    """bundle.json of a bundle folder, checked like the ONNX metadata."""
+    path = Path(bundle) / CONTRACT_FILE
+    try:
+        contract = json.loads(path.read_text())
+    except FileNotFoundError as err:
+        raise BundleError(f"{path} not found: is {bundle} a bundle written by `mitp export` (format {BUNDLE_FORMAT})?") from err
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BundleError(f"{path} is not valid JSON ({err})") from err
+    if not isinstance(contract, dict) or any(key not in contract for key in REQUIRED_KEYS):
+        raise BundleError(f"{path} lacks the bundle contract's keys ({', '.join(REQUIRED_KEYS)})")
+    _info(contract, str(path))
+    return contract
+
+
+def _info(values: dict[str, Any], source: str) -> BundleInfo:
     if values["mitp_bundle_format"] != BUNDLE_FORMAT:
         raise BundleError(
             f"{source} is bundle format {values['mitp_bundle_format']} (mitp {values['mitp_version']}); this mitp reads "

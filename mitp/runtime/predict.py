@@ -41,11 +41,6 @@ class Predictor:
     """A loaded bundle: one onnxruntime session plus the bundle's preprocessing and tokenizer."""
 
     def __init__(self, bundle: str | Path, provider: str = "auto", variant: str = "fp32"):
-        try:
-            import onnxruntime as ort
-        except ImportError as err:
-            raise BundleError('onnxruntime is not installed: pip install -e ".[cpu]" (or ".[gpu]" for CUDA)') from err
-
         if variant not in VARIANT_FILES:
             raise InputError(f"unknown variant {variant!r}; allowed: {', '.join(VARIANT_FILES)}")
         bundle = Path(bundle)
@@ -55,7 +50,7 @@ class Predictor:
                 raise BundleError(f"{path} not found: is {bundle} a bundle written by `mitp export`?")
         if not model_path.is_file():
             raise BundleError(f"{bundle} has no {variant} variant ({model_path.name}): export it with `mitp export --{variant}`")
-        self.session, self.provider, self.note = _session(ort, model_path, provider)
+        self.session, self.provider, self.note = open_session(model_path, provider)
         self.info: BundleInfo = parse_metadata(self.session.get_modelmeta().custom_metadata_map, str(model_path))
         self.tokenizer = load_tokenizer_file(bundle / TOKENIZER_FILE)
         expected = self.info.tokenizer["max_length"]
@@ -63,8 +58,7 @@ class Predictor:
             raise BundleError(f"{bundle}: tokenizer length {self.tokenizer.info.max_length} but metadata says {expected}")
 
     def preprocess(self, image_path: str | Path) -> np.ndarray:
-        image = self.info.image
-        return preprocess_image(load_image(image_path), image["size"], tuple(image["mean"]), tuple(image["std"]))
+        return preprocess_image(load_image(image_path), self.info.image_size, *self.info.mean_std)
 
     def tokenize(self, captions: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         for caption in captions:
@@ -108,8 +102,13 @@ def check_caption(caption: object) -> None:
         raise InputError("the caption is not valid UTF-8 text")
 
 
-def _session(ort, model_path: Path, provider: str):
+def open_session(model_path: Path, provider: str = "auto"):
     """(session, provider that actually runs, note for the user). CUDA only where it really runs."""
+    try:
+        import onnxruntime as ort
+    except ImportError as err:
+        raise BundleError('onnxruntime is not installed: pip install "mitp[cpu]" (or "mitp[gpu]" for CUDA)') from err
+
     if provider not in ("auto", *PROVIDERS):
         raise InputError(f"unknown provider {provider!r}; allowed: auto, cuda, cpu")
     available = ort.get_available_providers()

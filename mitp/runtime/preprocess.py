@@ -9,7 +9,8 @@ Decoding (`load_image`):
    in integers: out = (c * a + 255 * (255 - a) + 127) // 255;
 5. every other mode goes through Pillow's convert("RGB").
 CLIP preprocessing (`clip_crop`, then `normalize`): resize the shorter side to `size` with Pillow's
-antialiased bicubic (the longer side floor(size * long / short)), centre-crop at floor((new - size) / 2),
+antialiased bicubic, width pass then height pass (the longer side floor(size * long / short)), centre-crop
+at floor((new - size) / 2),
 then (pixels / 255 - mean) / std in float32, NCHW. `clip_crop` returns the uint8 crop that the image
 cache stores; `normalize` can run on the GPU with the same float32 arithmetic.
 """
@@ -88,7 +89,9 @@ def clip_crop(image: Image.Image, size: int) -> np.ndarray:
         new_w, new_h = size, int(size * height / width)
     else:
         new_w, new_h = int(size * width / height), size
-    image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
+    # Width first, then height, as two single-axis passes: the classic two-pass resample. (Pillow 13 picks
+    # the pass order of a two-axis resize by a heuristic of its own, which moves pixels by one level.)
+    image = image.resize((new_w, height), Image.Resampling.BICUBIC).resize((new_w, new_h), Image.Resampling.BICUBIC)
     left, top = (new_w - size) // 2, (new_h - size) // 2
     return np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
 
@@ -98,6 +101,47 @@ def normalize(crop: np.ndarray, mean: tuple[float, ...] = CLIP_MEAN, std: tuple[
     pixels = crop.astype(np.float32) / np.float32(255)
     pixels = (pixels - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
     return np.moveaxis(pixels, -1, -3).copy()
+
+
+def image_rules(size: int, mean: tuple[float, ...] = CLIP_MEAN, std: tuple[float, ...] = CLIP_STD) -> dict[str, object]:
+    """This module's rule as structured fields, precise enough to reimplement exactly (bundle contract)."""
+    return {
+        "size": size,
+        "decode": {
+            "max_pixels": MAX_PIXELS,
+            "max_aspect_ratio": MAX_ASPECT_RATIO,
+            "refuse": "width * height > max_pixels, or longer side > max_aspect_ratio * shorter side (from the header)",
+            "exif_orientation": "apply the EXIF Orientation tag (0x0112) first, as Pillow ImageOps.exif_transpose",
+            "sixteen_bit": "16-bit samples become 8-bit by their high byte: v >> 8 (Pillow reads 16-bit RGB PNGs so)",
+            "alpha": {
+                "applies_to": "an alpha channel, or a palette entry / colour key marked transparent",
+                "background": [255, 255, 255],
+                "formula": "out = (c * a + 255 * (255 - a) + 127) // 255 per channel, in integers",
+            },
+            "other_modes": "Pillow convert('RGB') (palette expanded, greyscale replicated, CMYK by Pillow's formula)",
+        },
+        "resize": {
+            "shorter_side_to": size,
+            "longer_side": "floor(size * longer / shorter), the division in float64",
+            "filter": "bicubic, a = -0.5",
+            "implementation": (
+                "Pillow's convolution resample (libImaging/Resample.c), one axis at a time: first the width (to "
+                "new_width x height), then the height; antialiased (filter support 2 scaled by the downscale factor), "
+                "coefficients normalised per output pixel and stored in fixed point with 22 fractional bits "
+                "(rounded away from zero), sums started at 2^21, shifted right by 22 and clipped to 0..255 after each pass"
+            ),
+        },
+        "crop": {"width": size, "height": size, "left": "floor((new_width - size) / 2)", "top": "floor((new_height - size) / 2)"},
+        "normalize": {
+            "scale": 1 / 255,
+            "arithmetic": "float32 throughout: ((x / 255) - mean) / std, each operation rounded to float32",
+            "mean": list(mean),
+            "std": list(std),
+        },
+        "channel_order": "RGB",
+        "layout": "NCHW",
+        "dtype": "float32",
+    }
 
 
 def preprocess_image(

@@ -83,6 +83,31 @@ class ClipTokenizer:
     def save(self, path: str | Path) -> None:
         self.tokenizer.save(str(path))
 
+    def rules(self, file: str) -> dict[str, object]:
+        """How to tokenize exactly as mitp does, as structured fields (bundle contract)."""
+        info = self.info
+        return {
+            "file": file,
+            "library": "Hugging Face tokenizers (the file's own normalizer, pre-tokenizer, model and post-processor)",
+            "cleaning": {
+                "steps": ["HTML-unescape", "HTML-unescape again", "replace each run of whitespace by one space", "strip whitespace at both ends"],
+                "whitespace": "characters for which Python's str.isspace() is true: U+0009-000D, U+001C-0020, U+0085, U+00A0, "
+                "U+1680, U+2000-200A, U+2028, U+2029, U+202F, U+205F, U+3000",
+                "reference": "OpenAI CLIP's basic_clean and whitespace_clean, without ftfy; HTML5 entity rules (Python html.unescape)",
+            },
+            "add_special_tokens": True,
+            "max_length": info.max_length,
+            "bos_token_id": info.bos_token_id,
+            "eos_token_id": info.eos_token_id,
+            "pad_token_id": info.pad_token_id,
+            "truncation": "to max_length ids including the start and end tokens: the text is cut, the end token kept",
+            "padding": {"side": "right", "to": info.max_length, "id": info.pad_token_id},
+            "attention_mask": (
+                "1 for the ids of the encoding (start, text, end), 0 for padding; not input_ids != pad_token_id, "
+                "since the pad id may equal the end id (it does for OpenAI CLIP)"
+            ),
+        }
+
 
 def build_word_tokenizer(words: tuple[str, ...] = BASIC_WORDS) -> ClipTokenizer:
     """A deterministic word-level tokenizer with CLIP's framing ([SOT] words [EOT] pad...)."""

@@ -1,0 +1,207 @@
+"""Test vectors that let any implementation of the bundle check itself, and `mitp bundle verify`.
+
+Export writes `test_vectors/vectors.json` with a few real test pairs and a few pairs that exercise the
+image and caption rules (an EXIF-rotated JPEG, a PNG with transparency, a 16-bit greyscale PNG, a caption
+with HTML entities and runs of whitespace). Each vector holds the image file, the caption, the expected
+token ids and attention mask, the expected uint8 crop (and its sha256), the sha256 of the expected float32
+pixels, and the expected logits of every model variant at batch 1.
+
+`verify_bundle` checks a bundle the way a port would be checked: bundle.json against each model's
+metadata, the tokenizer and the preprocessing against the expected ids and pixels, and each model on the
+expected inputs against the expected logits. Every check says what differs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .bundle import CONTRACT_FILE, VARIANT_FILES, VECTORS_DIR, VECTORS_FILE, BundleError, read_contract
+from .preprocess import clip_crop, load_image, normalize
+from .tokenizer import ClipTokenizer, load_tokenizer_file
+
+REAL_VECTORS = 3
+# |logit - expected| allowed per variant: fp32 differs across CPUs and onnxruntime builds only in the last
+# bits (scaled by CLIP's 100); fp16 and int8 runs on other hardware round differently.
+TOLERANCE = {"fp32": 1e-3, "fp16": 0.5, "int8": 0.5}
+
+
+@dataclass(frozen=True)
+class VectorSource:
+    name: str
+    image: Path
+    text: str
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+def sha256(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def test_vector_sources(pairs: list[tuple[Path, str]], scratch: Path) -> list[VectorSource]:
+    """The first real pairs, plus pairs made from the first image that exercise the decoding rules."""
+    sources = [VectorSource(f"real-{i}", Path(image), text) for i, (image, text) in enumerate(pairs[:REAL_VECTORS])]
+    scratch.mkdir(parents=True, exist_ok=True)
+    first, text = pairs[0]
+    rgb = np.asarray(load_image(first))  # (H, W, 3)
+    height, width = rgb.shape[:2]
+    ramp = np.linspace(0.4, 1.0, width, dtype=np.float32)[None, :, None]
+    asymmetric = (rgb * ramp).astype(np.uint8)[:, : max(1, width * 2 // 3)]  # not square, not mirror-symmetric
+
+    rotated = Image.fromarray(asymmetric)
+    exif = rotated.getexif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display", as phone cameras write
+    rotated.save(scratch / "exif-rotated.jpg", exif=exif.tobytes(), quality=95)
+    sources.append(VectorSource("exif-rotated", scratch / "exif-rotated.jpg", text))
+
+    alpha = np.linspace(0, 255, width, dtype=np.float32).round().astype(np.uint8)[None, :, None].repeat(height, axis=0)
+    Image.fromarray(np.concatenate([rgb, alpha], axis=2)).save(scratch / "alpha.png")  # transparent on the left
+    messy = "  " + text.replace(" ", " \n ") + "  &amp;#39; &lt;b&gt; "  # entities and whitespace runs: cleaned first
+    sources.append(VectorSource("alpha-on-white", scratch / "alpha.png", messy))
+
+    grey = rgb.astype(np.uint16).mean(axis=2).astype(np.uint16)
+    low = (np.arange(height * width, dtype=np.uint16).reshape(height, width) * 37) % 256  # low bytes that rounding would use
+    Image.fromarray(grey * 256 + low).save(scratch / "grey16.png")
+    sources.append(VectorSource("grey-16-bit", scratch / "grey16.png", text))
+    return sources
+
+
+def write_test_vectors(
+    bundle: Path, sources: list[VectorSource], tokenizer: ClipTokenizer, size: int, variants: list[str]
+) -> list[dict[str, Any]]:
+    """Copy the vectors' images into the bundle and write what every step must produce for them."""
+    import onnxruntime as ort
+
+    folder = Path(bundle) / VECTORS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    sessions = {v: ort.InferenceSession(str(Path(bundle) / VARIANT_FILES[v]), providers=["CPUExecutionProvider"]) for v in variants}
+    vectors = []
+    for i, source in enumerate(sources):
+        image_file = f"{i}-{source.name}{source.image.suffix.lower()}"
+        shutil.copyfile(source.image, folder / image_file)
+        crop = clip_crop(load_image(folder / image_file), size)  # (S, S, 3) uint8
+        (folder / f"{i}-{source.name}.crop.rgb").write_bytes(crop.tobytes())
+        pixels = normalize(crop)[None]  # (1, 3, S, S)
+        ids, mask, _ = tokenizer.encode([source.text])
+        feeds = {"pixel_values": pixels, "input_ids": ids, "attention_mask": mask}
+        vectors.append({
+            "name": source.name,
+            "image": f"{VECTORS_DIR}/{image_file}",
+            "text": source.text,
+            "input_ids": ids[0].tolist(),
+            "attention_mask": mask[0].tolist(),
+            "crop": f"{VECTORS_DIR}/{i}-{source.name}.crop.rgb",
+            "crop_shape": [size, size, 3],
+            "crop_sha256": sha256(crop),
+            "pixels_sha256": sha256(pixels.astype("<f4")),
+            "logits": {v: np.asarray(s.run(["logits"], feeds)[0][0], dtype=np.float32).tolist() for v, s in sessions.items()},
+        })
+    description = {
+        "about": "Expected values for each step; run each model at batch 1 on the expected inputs.",
+        "crop": "uint8 H x W x 3 (RGB), the resized and centre-cropped image before normalisation",
+        "pixels_sha256": "sha256 of the float32 little-endian NCHW pixels (batch of 1)",
+        "tolerance": TOLERANCE,
+        "vectors": vectors,
+    }
+    (Path(bundle) / VECTORS_FILE).write_text(json.dumps(description, indent=1) + "\n")
+    return vectors
+
+
+def verify_bundle(bundle: Path, variants: list[str] | None = None, provider: str = "cpu") -> list[Check]:
+    """Every check of a bundle against its contract and test vectors; BundleError if it is not a bundle."""
+    bundle = Path(bundle)
+    contract = read_contract(bundle)
+    present = [v for v in contract.get("models", {}) if (bundle / VARIANT_FILES[v]).is_file()]
+    chosen = variants or present
+    checks = [Check("files", not set(contract.get("models", {})) - set(present), _missing_models(contract, present))]
+    try:
+        vectors = json.loads((bundle / VECTORS_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise BundleError(f"{bundle / VECTORS_FILE} is missing or unreadable ({err})") from err
+    tokenizer = load_tokenizer_file(bundle / contract["tokenizer"]["file"])
+    checks.append(_check_tokenizer(tokenizer, vectors["vectors"]))
+    checks.append(_check_images(bundle, contract, vectors["vectors"]))
+    for variant in chosen:
+        from .predict import open_session
+
+        session, _, _ = open_session(bundle / VARIANT_FILES[variant], provider)
+        checks.append(_check_metadata(session, contract, variant))
+        checks.append(_check_model(session, bundle, contract, variant, vectors))
+    return checks
+
+
+def _missing_models(contract: dict[str, Any], present: list[str]) -> str:
+    missing = [VARIANT_FILES[v] for v in contract.get("models", {}) if v not in present]
+    return f"missing: {', '.join(missing)}" if missing else f"{', '.join(VARIANT_FILES[v] for v in present)} present"
+
+
+def _check_tokenizer(tokenizer: ClipTokenizer, vectors: list[dict]) -> Check:
+    for i, vector in enumerate(vectors):
+        ids, mask, _ = tokenizer.encode([vector["text"]])
+        for name, got, expected in (("ids", ids[0], vector["input_ids"]), ("attention mask", mask[0], vector["attention_mask"])):
+            if got.tolist() != expected:
+                where = [j for j, (a, b) in enumerate(zip(got.tolist(), expected, strict=True)) if a != b][:8]
+                return Check("tokenizer", False, f"vector {i} ({vector['name']}): {name} differ at positions {where}: got {got[where].tolist()}, expected {[expected[j] for j in where]}")
+    return Check("tokenizer", True, f"ids and attention masks of {len(vectors)} captions as expected")
+
+
+def _check_images(bundle: Path, contract: dict[str, Any], vectors: list[dict]) -> Check:
+    size = contract["image"]["size"]
+    mean, std = contract["image"]["normalize"]["mean"], contract["image"]["normalize"]["std"]
+    for i, vector in enumerate(vectors):
+        crop = clip_crop(load_image(bundle / vector["image"]), size)
+        if sha256(crop) != vector["crop_sha256"]:
+            expected = np.frombuffer((bundle / vector["crop"]).read_bytes(), dtype=np.uint8).reshape(vector["crop_shape"])
+            diff = np.abs(crop.astype(int) - expected.astype(int)) if crop.shape == expected.shape else None
+            detail = f"max |diff| {diff.max()} levels on {int((diff > 0).sum())} of {diff.size} values" if diff is not None else f"shape {crop.shape} instead of {expected.shape}"
+            return Check("image preprocessing", False, f"vector {i} ({vector['name']}, {vector['image']}): the crop differs from the expected ({detail})")
+        if sha256(normalize(crop, mean, std)[None].astype("<f4")) != vector["pixels_sha256"]:
+            return Check("image preprocessing", False, f"vector {i} ({vector['name']}): the crop matches but the normalised pixels differ")
+    return Check("image preprocessing", True, f"crops and pixels of {len(vectors)} images as expected")
+
+
+def _check_metadata(session, contract: dict[str, Any], variant: str) -> Check:
+    props = {k: json.loads(v) for k, v in session.get_modelmeta().custom_metadata_map.items()}
+    differing = sorted(k for k, v in contract.items() if k != "test_vectors" and props.get(k) != v)
+    if props.get("variant", {}).get("name") != variant:
+        differing.append("variant")
+    name = VARIANT_FILES[variant]
+    if differing:
+        return Check(f"{name} metadata", False, f"differs from {CONTRACT_FILE} on {', '.join(differing)}")
+    return Check(f"{name} metadata", True, f"agrees with {CONTRACT_FILE}")
+
+
+def _check_model(session, bundle: Path, contract: dict[str, Any], variant: str, vectors: dict[str, Any]) -> Check:
+    name = VARIANT_FILES[variant]
+    mean, std = contract["image"]["normalize"]["mean"], contract["image"]["normalize"]["std"]
+    tolerance = vectors["tolerance"][variant]
+    worst = 0.0
+    for i, vector in enumerate(vectors["vectors"]):
+        crop = np.frombuffer((bundle / vector["crop"]).read_bytes(), dtype=np.uint8).reshape(vector["crop_shape"])
+        feeds = {
+            "pixel_values": normalize(crop, mean, std)[None],
+            "input_ids": np.array([vector["input_ids"]], dtype=np.int64),
+            "attention_mask": np.array([vector["attention_mask"]], dtype=np.int64),
+        }
+        logits = np.asarray(session.run(["logits"], feeds)[0][0], dtype=np.float32)
+        expected = np.asarray(vector["logits"][variant], dtype=np.float32)
+        if logits.shape != expected.shape:
+            return Check(f"{name} logits", False, f"{logits.size} logits per input, but the vectors expect {expected.size} (labels: {len(contract['labels'])})")
+        diff = float(np.abs(logits - expected).max())
+        worst = max(worst, diff)
+        if not diff <= tolerance:
+            return Check(f"{name} logits", False, f"vector {i} ({vector['name']}): logits differ by {diff:.3g} (tolerance {tolerance:g})")
+    return Check(f"{name} logits", True, f"max |diff| {worst:.2g} over {len(vectors['vectors'])} vectors (tolerance {tolerance:g})")
