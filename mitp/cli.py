@@ -44,6 +44,18 @@ def _require(*modules: str, extra: str = "train") -> None:
         _fail(f"this command needs {', '.join(missing)}, which this install does not have: pip install \"mitp[{extra}]\"")
 
 
+def _claim_gpu_slot() -> None:
+    """In a local workflow run, take this job's GPU slot before CUDA starts (mitp.gpus)."""
+    from .gpus import GPUSlotError, claim_gpu_slot
+
+    try:
+        device = claim_gpu_slot()
+    except GPUSlotError as err:
+        _fail(str(err))
+    if device is not None:
+        console.print(f"GPU slot claimed: CUDA_VISIBLE_DEVICES={device}")
+
+
 def _user_errors():
     """Errors caused by bad input, reported as one clear line and a non-zero exit code."""
     from .checkpoint import CheckpointError
@@ -178,6 +190,7 @@ def train(
 ) -> None:
     """Train one (data set, setting) run; resumes from the last finished epoch after a kill."""
     _require(*TRAINING_LIBRARIES)
+    _claim_gpu_slot()
     try:
         run = _resolve(
             config, dataset, setting, backbone, seed, lr=lr,
@@ -202,6 +215,7 @@ def evaluate(
 ) -> None:
     """Evaluate a checkpoint: accuracy, or F1-micro/-macro for multi-label, written to metrics.json."""
     _require(*TRAINING_LIBRARIES)
+    _claim_gpu_slot()
     target = out or Path(checkpoint) / f"metrics-{split}.json"
     try:
         from .evaluate import check_metrics_target, evaluate_checkpoint, write_metrics
@@ -427,6 +441,22 @@ def data_prepare(
         _fail(str(err))
     counts = ", ".join(f"{split} {n:,}" for split, n in report["counts"].items())
     console.print(f"[bold green]prepared[/] {dataset}: {counts}; dropped {report['dropped_total']:,} (see {out}/prepare_report.json)")
+
+
+@app.command("fetch-backbone")
+def fetch_backbone_command(
+    name: Annotated[str, typer.Argument(help="Hugging Face CLIP name, e.g. openai/clip-vit-large-patch14.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to save it in (weights, config, tokenizer.json).")],
+) -> None:
+    """Save a hub backbone into a local folder, once, for machines without internet (HF_HUB_OFFLINE=1)."""
+    _require(*TRAINING_LIBRARIES)
+    from .backbone import fetch_backbone
+
+    try:
+        fetch_backbone(name, out)
+    except _user_errors() as err:
+        _fail(str(err))
+    console.print(f"[bold green]backbone[/] {name} saved in {out}; pass --backbone {out} (works with HF_HUB_OFFLINE=1)")
 
 
 @app.command("pretrain-standin")

@@ -1,8 +1,10 @@
-# Helpers: which runs exist, where their files go. Names follow mitp: a run is a setting name, or
-# "<setting>-frac<percent>" for the data-fraction runs of Table 3.
+# Helpers: which runs exist, where their files go, what each job needs. Names follow mitp: a run is a
+# setting name, or "<setting>-frac<percent>" for the data-fraction runs of Table 3.
 import os
+from pathlib import Path
 
 from mitp.config import expand_grid
+from mitp.gpus import ENV_DIR, ENV_SLOTS, slots_spec, visible_gpus
 
 W = config["workflow"]
 MITP_CONFIG = W["mitp_config"]
@@ -10,7 +12,15 @@ RESULTS = W["results"]
 RUNS = f"{RESULTS}/runs"
 BUNDLES = f"{RESULTS}/bundles"
 REPORT = f"{RESULTS}/report"
+LOGS = f"{RESULTS}/logs"
 GRID_SETTINGS = list(expand_grid(config.get("grid") or []))
+SCRIPTS = os.path.join(workflow.basedir, "workflow", "scripts")
+# Jobs read every model from local files: the backbone is fetched once, by a local rule (compute nodes
+# often have no internet, and 55 training jobs must not download at once into a shared cache).
+OFFLINE = "HF_HUB_OFFLINE=1"
+# Each job's output goes to its log; a failed attempt's log is kept as <log>.failed-<n> (Snakemake
+# deletes the log before a retry).
+LOGGED = f"bash {SCRIPTS}/logged.sh {{log}}"
 
 for _name in W["datasets"]:
     if _name not in config["datasets"]:
@@ -18,6 +28,64 @@ for _name in W["datasets"]:
     if config["datasets"][_name]["data_dir"] != f"data/{_name}":
         raise ValueError(f"datasets.{_name}.data_dir must be data/{_name} for the workflow")
 
+
+def res(stage, key):
+    """What a job of `stage` needs (workflow.resources): threads, mem_mb, runtime (minutes)."""
+    return W["resources"][stage][key]
+
+
+# ------------------------------------------------------------------------------------------- the backbone
+
+BACKBONE = config["backbone"]
+if W.get("standin"):
+    BACKBONE = W["standin"]  # the demo's stand-in CLIP, made by the standin rule
+    BACKBONE_FILE = f"{BACKBONE}/config.json"
+elif BACKBONE.startswith("preset:") or Path(BACKBONE).is_dir():
+    BACKBONE_FILE = None  # random-weight preset, or a folder already on disk
+else:  # a Hugging Face name: fetched once into models/
+    BACKBONE = f"models/{BACKBONE.replace(os.sep, '--')}"
+    BACKBONE_FILE = f"{BACKBONE}/config.json"
+
+
+def backbone_input(wildcards):
+    return [BACKBONE_FILE] if BACKBONE_FILE else []
+
+
+# ------------------------------------------------------------------------------------------- GPUs
+
+GPU_SLOTS_PER_GPU = W.get("gpu_slots_per_gpu", 1)
+if workflow.local_exec and workflow.is_main_process:
+    # A local run (`snakemake --cores 8 all`) respects the machine's GPUs unless --resources says
+    # otherwise: gpu = GPUs x slots per GPU (one on a CPU-only machine), and each job claims its GPU.
+    # Cluster runs are left alone: their scheduler places one job per requested GPU.
+    _gpus = visible_gpus()
+    if "gpu" not in workflow.global_resources:
+        workflow.register_resource("gpu", max(1, len(_gpus)) * GPU_SLOTS_PER_GPU)
+    if _gpus:
+        os.environ[ENV_SLOTS] = slots_spec(_gpus, GPU_SLOTS_PER_GPU)
+        os.environ[ENV_DIR] = os.path.abspath(f"{RESULTS}/.gpu-slots")
+
+
+def gpus_for(wildcards):
+    """GPUs of one training run: workflow.gpus[<setting>] if given, else workflow.gpus_per_run."""
+    return W.get("gpus", {}).get(setting_of(wildcards.run), W["gpus_per_run"])
+
+
+def gpu_resource(wildcards):
+    """The `gpu` resource of a training job: one slot, or whole GPUs (all their slots) for a multi-GPU run."""
+    gpus = gpus_for(wildcards)
+    return gpus * GPU_SLOTS_PER_GPU if gpus > 1 and workflow.local_exec else gpus
+
+
+def launcher(wildcards):
+    """`mitp`, or Accelerate's multi-GPU launcher (on every visible GPU) when a run asks for more than one."""
+    gpus = gpus_for(wildcards)
+    if gpus > 1:
+        return f"env -u {ENV_SLOTS} accelerate launch --multi_gpu --num_processes {gpus} -m mitp.cli"
+    return "mitp"
+
+
+# ------------------------------------------------------------------------------------------- runs
 
 def runs_for(dataset):
     names = list(W["settings"])
@@ -40,22 +108,6 @@ def run_dir(dataset, run, seed):
     return f"{RUNS}/{dataset}/{run}/seed{seed}"
 
 
-def backbone_input(wildcards):
-    """The stand-in CLIP, when the workflow makes it (demo); a hub name needs no input."""
-    return [f"{W['standin']}/config.json"] if W.get("standin") else []
-
-
-def gpus_for(wildcards):
-    """GPUs of one training run: workflow.gpus[<setting>] if given, else workflow.gpus_per_run."""
-    return W.get("gpus", {}).get(setting_of(wildcards.run), W["gpus_per_run"])
-
-
-def launcher(wildcards):
-    """`mitp`, or Accelerate's multi-GPU launcher when a run asks for more than one GPU."""
-    gpus = gpus_for(wildcards)
-    return f"accelerate launch --multi_gpu --num_processes {gpus} -m mitp.cli" if gpus > 1 else "mitp"
-
-
 def all_targets():
     targets = [f"{REPORT}/table1.md", f"{REPORT}/summary.json"]
     for dataset in W["datasets"]:
@@ -72,3 +124,11 @@ wildcard_constraints:
     setting="[A-Za-z0-9_-]+",
     run="[A-Za-z0-9_-]+",
     seed="[0-9]+",
+
+
+# Glue, and the rules that need the internet, run where Snakemake runs (a cluster's login node).
+localrules:
+    all,
+    download,
+    sample_pairs,
+    report,

@@ -4,10 +4,29 @@ rule download:
     conda:
         "../envs/mitp.yaml"
     log:
-        "logs/download/{dataset}.log",
+        f"{LOGS}/download/{{dataset}}.log",
     retries: 3
     shell:
-        "mitp data download {wildcards.dataset} --raw data/raw/{wildcards.dataset} > {log} 2>&1"
+        f"{LOGGED} mitp data download {{wildcards.dataset}} --raw data/raw/{{wildcards.dataset}}"
+
+
+if BACKBONE_FILE and not W.get("standin"):  # a hub backbone: fetched once, then read offline
+
+    localrules:
+        fetch_backbone,
+
+    rule fetch_backbone:
+        output:
+            f"{BACKBONE}/config.json",
+        conda:
+            "../envs/mitp.yaml"
+        log:
+            f"{LOGS}/fetch_backbone.log",
+        retries: 2
+        params:
+            name=config["backbone"],
+        shell:
+            f"{LOGGED} mitp fetch-backbone {{params.name}} --out {BACKBONE}"
 
 
 rule prepare:
@@ -18,13 +37,15 @@ rule prepare:
     conda:
         "../envs/mitp.yaml"
     log:
-        "logs/prepare/{dataset}.log",
-    threads: 4
+        f"{LOGS}/prepare/{{dataset}}.log",
+    threads: res("prepare", "threads")
+    resources:
+        mem_mb=res("prepare", "mem_mb"),
+        runtime=res("prepare", "runtime"),
     params:
         raw=lambda wildcards, input: input[0].removesuffix(".done"),
     shell:
-        "mitp data prepare {wildcards.dataset} --raw {params.raw} --out data/{wildcards.dataset} "
-        "--workers {threads} > {log} 2>&1"
+        f"{LOGGED} mitp data prepare {{wildcards.dataset}} --raw {{params.raw}} --out data/{{wildcards.dataset}} --workers {{threads}}"
 
 
 rule standin:
@@ -33,9 +54,12 @@ rule standin:
     conda:
         "../envs/mitp.yaml"
     log:
-        "logs/standin.log",
-    threads: 2
+        f"{LOGS}/standin.log",
+    threads: res("light", "threads")
+    resources:
+        mem_mb=res("light", "mem_mb"),
+        runtime=res("light", "runtime"),
     params:
         steps=W.get("standin_steps", 500),
     shell:
-        "OMP_NUM_THREADS={threads} mitp pretrain-standin --out $(dirname {output}) --steps {params.steps} > {log} 2>&1"
+        f"OMP_NUM_THREADS={{threads}} {LOGGED} mitp pretrain-standin --out $(dirname {{output}}) --steps {{params.steps}}"

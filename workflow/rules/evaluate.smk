@@ -6,9 +6,11 @@ rule evaluate:
     conda:
         "../envs/mitp.yaml"
     log:
-        f"logs/evaluate/{{dataset}}/{{run}}/seed{{seed}}.log",
-    threads: W["train_threads"]
+        f"{LOGS}/evaluate/{{dataset}}/{{run}}/seed{{seed}}.log",
+    threads: res("evaluate", "threads")
     resources:
         gpu=1,
+        mem_mb=res("evaluate", "mem_mb"),
+        runtime=res("evaluate", "runtime"),
     shell:
-        "OMP_NUM_THREADS={threads} mitp evaluate --checkpoint $(dirname {input}) --split test --out {output} > {log} 2>&1"
+        f"OMP_NUM_THREADS={{threads}} {OFFLINE} {LOGGED} mitp evaluate --checkpoint $(dirname {{input}}) --split test --out {{output}}"

@@ -6,12 +6,15 @@ rule export:
     conda:
         "../envs/mitp.yaml"
     log:
-        "logs/export/{dataset}/{setting}.log",
-    threads: W["train_threads"]
+        f"{LOGS}/export/{{dataset}}/{{setting}}.log",
+    threads: res("export", "threads")
+    resources:
+        mem_mb=res("export", "mem_mb"),
+        runtime=res("export", "runtime"),
     params:
         variants=" ".join(flag for flag, wanted in (("--fp16", W["export_fp16"]), ("--int8", W["export_int8"])) if wanted),
     shell:
-        "OMP_NUM_THREADS={threads} mitp export --checkpoint $(dirname {input}) --out {output} {params.variants} > {log} 2>&1"
+        f"OMP_NUM_THREADS={{threads}} {OFFLINE} {LOGGED} mitp export --checkpoint $(dirname {{input}}) --out {{output}} {{params.variants}}"
 
 
 rule sample_pairs:
@@ -22,7 +25,7 @@ rule sample_pairs:
     conda:
         "../envs/mitp.yaml"
     log:
-        "logs/export/{dataset}/sample_pairs.log",
+        f"{LOGS}/export/{{dataset}}/sample_pairs.log",
     params:
         pairs=8,
     script:
@@ -38,6 +41,10 @@ rule predict_smoke:
     conda:
         "../envs/mitp.yaml"
     log:
-        "logs/export/{dataset}/{setting}.predict.log",
+        f"{LOGS}/export/{{dataset}}/{{setting}}.predict.log",
+    threads: res("light", "threads")
+    resources:
+        mem_mb=res("light", "mem_mb"),
+        runtime=res("light", "runtime"),
     shell:
-        "mitp predict --batch {input.pairs} --model {input.bundle} --out {output} > {log} 2>&1"
+        f"{LOGGED} bash -c 'mitp bundle verify {{input.bundle}} && mitp predict --batch {{input.pairs}} --model {{input.bundle}} --provider cpu --out {{output}}'"

@@ -15,10 +15,10 @@ rule report:
     conda:
         "../envs/mitp.yaml"
     log:
-        "logs/report.log",
+        f"{LOGS}/report.log",
     params:
         datasets=",".join(W["datasets"]),
         runs=lambda wildcards, input: RUNS,
         report=lambda wildcards, output: os.path.dirname(output.summary),
     shell:
-        "mitp report --runs {params.runs} --paper {input.paper} --out {params.report} --datasets {params.datasets} > {log} 2>&1"
+        f"{LOGGED} mitp report --runs {{params.runs}} --paper {{input.paper}} --out {{params.report}} --datasets {{params.datasets}}"

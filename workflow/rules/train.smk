@@ -7,12 +7,14 @@ rule train:
     conda:
         "../envs/mitp.yaml"
     log:
-        f"logs/train/{{dataset}}/{{run}}/seed{{seed}}.log",
+        f"{LOGS}/train/{{dataset}}/{{run}}/seed{{seed}}.log",
     benchmark:
         f"{RUNS}/{{dataset}}/{{run}}/seed{{seed}}/benchmark.tsv"
-    threads: W["train_threads"]
+    threads: res("train", "threads")
     resources:
-        gpu=gpus_for,
+        gpu=gpu_resource,
+        mem_mb=res("train", "mem_mb"),
+        runtime=res("train", "runtime"),
     params:
         setting=lambda wc: setting_of(wc.run),
         fraction=lambda wc: fraction_option(wc.run),
@@ -20,6 +22,6 @@ rule train:
         mitp_config=MITP_CONFIG,
         epochs=f"--epochs {W['epochs']}" if W.get("epochs") else "",
     shell:
-        "OMP_NUM_THREADS={threads} {params.launcher} train --config {params.mitp_config} --dataset {wildcards.dataset} "
-        "--setting {params.setting} {params.fraction} {params.epochs} --seed {wildcards.seed} --out $(dirname {output}) "
-        "--no-progress > {log} 2>&1"
+        f"OMP_NUM_THREADS={{threads}} {OFFLINE} {LOGGED} {{params.launcher}} train --config {{params.mitp_config}} "
+        f"--dataset {{wildcards.dataset}} --setting {{params.setting}} --backbone {BACKBONE} {{params.fraction}} "
+        f"{{params.epochs}} --seed {{wildcards.seed}} --out $(dirname {{output}}) --no-progress"
