@@ -426,6 +426,7 @@ def data_prepare(
     raw: Annotated[Path | None, typer.Option(help="Raw folder in the upstream layout; default data/raw/<dataset>.")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Prepared folder; default data/<dataset>.")] = None,
     workers: Annotated[int, typer.Option(help="Threads that decode images.")] = 8,
+    cache_size: Annotated[int | None, typer.Option("--cache-size", min=1, help="Also cache every image as its uint8 CLIP crop of this size (the backbone's input size), for fast training.")] = None,
 ) -> None:
     """Write {train,val,test}.parquet, classes.json and prepare_report.json; bad pairs are dropped and counted."""
     _require("pyarrow")
@@ -435,12 +436,36 @@ def data_prepare(
     raw, out = raw or Path("data/raw") / dataset, out or Path("data") / dataset
     try:
         with progress_bar(console) as bar:
-            task = bar.add_task(f"check images of {dataset}", total=None)
-            report = prepare_dataset(dataset, raw, out, workers, progress=lambda done, total: bar.update(task, completed=done, total=total))
+            task = bar.add_task(f"{'cache' if cache_size else 'check'} images of {dataset}", total=None)
+            report = prepare_dataset(
+                dataset, raw, out, workers, progress=lambda done, total: bar.update(task, completed=done, total=total), cache_size=cache_size
+            )
     except _data_errors() as err:
         _fail(str(err))
     counts = ", ".join(f"{split} {n:,}" for split, n in report["counts"].items())
-    console.print(f"[bold green]prepared[/] {dataset}: {counts}; dropped {report['dropped_total']:,} (see {out}/prepare_report.json)")
+    cache = report.get("image_cache")
+    cached = f"; image cache {cache['images']:,} images, {cache['bytes_on_disk'] / 2**30:.2f} GiB" if cache else ""
+    console.print(f"[bold green]prepared[/] {dataset}: {counts}; dropped {report['dropped_total']:,}{cached} (see {out}/prepare_report.json)")
+
+
+@data_app.command("cache")
+def data_cache(
+    data_dir: Annotated[Path, typer.Argument(help="A prepared folder (mitp data prepare).")],
+    size: Annotated[int, typer.Option("--size", min=1, help="Crop size: the backbone's input size (224 for CLIP ViT-L/14).")],
+    workers: Annotated[int, typer.Option(help="Threads that decode images.")] = 8,
+) -> None:
+    """Cache every image of a prepared data set once, as its uint8 CLIP crop (memory-mapped by the loader)."""
+    _require("pyarrow")
+    from .cache import CacheError, build_cache
+    from .progress import progress_bar
+
+    try:
+        with progress_bar(console) as bar:
+            task = bar.add_task(f"cache images of {data_dir}", total=None)
+            summary = build_cache(data_dir, size, workers, progress=lambda done, total: bar.update(task, completed=done, total=total))
+    except (CacheError, *_data_errors()) as err:
+        _fail(str(err))
+    console.print(f"[bold green]cached[/] {summary['images']:,} images of {data_dir} at {size} px: {summary['bytes_on_disk'] / 2**30:.2f} GiB")
 
 
 @app.command("fetch-backbone")

@@ -1,9 +1,12 @@
-"""Data sets that feed training and evaluation: one item = (pixel_values, input_ids, attention_mask, labels).
+"""Data sets that feed training and evaluation: one item = (pixels, input_ids, attention_mask, labels).
 
 Two sources share one interface:
 - `prepared`: `<data_dir>/{train,val,test}.parquet` (id, image, text, label | labels) + `classes.json`,
-  written by `mitp data prepare`; images are decoded and CLIP-preprocessed on access.
-- `synthetic`: the in-process task of `mitp.synthetic`, for tests, smoke runs and benchmarks.
+  written by `mitp data prepare`. Images come as uint8 CLIP crops (S, S, 3): rows of the data set's image
+  cache when it has one of the right size (mitp.cache), else decoded and cropped on access. They travel
+  to the device as uint8 (a quarter of float32's bytes) and are normalised there by `pixel_values`.
+- `synthetic`: the in-process task of `mitp.synthetic` (already normalised `pixel_values`), for tests,
+  smoke runs and benchmarks.
 Captions are tokenized once, up front, to 77 ids.
 """
 
@@ -17,8 +20,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .cache import ImageCache
 from .config import RunConfig
-from .runtime.preprocess import ImageError, load_image, preprocess_image
+from .runtime.preprocess import ImageError, clip_crop, load_image, normalize
 from .runtime.tokenizer import ClipTokenizer
 from .synthetic import make_synthetic_split, synthetic_classes
 
@@ -27,6 +31,22 @@ SPLITS = ("train", "val", "test")
 
 class DataError(ValueError):
     """Prepared data are missing or inconsistent; the message says what and where."""
+
+
+# normalize() of every uint8 value, per channel: (3, 256) float32. Normalising by table lookup gives on any
+# device exactly the float32 pixels that mitp.runtime computes, for predict and for the bundle.
+NORMALIZE_TABLE = torch.from_numpy(normalize(np.repeat(np.arange(256, dtype=np.uint8)[:, None, None], 3, axis=2))[:, :, 0].copy())
+
+
+def pixel_values(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The model's (B, 3, S, S) float32 input: normalised on the batch's device from uint8 `pixels`
+    (B, S, S, 3), or the synthetic task's `pixel_values` as they are."""
+    if "pixel_values" in batch:
+        return batch["pixel_values"]
+    pixels = batch["pixels"].permute(0, 3, 1, 2).long()  # (B, 3, S, S) values 0..255
+    table = NORMALIZE_TABLE.to(pixels.device)  # (3, 256)
+    channel = torch.arange(3, device=pixels.device).view(1, 3, 1, 1) * 256
+    return table.flatten()[pixels + channel]  # (B, 3, S, S) float32
 
 
 class PairDataset(Dataset):
@@ -42,32 +62,34 @@ class PairDataset(Dataset):
         images: np.ndarray | None = None,
         image_paths: list[Path] | None = None,
         image_size: int = 224,
+        cache: ImageCache | None = None,
+        cache_rows: np.ndarray | None = None,
     ):
         self.classes, self.task, self.image_size = classes, task, image_size
         self.input_ids = torch.from_numpy(input_ids)  # (N, 77)
         self.attention_mask = torch.from_numpy(attention_mask)  # (N, 77)
         self.labels = torch.from_numpy(labels)  # (N,) int64 or (N, K) float32
-        self.images = None if images is None else torch.from_numpy(images)  # (N, 3, H, W)
+        self.images = None if images is None else torch.from_numpy(images)  # (N, 3, H, W), synthetic
         self.image_paths = image_paths
+        self.cache, self.cache_rows = cache, cache_rows  # uint8 crops (rows of a memory-mapped array)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        item = {"input_ids": self.input_ids[index], "attention_mask": self.attention_mask[index], "labels": self.labels[index]}
         if self.images is not None:
-            pixels = self.images[index]
+            item["pixel_values"] = self.images[index]
+        elif self.cache is not None:
+            item["pixels"] = torch.from_numpy(np.array(self.cache.pixels[self.cache_rows[index]]))  # (S, S, 3) uint8
         else:
-            pixels = torch.from_numpy(preprocess_image(load_image(self.image_paths[index]), self.image_size))
-        return {
-            "pixel_values": pixels,
-            "input_ids": self.input_ids[index],
-            "attention_mask": self.attention_mask[index],
-            "labels": self.labels[index],
-        }
+            item["pixels"] = torch.from_numpy(clip_crop(load_image(self.image_paths[index]), self.image_size))
+        return item
 
     def check_images(self, workers: int = 8) -> None:
-        """Decode every image once (threads), so that a broken one stops the run now with its path."""
-        if self.image_paths is None:
+        """Decode every image once (threads), so that a broken one stops the run now with its path. Cached
+        images were decoded when the cache was made."""
+        if self.image_paths is None or self.cache is not None:
             return
         from concurrent.futures import ThreadPoolExecutor
 
@@ -94,6 +116,8 @@ class PairDataset(Dataset):
             images=None if self.images is None else self.images[indices].numpy(),
             image_paths=None if self.image_paths is None else [self.image_paths[i] for i in indices],
             image_size=self.image_size,
+            cache=self.cache,
+            cache_rows=None if self.cache_rows is None else self.cache_rows[indices],
         )
 
     def stratum(self) -> np.ndarray:
@@ -186,7 +210,11 @@ def _prepared_split(data_dir: Path, split: str, task: str, tokenizer: ClipTokeni
     labels = _encode_labels(table[label_key], index, task, path)
     ids, mask = tokenizer(table["text"])
     paths = [data_dir / p for p in table["image"]]
-    return PairDataset(classes, task, ids, mask, labels, image_paths=paths, image_size=image_size)
+    cache = ImageCache.open(data_dir, image_size)
+    rows = cache.rows(table["image"]) if cache is not None else None
+    if rows is None:
+        cache = None
+    return PairDataset(classes, task, ids, mask, labels, image_paths=paths, image_size=image_size, cache=cache, cache_rows=rows)
 
 
 def _encode_labels(values: list, index: dict[str, int], task: str, path: Path) -> np.ndarray:

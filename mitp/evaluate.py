@@ -29,6 +29,7 @@ def evaluate_checkpoint(checkpoint: str | Path, split: str = "test", batch_size:
         dataset,
         batch_size=batch_size or run.train.eval_batch_size,
         num_workers=worker_count(run.train.num_workers if num_workers is None else num_workers),
+        pin_memory=torch.cuda.is_available(),
     )
     model, loader = accelerator.prepare(model, loader)
     metrics = evaluate_loader(model, loader, accelerator, run.dataset.task)

@@ -15,16 +15,16 @@ import json
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .atomic import atomic_write_json, build_directory
+from .cache import CACHE_DIR, decode_all, write_cache
 from .download import MARKERS, find_layout_root
 from .outputs import claim, mark
-from .runtime.preprocess import ImageError, ImageTooLarge, load_image
+from .runtime.preprocess import ImageError, ImageTooLarge
 from .runtime.tokenizer import clean_caption
 
 MMIMDB_GENRES = (
@@ -294,8 +294,11 @@ LAYOUTS: dict[str, Layout] = {
 }
 
 
-def prepare_dataset(name: str, raw: Path, out: Path, workers: int = 8, progress: Callable | None = None) -> dict[str, object]:
-    """Read `raw` in the upstream layout of `name`, check every image, write the prepared folder `out`."""
+def prepare_dataset(
+    name: str, raw: Path, out: Path, workers: int = 8, progress: Callable | None = None, cache_size: int | None = None
+) -> dict[str, object]:
+    """Read `raw` in the upstream layout of `name`, check every image, write the prepared folder `out`; with
+    `cache_size`, the pass that decodes every image also fills the image cache of that size (mitp.cache)."""
     if name not in LAYOUTS:
         raise PrepareError(f"unknown data set {name!r}; allowed: {', '.join(LAYOUTS)}")
     layout = LAYOUTS[name]
@@ -310,11 +313,17 @@ def prepare_dataset(name: str, raw: Path, out: Path, workers: int = 8, progress:
     classes = layout.classes(pairs)
     for split in ("train", "val", "test"):
         pairs[split] = _drop_unusable(pairs[split], set(classes), split, report)
-    pairs = _drop_bad_images(pairs, report, workers, progress)
     out = Path(out)
     label_key = "labels" if layout.task == "multi-label" else "label"
     with build_directory(out) as tmp:
         mark(tmp, "prepared")
+        images = sorted({pair.image for rows in pairs.values() for pair in rows})
+        if cache_size:
+            cache, problems = write_cache(tmp / CACHE_DIR / str(cache_size), out, images, cache_size, workers, progress)
+            report.notes["image_cache"] = {**cache, "folder": f"{CACHE_DIR}/{cache_size}"}
+        else:
+            problems = decode_all(images, None, workers, progress)
+        pairs = _drop_bad_images(pairs, problems, report)
         for split, rows in pairs.items():
             _write_parquet(tmp / f"{split}.parquet", rows, label_key, out)
             report.counts[split] = len(rows)
@@ -358,38 +367,20 @@ def _drop_unusable(rows: list[Pair], classes: set[str], split: str, report: Repo
     return kept
 
 
-def _drop_bad_images(pairs: dict[str, list[Pair]], report: Report, workers: int, progress: Callable | None) -> dict[str, list[Pair]]:
-    """Decode every distinct image once (threads: PIL releases the GIL while decoding)."""
-    paths = sorted({pair.image for rows in pairs.values() for pair in rows})
-    problems: dict[Path, tuple[str, str]] = {}
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for done, (path, problem) in enumerate(pool.map(_check_image, paths), start=1):
-            if problem:
-                problems[path] = problem
-            if progress:
-                progress(done, len(paths))
+def _drop_bad_images(pairs: dict[str, list[Pair]], problems: dict[Path, ImageError], report: Report) -> dict[str, list[Pair]]:
+    """Drop (and count, per split and reason) every pair whose image could not be decoded."""
     kept: dict[str, list[Pair]] = {}
     for split, rows in pairs.items():
         kept[split] = []
         for pair in rows:
-            if pair.image in problems:
-                reason, detail = problems[pair.image]
-                report.drop(split, pair.id, reason, detail)
-            else:
+            err = problems.get(pair.image)
+            if err is None:
                 kept[split].append(pair)
+            elif not pair.image.is_file():
+                report.drop(split, pair.id, MISSING_IMAGE, str(pair.image))
+            else:
+                report.drop(split, pair.id, IMAGE_TOO_LARGE if isinstance(err, ImageTooLarge) else UNREADABLE_IMAGE, str(err))
     return kept
-
-
-def _check_image(path: Path) -> tuple[Path, tuple[str, str] | None]:
-    if not path.is_file():
-        return path, (MISSING_IMAGE, str(path))
-    try:
-        load_image(path)
-    except ImageTooLarge as err:
-        return path, (IMAGE_TOO_LARGE, str(err))
-    except ImageError as err:
-        return path, (UNREADABLE_IMAGE, str(err))
-    return path, None
 
 
 def _write_parquet(path: Path, rows: Iterable[Pair], label_key: str, final_dir: Path) -> None:

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Sampler, Subset
 from .atomic import atomic_write_json
 from .backbone import image_size_of, load_backbone, load_tokenizer
 from .config import ConfigError, RunConfig
-from .data import PairDataset, build_split
+from .data import PairDataset, build_split, pixel_values
 from .factory import build_model
 from .metrics import PRIMARY_METRIC, classification_metrics
 from .model import MITPModel, classification_loss
@@ -121,8 +121,9 @@ def _train(run, run_dir, accelerator, console, progress, train_set, val_set, res
         )
     sampler = EpochShuffleSampler(len(train_set), run.seed)
     workers = worker_count(run.train.num_workers)
-    train_loader = DataLoader(train_set, batch_size=run.dataset.batch_size, sampler=sampler, num_workers=workers, drop_last=False)
-    val_loader = DataLoader(val_set, batch_size=run.train.eval_batch_size, num_workers=workers)
+    pin = torch.cuda.is_available()  # uint8 pixels go to the GPU from pinned memory
+    train_loader = DataLoader(train_set, batch_size=run.dataset.batch_size, sampler=sampler, num_workers=workers, drop_last=False, pin_memory=pin)
+    val_loader = DataLoader(val_set, batch_size=run.train.eval_batch_size, num_workers=workers, pin_memory=pin)
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
     core: MITPModel = accelerator.unwrap_model(model)
     if resumed is None and hasattr(core, "class_bias"):
@@ -154,7 +155,7 @@ def _train(run, run_dir, accelerator, console, progress, train_set, val_set, res
                 if step >= steps_per_epoch:
                     break
                 with accelerator.autocast():
-                    logits = model(batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
+                    logits = model(pixel_values(batch), batch["input_ids"], batch["attention_mask"])
                 loss = classification_loss(run.dataset.task, logits, batch["labels"])
                 accelerator.backward(loss)
                 if run.train.grad_clip is not None:
@@ -230,7 +231,7 @@ def init_class_bias(model: MITPModel, dataset: PairDataset, run: RunConfig, acce
     for batch in loader:
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
         with accelerator.autocast():
-            scaled.append(model(batch["pixel_values"], batch["input_ids"], batch["attention_mask"]).float().cpu())  # (B, K)
+            scaled.append(model(pixel_values(batch), batch["input_ids"], batch["attention_mask"]).float().cpu())  # (B, K)
     model.train(was_training)
     scaled_cosines = torch.cat(scaled).double().numpy()  # (n, K)
     bias = np.array([-np.quantile(scaled_cosines[:, k], 1 - prior[k]) for k in range(len(prior))])
@@ -285,7 +286,7 @@ def evaluate_loader(model, loader: DataLoader, accelerator: Accelerator, task: s
     all_logits, all_labels = [], []
     for batch in loader:
         with accelerator.autocast():
-            logits = model(batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
+            logits = model(pixel_values(batch), batch["input_ids"], batch["attention_mask"])
         logits, labels = accelerator.gather_for_metrics((logits.float(), batch["labels"]))
         all_logits.append(logits.cpu())
         all_labels.append(labels.cpu())

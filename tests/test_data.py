@@ -121,7 +121,7 @@ def test_prepared_single_label_split(tmp_path):
     dataset = build_split(run, "train", build_word_tokenizer(), 32)
     assert len(dataset) == 4 and dataset.classes == ["red", "green", "blue"]
     item = dataset[0]
-    assert item["pixel_values"].shape == (3, 32, 32)
+    assert item["pixels"].shape == (32, 32, 3)
     assert item["input_ids"].shape == (77,) and int(item["attention_mask"].sum()) == 5  # SOT + 3 words + EOT
     assert dataset.labels.tolist() == [1, 0, 2, 1]
 

@@ -28,6 +28,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS  # Pillow's decompression-bomb limit: 89,478,485 pixels
 MAX_ASPECT_RATIO = 64  # a 100000 x 1 image would resize to 22.4M x 224 pixels (15 GB) before the crop
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+RULE_VERSION = 1  # bump when the rule changes what any image becomes: stored caches and bundles say which they follow
 EXIF_ORIENTATION = 0x0112
 # Pillow warns above MAX_PIXELS and raises above twice that; mitp refuses both with one message of its own.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
@@ -107,6 +108,7 @@ def image_rules(size: int, mean: tuple[float, ...] = CLIP_MEAN, std: tuple[float
     """This module's rule as structured fields, precise enough to reimplement exactly (bundle contract)."""
     return {
         "size": size,
+        "rule_version": RULE_VERSION,
         "decode": {
             "max_pixels": MAX_PIXELS,
             "max_aspect_ratio": MAX_ASPECT_RATIO,

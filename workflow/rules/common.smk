@@ -51,6 +51,28 @@ def backbone_input(wildcards):
     return [BACKBONE_FILE] if BACKBONE_FILE else []
 
 
+def backbone_image_size():
+    """The backbone's input size, for the image cache, without downloading anything: workflow.image_size,
+    or the size of a preset, a known hub name, a folder on disk or the stand-in (the tiny preset)."""
+    from mitp.backbone import HUB_PRESETS, PRESET_PREFIX, preset_config
+
+    spec = config["backbone"]
+    if W.get("image_size"):
+        return W["image_size"]
+    if W.get("standin"):
+        return preset_config("tiny").vision_config.image_size
+    if spec.startswith(PRESET_PREFIX) or spec in HUB_PRESETS:
+        return preset_config(spec.removeprefix(PRESET_PREFIX) if spec.startswith(PRESET_PREFIX) else HUB_PRESETS[spec]).vision_config.image_size
+    if Path(spec, "config.json").is_file():
+        import json
+
+        return json.loads(Path(spec, "config.json").read_text())["vision_config"]["image_size"]
+    raise ValueError(f"workflow.image_size: set the input size of backbone {spec!r} (224 for CLIP ViT-B and ViT-L)")
+
+
+IMAGE_SIZE = backbone_image_size()
+
+
 # ------------------------------------------------------------------------------------------- GPUs
 
 GPU_SLOTS_PER_GPU = W.get("gpu_slots_per_gpu", 1)

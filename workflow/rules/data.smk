@@ -45,7 +45,8 @@ rule prepare:
     params:
         raw=lambda wildcards, input: input[0].removesuffix(".done"),
     shell:
-        f"{LOGGED} mitp data prepare {{wildcards.dataset}} --raw {{params.raw}} --out data/{{wildcards.dataset}} --workers {{threads}}"
+        f"{LOGGED} mitp data prepare {{wildcards.dataset}} --raw {{params.raw}} --out data/{{wildcards.dataset}} "
+        f"--workers {{threads}} --cache-size {IMAGE_SIZE}"
 
 
 rule standin:
