@@ -94,7 +94,7 @@ def clip_crop(image: Image.Image, size: int) -> np.ndarray:
     # the pass order of a two-axis resize by a heuristic of its own, which moves pixels by one level.)
     image = image.resize((new_w, height), Image.Resampling.BICUBIC).resize((new_w, new_h), Image.Resampling.BICUBIC)
     left, top = (new_w - size) // 2, (new_h - size) // 2
-    return np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    return np.array(image.crop((left, top, left + size, top + size)), dtype=np.uint8)  # writable: torch.from_numpy takes it
 
 
 def normalize(crop: np.ndarray, mean: tuple[float, ...] = CLIP_MEAN, std: tuple[float, ...] = CLIP_STD) -> np.ndarray:
