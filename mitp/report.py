@@ -151,10 +151,11 @@ def build_tables(records: list[dict[str, Any]], paper: dict[str, Any], datasets:
 
 def table_notes(records: list[dict[str, Any]], datasets: list[str]) -> list[str]:
     """What differs from the paper, said under every table: the head behind our numbers and Food101's split."""
-    heads = sorted({r.get("head", "image") for r in records if not r["run"].endswith(IMAGE_HEAD_SUFFIX)})
+    heads = sorted({r.get("head", "image") for r in records if not r["run"].endswith(IMAGE_HEAD_SUFFIX)} - {"linear"})
     notes = [
         f"Head of our runs: {', '.join(heads) or 'none yet'} (DESIGN.md 3.7: `fused` = image and caption embeddings, "
-        "`image` = image embedding alone; runs named `<setting>-image` use the image head and are compared in heads.md)."
+        "`image` = image embedding alone; the linear probe has a linear head of its own; runs named `<setting>-image` "
+        "use the image head and are compared in heads.md)."
     ]
     if any(paper_column(d) == "food101" for d in datasets):
         notes.append(

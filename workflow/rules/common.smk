@@ -1,13 +1,17 @@
 # Helpers: which runs exist, where their files go, what each job needs. Names follow mitp: a run is a
 # setting name, or "<setting>-frac<percent>" for the data-fraction runs of Table 3.
+import hashlib
+import json
 import os
 from pathlib import Path
 
+import yaml
+
+from mitp.atomic import atomic_write_text
 from mitp.config import expand_grid
 from mitp.gpus import ENV_DIR, ENV_SLOTS, slots_spec, visible_gpus
 
 W = config["workflow"]
-MITP_CONFIG = W["mitp_config"]
 RESULTS = W["results"]
 RUNS = f"{RESULTS}/runs"
 BUNDLES = f"{RESULTS}/bundles"
@@ -21,6 +25,17 @@ OFFLINE = "HF_HUB_OFFLINE=1"
 # Each job's output goes to its log; a failed attempt's log is kept as <log>.failed-<n> (Snakemake
 # deletes the log before a retry).
 LOGGED = f"bash {SCRIPTS}/logged.sh {{log}}"
+
+# Every rule hands mitp the config Snakemake merged (config.yaml, then each --configfile, then --config),
+# so an override reaches every job; train reruns when a value outside the workflow block changes.
+MITP_CONFIG = f"{RESULTS}/mitp-config.yaml"
+_MITP_VALUES = {key: value for key, value in config.items() if key != "workflow"}
+CONFIG_HASH = hashlib.sha256(json.dumps(_MITP_VALUES, sort_keys=True, default=str).encode()).hexdigest()[:16]
+if workflow.is_main_process and not workflow.dryrun:
+    _merged = yaml.safe_dump(json.loads(json.dumps(config, default=str)), sort_keys=False)
+    _text = f"# written by the workflow: the merged config that every rule passes to mitp --config\n{_merged}"
+    if not Path(MITP_CONFIG).is_file() or Path(MITP_CONFIG).read_text() != _text:
+        atomic_write_text(Path(MITP_CONFIG), _text)
 
 for _name in W["datasets"]:
     if _name not in config["datasets"]:

@@ -20,6 +20,7 @@ rule train:
         fraction=lambda wc: fraction_option(wc.run),
         launcher=launcher,
         mitp_config=MITP_CONFIG,
+        config_hash=CONFIG_HASH,  # a changed model or training value reruns the training jobs
         epochs=f"--epochs {W['epochs']}" if W.get("epochs") else "",
     shell:
         f"OMP_NUM_THREADS={{threads}} {OFFLINE} {LOGGED} {{params.launcher}} train --config {{params.mitp_config}} "
