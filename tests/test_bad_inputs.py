@@ -179,16 +179,14 @@ def test_command_line_overrides_and_backbones_are_checked(write_config, tmp_path
 # ------------------------------------------------------------------------------ predict inputs
 
 
-def test_batch_lines_that_are_not_utf8_cost_only_their_line(tmp_path, prepared_food):
-    from mitp.runtime.predict import Predictor, predict_batch_file  # noqa: F401 (the CLI path is tested in test_export)
-
-    image = prepared_food / "food" / pq.read_table(prepared_food / "food" / "test.parquet").to_pydict()["image"][0]
-    lines = [json.dumps({"image": str(image), "text": "red"}).encode(), b'{"image": "x.jpg", "text": "caf\xe9"}']
-    from mitp.runtime.predict import InputError, read_batch_line
-
-    assert read_batch_line(lines[0], tmp_path)[1] == "red"
-    with pytest.raises(InputError, match="not valid UTF-8"):
-        read_batch_line(lines[1], tmp_path)
+def test_batch_lines_that_are_not_utf8_cost_only_their_line(trained, tmp_path):
+    image = trained / "food" / pq.read_table(trained / "food" / "test.parquet").to_pydict()["image"][0]
+    good = json.dumps({"image": str(image), "text": "red"}).encode()
+    (tmp_path / "pairs.jsonl").write_bytes(b"\n".join([good, b'{"image": "x.jpg", "text": "caf\xe9"}', good]) + b"\n")
+    out = tmp_path / "out.jsonl"
+    result = runner.invoke(app, ["predict", "--batch", str(tmp_path / "pairs.jsonl"), "--out", str(out), "--model", str(trained / "bundle")])
+    assert result.exit_code == 1 and "line 2: not valid UTF-8" in " ".join(result.output.split())
+    assert [json.loads(line)["line"] for line in out.read_text().splitlines()] == [1, 3]
 
 
 def test_a_caption_that_is_not_utf8_is_refused():
