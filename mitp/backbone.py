@@ -13,26 +13,17 @@ machines that have no internet, such as cluster compute nodes.
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import torch
 from transformers import CLIPConfig, CLIPModel
 
 from .config import ConfigError
+from .presets import HUB_PRESETS, PRESET_PREFIX, preset_dict
 from .runtime.tokenizer import ClipTokenizer, build_word_tokenizer, load_tokenizer_file
 
-PRESETS = ("vit-l-14", "vit-b-16", "vit-b-32", "tiny")
-# Hub names whose architecture equals a preset: their configs (and parameter counts) need no download.
-HUB_PRESETS = {
-    "openai/clip-vit-large-patch14": "vit-l-14",
-    "openai/clip-vit-base-patch16": "vit-b-16",
-    "openai/clip-vit-base-patch32": "vit-b-32",
-}
-PRESET_PREFIX = "preset:"
 TOKENIZER_FILE = "tokenizer.json"
 
 
@@ -45,10 +36,7 @@ class Backbone:
 
 def preset_config(name: str) -> CLIPConfig:
     """The shipped architecture config of a preset (no weights)."""
-    if name not in PRESETS:
-        raise ConfigError(f"backbone: unknown preset {name!r}; allowed: {', '.join(PRESET_PREFIX + p for p in PRESETS)}")
-    text = resources.files("mitp.presets").joinpath(f"{name}.json").read_text()
-    return CLIPConfig.from_dict(json.loads(text))
+    return CLIPConfig.from_dict(preset_dict(name))
 
 
 def _is_local(spec: str) -> bool:
@@ -105,7 +93,7 @@ def ensure_hub_backbone(name: str) -> None:
 def load_tokenizer(spec: str) -> ClipTokenizer:
     """The backbone's tokenizer alone (no weights): a preset's word tokenizer, or its tokenizer.json."""
     if spec.startswith(PRESET_PREFIX):
-        preset_config(spec.removeprefix(PRESET_PREFIX))  # an unknown preset fails here
+        preset_dict(spec.removeprefix(PRESET_PREFIX))  # an unknown preset fails here
         return build_word_tokenizer()
     if _is_local(spec):
         path = Path(spec) / TOKENIZER_FILE

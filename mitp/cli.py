@@ -127,11 +127,16 @@ def info(
 
 
 def _layers_text(row: dict[str, Any]) -> str:
+    """"4-6", "2,4,6", or "1-12 / 1-24" where the towers differ (P-CLIP)."""
     text, vision = row["text_layers"], row["vision_layers"]
     if not text and not vision:
         return "-"
-    span = lambda layers: f"{layers[0]}-{layers[-1]}" if len(layers) > 2 and layers == list(range(layers[0], layers[-1] + 1)) else ",".join(map(str, layers))  # noqa: E731
-    return span(text) if text == vision else f"{span(text)} / {span(vision)}"
+    return _span(text) if text == vision else f"{_span(text)} / {_span(vision)}"
+
+
+def _span(layers: list[int]) -> str:
+    consecutive = len(layers) > 2 and layers == list(range(layers[0], layers[-1] + 1))
+    return f"{layers[0]}-{layers[-1]}" if consecutive else ",".join(map(str, layers))
 
 
 def _count_parameters(run) -> dict[str, Any]:

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .cache import ImageCache
+from .cache import ImageCache, decode_all
 from .config import RunConfig
-from .runtime.preprocess import ImageError, clip_crop, load_image, normalize
+from .runtime.preprocess import clip_crop, load_image, normalize
 from .runtime.tokenizer import ClipTokenizer
 from .synthetic import make_synthetic_split, synthetic_classes
 
@@ -91,17 +91,7 @@ class PairDataset(Dataset):
         images were decoded when the cache was made."""
         if self.image_paths is None or self.cache is not None:
             return
-        from concurrent.futures import ThreadPoolExecutor
-
-        def problem(path: Path) -> str | None:
-            try:
-                load_image(path)
-            except ImageError as err:
-                return str(err)
-            return None
-
-        with ThreadPoolExecutor(max_workers=max(1, min(workers, os.cpu_count() or 1))) as pool:
-            problems = [p for p in pool.map(problem, self.image_paths) if p]
+        problems = [str(err) for err in decode_all(self.image_paths, None, min(workers, os.cpu_count() or 1)).values()]
         if problems:
             more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
             raise DataError(f"{len(problems)} image(s) of this split cannot be used: {'; '.join(problems[:3])}{more}; prepare the data set again")

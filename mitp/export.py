@@ -41,7 +41,7 @@ from .runtime.bundle import (
 )
 from .runtime.decision import decision_rule, multilabel_decisions
 from .runtime.preprocess import image_rules, load_image, preprocess_image
-from .runtime.verify import test_vector_sources, write_test_vectors
+from .runtime.verify import vector_sources, write_test_vectors
 
 TOLERANCE = 1e-4
 VERIFY_BATCHES = (1, 3)
@@ -102,7 +102,7 @@ def export_bundle(
             write(tmp / MODEL_FILE, tmp / VARIANT_FILES[variant])
             finish_model(tmp / VARIANT_FILES[variant], metadata_props(contract, variant), check=False)
             report[variant] = verify_top1(reference, tmp / VARIANT_FILES[variant], inputs, run.dataset.task == "multi-label")
-        vectors = write_test_vectors(tmp, test_vector_sources(pairs, tmp / ".generated"), backbone.tokenizer, size, ["fp32", *writers])
+        vectors = write_test_vectors(tmp, vector_sources(pairs, tmp / ".generated"), backbone.tokenizer, size, ["fp32", *writers])
         shutil.rmtree(tmp / ".generated", ignore_errors=True)
         atomic_write_json(tmp / CONTRACT_FILE, {**contract, "test_vectors": VECTORS_FILE})
         report["test_vectors"] = len(vectors)

@@ -14,7 +14,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from PIL import Image
 from typer.testing import CliRunner
 
 from mitp import train as train_module
@@ -282,11 +281,3 @@ def test_a_damaged_run_is_shown_unreadable_and_the_report_still_written(tmp_path
     assert "unreadable" in result.output
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())
     assert summary["runs_unreadable"] == [str(folder)] and (tmp_path / "report" / "table1.md").is_file()
-
-
-def test_images_too_large_for_memory_are_refused_not_decoded(tmp_path):
-    from mitp.runtime.preprocess import ImageTooLarge, load_image
-
-    Image.new("RGB", (100_000, 1)).save(tmp_path / "line.png")
-    with pytest.raises(ImageTooLarge):
-        load_image(tmp_path / "line.png")

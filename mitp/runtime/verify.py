@@ -51,7 +51,7 @@ def sha256(array: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
 
 
-def test_vector_sources(pairs: list[tuple[Path, str]], scratch: Path) -> list[VectorSource]:
+def vector_sources(pairs: list[tuple[Path, str]], scratch: Path) -> list[VectorSource]:
     """The first real pairs, plus pairs made from the first image that exercise the decoding rules."""
     sources = [VectorSource(f"real-{i}", Path(image), text) for i, (image, text) in enumerate(pairs[:REAL_VECTORS])]
     scratch.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ import yaml
 from mitp.atomic import atomic_write_text
 from mitp.config import expand_grid
 from mitp.gpus import ENV_DIR, ENV_SLOTS, slots_spec, visible_gpus
+from mitp.presets import known_image_size
 
 W = config["workflow"]
 RESULTS = W["results"]
@@ -67,22 +68,13 @@ def backbone_input(wildcards):
 
 
 def backbone_image_size():
-    """The backbone's input size, for the image cache, without downloading anything: workflow.image_size,
-    or the size of a preset, a known hub name, a folder on disk or the stand-in (the tiny preset)."""
-    from mitp.backbone import HUB_PRESETS, PRESET_PREFIX, preset_config
-
-    spec = config["backbone"]
-    if W.get("image_size"):
-        return W["image_size"]
-    if W.get("standin"):
-        return preset_config("tiny").vision_config.image_size
-    if spec.startswith(PRESET_PREFIX) or spec in HUB_PRESETS:
-        return preset_config(spec.removeprefix(PRESET_PREFIX) if spec.startswith(PRESET_PREFIX) else HUB_PRESETS[spec]).vision_config.image_size
-    if Path(spec, "config.json").is_file():
-        import json
-
-        return json.loads(Path(spec, "config.json").read_text())["vision_config"]["image_size"]
-    raise ValueError(f"workflow.image_size: set the input size of backbone {spec!r} (224 for CLIP ViT-B and ViT-L)")
+    """The backbone's input size, for the image cache, without downloading anything (and without torch):
+    workflow.image_size, or the size of the stand-in (the tiny preset), a preset, a known hub name or a folder."""
+    spec = "preset:tiny" if W.get("standin") else config["backbone"]
+    size = W.get("image_size") or known_image_size(spec)
+    if size is None:
+        raise ValueError(f"workflow.image_size: set the input size of backbone {spec!r} (224 for CLIP ViT-B and ViT-L)")
+    return size
 
 
 IMAGE_SIZE = backbone_image_size()
