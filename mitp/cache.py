@@ -22,13 +22,14 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_write_json, build_directory
+from .errors import MitpError
 from .runtime.preprocess import RULE_VERSION, ImageError, clip_crop, load_image
 
 CACHE_DIR = "image-cache"
 PIXELS, IMAGES, INFO = "pixels.npy", "images.json", "cache.json"
 
 
-class CacheError(ValueError):
+class CacheError(MitpError, ValueError):
     """An image cannot be cached, or a cache is unusable; the message says which."""
 
 

@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from .atomic import FOLDER_TMP_SUFFIX, build_directory, repair_directory
 from .config import ConfigError, RunConfig
+from .errors import MitpError
 
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
@@ -36,7 +37,11 @@ STATE_FILE = "state.json"
 CONFIG_FILE = "config.json"
 
 
-class CheckpointError(ValueError):
+class CheckpointMissing(MitpError, FileNotFoundError):
+    """No complete checkpoint where one was named."""
+
+
+class CheckpointError(MitpError, ValueError):
     """A checkpoint file is missing, truncated or corrupt; the message names the file."""
 
 
@@ -73,7 +78,7 @@ def load_checkpoint(directory: Path) -> tuple[dict[str, torch.Tensor], RunConfig
     """Trainable tensors, the run config and the trainer state of a checkpoint directory."""
     directory = Path(directory)
     if not is_complete(directory):
-        raise FileNotFoundError(f"no complete checkpoint in {directory} (expected {MODEL_FILE} and {STATE_FILE})")
+        raise CheckpointMissing(f"no complete checkpoint in {directory} (expected {MODEL_FILE} and {STATE_FILE})")
     try:
         run = RunConfig.from_dict(_read_json(directory / CONFIG_FILE))
     except (ConfigError, KeyError, TypeError) as err:
@@ -147,4 +152,4 @@ def resolve_checkpoint(path: Path) -> Path:
     repair_directory(path / "best")
     if is_complete(path / "best"):
         return path / "best"
-    raise FileNotFoundError(f"{path} is neither a checkpoint nor a run directory with a best/ checkpoint")
+    raise CheckpointMissing(f"{path} is neither a checkpoint nor a run directory with a best/ checkpoint")

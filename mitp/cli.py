@@ -8,25 +8,43 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
+import click
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperGroup
 
 from . import __version__
+from .errors import MitpError
 
-app = typer.Typer(help="MITP: memory-inspired temporal prompt interaction on frozen CLIP.", no_args_is_help=True, add_completion=False)
 console = Console(stderr=True)
 stdout = Console()
+
+
+class _CommandGroup(TyperGroup):
+    """Every command runs inside this: an error the user can act on (mitp.errors.MitpError) becomes one
+    line on stderr and its exit code, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except MitpError as err:
+            _fail(str(err), err.exit_code)
+
+
+app = typer.Typer(
+    cls=_CommandGroup, help="MITP: memory-inspired temporal prompt interaction on frozen CLIP.", no_args_is_help=True, add_completion=False
+)
 
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="Project config (YAML).")]
 DatasetOption = Annotated[str, typer.Option("--dataset", "-d", help="Data set name from the config.")]
 BackboneOption = Annotated[str | None, typer.Option("--backbone", help="Override the backbone: HF name, local folder or preset:<name>.")]
 
 
-def _fail(message: str, code: int = 2) -> None:
+def _fail(message: str, code: int = 2) -> NoReturn:
     console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(code)
 
@@ -46,33 +64,11 @@ def _require(*modules: str, extra: str = "train") -> None:
 
 def _claim_gpu_slot() -> None:
     """In a local workflow run, take this job's GPU slot before CUDA starts (mitp.gpus)."""
-    from .gpus import GPUSlotError, claim_gpu_slot
+    from .gpus import claim_gpu_slot
 
-    try:
-        device = claim_gpu_slot()
-    except GPUSlotError as err:
-        _fail(str(err))
+    device = claim_gpu_slot()
     if device is not None:
         console.print(f"GPU slot claimed: CUDA_VISIBLE_DEVICES={device}")
-
-
-def _user_errors():
-    """Errors caused by bad input, reported as one clear line and a non-zero exit code."""
-    from .checkpoint import CheckpointError
-    from .config import ConfigError
-    from .data import DataError
-
-    return (ConfigError, DataError, CheckpointError, *_data_errors())
-
-
-def _data_errors():
-    """The bad-input errors of `mitp data`, from torch-free modules (an error must not cost a torch import)."""
-    from .download import DownloadError
-    from .outputs import OutputError
-    from .prepare import PrepareError
-    from .runtime.preprocess import ImageError
-
-    return (ImageError, DownloadError, PrepareError, OutputError, FileNotFoundError)
 
 
 def _resolve(config: Path, dataset: str, setting: str, backbone: str | None, seed: int | None = None, **overrides: Any):
@@ -97,14 +93,12 @@ def info(
 ) -> None:
     """Trainable and backbone parameter counts, built on the backbone's architecture with no download."""
     _require(*TRAINING_LIBRARIES)
-    try:
-        from .config import load_config
+    from .budget import parameter_budget
+    from .config import load_config
 
-        project = load_config(config)
-        names = [setting] if setting else list(project.settings)
-        rows = [_count_parameters(_resolve(config, dataset, name, backbone)) for name in names]
-    except _user_errors() as err:
-        _fail(str(err))
+    project = load_config(config)
+    names = [setting] if setting else list(project.settings)
+    rows = [parameter_budget(_resolve(config, dataset, name, backbone)) for name in names]
     if as_json:
         stdout.print_json(json.dumps(rows[0] if setting else rows))
         return
@@ -139,44 +133,6 @@ def _span(layers: list[int]) -> str:
     return f"{layers[0]}-{layers[-1]}" if consecutive else ",".join(map(str, layers))
 
 
-def _count_parameters(run) -> dict[str, Any]:
-    """Build the model on the meta device (no weights, no memory) and count its parameters, all of them
-    and those that receive a gradient in this setting."""
-    import torch
-    from transformers import CLIPModel
-
-    from .backbone import architecture_config
-    from .data import num_classes
-    from .model import MITPModel, effective_parameter_names
-
-    arch = architecture_config(run.backbone)
-    arch._attn_implementation = "sdpa"
-    with torch.device("meta"):
-        clip = CLIPModel(arch).requires_grad_(False)
-        model = MITPModel(clip, run.model, num_classes(run), arch.text_config.eos_token_id)
-    effective = effective_parameter_names(run.model, arch, num_classes(run))
-    by_module: dict[str, int] = {}
-    for name, param in model.trainable_parameters().items():
-        by_module[name.split(".")[0]] = by_module.get(name.split(".")[0], 0) + param.numel()
-    linear = run.model.variant == "linear-probe"
-    return {
-        "dataset": run.dataset_name,
-        "setting": run.setting_name,
-        "variant": run.model.variant,
-        "head": "linear" if linear else run.model.head,
-        "layers": [i + 1 for i in model.layer_ids] if not linear else [],
-        "text_layers": [i + 1 for i in model.text_layer_ids] if not linear else [],
-        "vision_layers": [i + 1 for i in model.vision_layer_ids] if not linear else [],
-        "similarity": run.model.similarity if run.model.variant == "mitp" else "-",
-        "prompt_length": run.model.prompt_length,
-        "backbone": run.backbone,
-        "trainable_params": model.count_trainable(),
-        "effective_trainable_params": sum(p.numel() for name, p in model.trainable_parameters().items() if name in effective),
-        "backbone_params": model.count_backbone(),
-        "trainable_by_module": by_module,
-    }
-
-
 @app.command()
 def train(
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory (checkpoints, history); resumed if it exists.")],
@@ -196,16 +152,13 @@ def train(
     """Train one (data set, setting) run; resumes from the last finished epoch after a kill."""
     _require(*TRAINING_LIBRARIES)
     _claim_gpu_slot()
-    try:
-        run = _resolve(
-            config, dataset, setting, backbone, seed, lr=lr,
-            epochs=epochs, max_steps_per_epoch=max_steps, fraction=fraction, num_workers=num_workers, precision=precision,
-        )
-        from .train import train_run
+    run = _resolve(
+        config, dataset, setting, backbone, seed, lr=lr,
+        epochs=epochs, max_steps_per_epoch=max_steps, fraction=fraction, num_workers=num_workers, precision=precision,
+    )
+    from .train import train_run
 
-        result = train_run(run, out, console=console, progress=progress)
-    except _user_errors() as err:
-        _fail(str(err))
+    result = train_run(run, out, console=console, progress=progress)
     if result.main_process:
         console.print(f"[bold green]done[/]: best epoch {result.best_epoch} ({result.best_metric:.4f}) in {out}")
 
@@ -222,17 +175,21 @@ def evaluate(
     _require(*TRAINING_LIBRARIES)
     _claim_gpu_slot()
     target = out or Path(checkpoint) / f"metrics-{split}.json"
-    try:
-        from .evaluate import check_metrics_target, evaluate_checkpoint, write_metrics
+    from .evaluate import check_metrics_target, evaluate_checkpoint, write_metrics
 
-        check_metrics_target(target)
-        metrics = evaluate_checkpoint(checkpoint, split, batch_size, num_workers)
-        write_metrics(metrics, target)
-    except _user_errors() as err:
-        _fail(str(err))
+    check_metrics_target(target)
+    metrics = evaluate_checkpoint(checkpoint, split, batch_size, num_workers)
+    write_metrics(metrics, target)
     values = metrics["metrics"]
     shown = ", ".join(f"{k} {values[k]:.4f}" for k in ("accuracy", "f1_micro", "f1_macro") if k in values)
     console.print(f"{metrics['dataset']}/{metrics['setting']} {split}: {shown} (n={values['num_samples']}) -> {target}")
+    ablation = metrics.get("memory_ablation")
+    if ablation:
+        console.print(
+            f"memory strategy: {ablation['metric']} {ablation['live']:.4f} with the gates, {ablation['frozen_gates']:.4f} with "
+            f"them frozen at their training means (contribution {ablation['contribution']:+.4f}; "
+            f"{100 * ablation['predictions_unchanged']:.1f}% of decisions unchanged)"
+        )
 
 
 @app.command("export")
@@ -251,8 +208,6 @@ def export_command(
         report = export_bundle(checkpoint, out, fp16=fp16, int8=int8, tolerance=tolerance)
     except ExportError as err:
         _fail(f"export not written: {err}")
-    except _user_errors() as err:
-        _fail(str(err))
     shown = f"max abs diff {report['fp32']['max_abs_diff']:.2e} at batch 1 and 3"
     for variant in ("fp16", "int8"):
         if variant in report:
@@ -261,15 +216,6 @@ def export_command(
             if "label_decision_agreement" in check:
                 shown += f", label decisions {check['label_decision_agreement']:.3f}"
     console.print(f"[bold green]bundle[/] {out}: {shown} ({report['verify_inputs']})")
-
-
-def _predict_errors():
-    from .outputs import OutputError
-    from .runtime.bundle import BundleError
-    from .runtime.predict import InputError
-    from .runtime.preprocess import ImageError
-
-    return (BundleError, InputError, ImageError, OutputError)
 
 
 @app.command()
@@ -291,16 +237,13 @@ def predict(
         _fail("no bundle: pass --model <bundle folder> (or set MITP_MODEL)")
     if batch is None and (image is None or text is None):
         _fail("give an IMAGE and a TEXT, or --batch pairs.jsonl")
-    try:
-        predictor = Predictor(model, provider, variant)
-        if predictor.note:
-            console.print(f"[yellow]note:[/] {predictor.note}", soft_wrap=True)
-        if batch is not None:
-            failed = _predict_batch(predictor, batch, out, model, top_k)
-            raise typer.Exit(1 if failed else 0)
-        result = predictor.predict([image], [text])[0]
-    except _predict_errors() as err:
-        _fail(str(err))
+    predictor = Predictor(model, provider, variant)
+    if predictor.note:
+        console.print(f"[yellow]note:[/] {predictor.note}", soft_wrap=True)
+    if batch is not None:
+        failed = _predict_batch(predictor, batch, out, model, top_k)
+        raise typer.Exit(1 if failed else 0)
+    result = predictor.predict([image], [text])[0]
     if result.truncated:
         console.print(f"[yellow]note:[/] the caption was truncated to {predictor.info.tokenizer['max_length']} tokens")
     if as_json:
@@ -360,10 +303,7 @@ def report(
 
     if not paper.is_file():
         _fail(f"paper numbers not found: {paper}")
-    try:
-        summary = write_report(runs, paper, out, [d for d in datasets.split(",") if d], warn=lambda m: console.print(f"[bold yellow]warning:[/] {escape(m)}", soft_wrap=True))
-    except _data_errors() as err:
-        _fail(str(err))
+    summary = write_report(runs, paper, out, [d for d in datasets.split(",") if d], warn=lambda m: console.print(f"[bold yellow]warning:[/] {escape(m)}", soft_wrap=True))
     console.print(f"[bold green]report[/] {out}: {summary['runs_evaluated']} evaluated of {summary['runs_found']} finished runs")
 
 
@@ -380,10 +320,7 @@ def bundle_verify(
     """Check a bundle against its own contract and test vectors: metadata, tokenizer, preprocessing, logits."""
     from .runtime.verify import verify_bundle
 
-    try:
-        checks = verify_bundle(bundle, variant, provider)
-    except _predict_errors() as err:
-        _fail(str(err))
+    checks = verify_bundle(bundle, variant, provider)
     table = Table(title=f"mitp bundle verify {bundle}")
     table.add_column("check", no_wrap=True)
     table.add_column("result", no_wrap=True)
@@ -416,12 +353,9 @@ def data_download(
     from .progress import progress_bar
 
     raw = raw or Path("data/raw") / dataset
-    try:
-        with progress_bar(console, unit_bytes=True) as bar:
-            task = bar.add_task(f"download {dataset}", total=None)
-            root = download_dataset(dataset, raw, progress=lambda done, total: bar.update(task, completed=done, total=total), seed=seed)
-    except _data_errors() as err:
-        _fail(str(err))
+    with progress_bar(console, unit_bytes=True) as bar:
+        task = bar.add_task(f"download {dataset}", total=None)
+        root = download_dataset(dataset, raw, progress=lambda done, total: bar.update(task, completed=done, total=total), seed=seed)
     console.print(f"[bold green]ready[/]: {dataset} in {root}")
 
 
@@ -439,14 +373,11 @@ def data_prepare(
     from .progress import progress_bar
 
     raw, out = raw or Path("data/raw") / dataset, out or Path("data") / dataset
-    try:
-        with progress_bar(console) as bar:
-            task = bar.add_task(f"{'cache' if cache_size else 'check'} images of {dataset}", total=None)
-            report = prepare_dataset(
-                dataset, raw, out, workers, progress=lambda done, total: bar.update(task, completed=done, total=total), cache_size=cache_size
-            )
-    except _data_errors() as err:
-        _fail(str(err))
+    with progress_bar(console) as bar:
+        task = bar.add_task(f"{'cache' if cache_size else 'check'} images of {dataset}", total=None)
+        report = prepare_dataset(
+            dataset, raw, out, workers, progress=lambda done, total: bar.update(task, completed=done, total=total), cache_size=cache_size
+        )
     counts = ", ".join(f"{split} {n:,}" for split, n in report["counts"].items())
     cache = report.get("image_cache")
     cached = f"; image cache {cache['images']:,} images, {cache['bytes_on_disk'] / 2**30:.2f} GiB" if cache else ""
@@ -461,15 +392,12 @@ def data_cache(
 ) -> None:
     """Cache every image of a prepared data set once, as its uint8 CLIP crop (memory-mapped by the loader)."""
     _require("pyarrow")
-    from .cache import CacheError, build_cache
+    from .cache import build_cache
     from .progress import progress_bar
 
-    try:
-        with progress_bar(console) as bar:
-            task = bar.add_task(f"cache images of {data_dir}", total=None)
-            summary = build_cache(data_dir, size, workers, progress=lambda done, total: bar.update(task, completed=done, total=total))
-    except (CacheError, *_data_errors()) as err:
-        _fail(str(err))
+    with progress_bar(console) as bar:
+        task = bar.add_task(f"cache images of {data_dir}", total=None)
+        summary = build_cache(data_dir, size, workers, progress=lambda done, total: bar.update(task, completed=done, total=total))
     console.print(f"[bold green]cached[/] {summary['images']:,} images of {data_dir} at {size} px: {summary['bytes_on_disk'] / 2**30:.2f} GiB")
 
 
@@ -482,10 +410,7 @@ def fetch_backbone_command(
     _require(*TRAINING_LIBRARIES)
     from .backbone import fetch_backbone
 
-    try:
-        fetch_backbone(name, out)
-    except _user_errors() as err:
-        _fail(str(err))
+    fetch_backbone(name, out)
     console.print(f"[bold green]backbone[/] {name} saved in {out}; pass --backbone {out} (works with HF_HUB_OFFLINE=1)")
 
 
@@ -503,10 +428,7 @@ def pretrain_standin(
     from .standin import StandinConfig
     from .standin import pretrain_standin as run_pretraining
 
-    try:
-        summary = run_pretraining(out, StandinConfig(steps=steps, batch_size=batch_size, seed=seed), log=console.print)
-    except _data_errors() as err:
-        _fail(str(err))
+    summary = run_pretraining(out, StandinConfig(steps=steps, batch_size=batch_size, seed=seed), log=console.print)
     console.print(f"[bold green]stand-in CLIP[/] in {out}: loss {summary['final_loss']:.3f} after {steps} steps, {summary['seconds']:.0f} s")
 
 

@@ -17,10 +17,17 @@ from typing import Any
 
 import yaml
 
+from .errors import MitpError
+
 VARIANTS = ("mitp", "prompts-only", "mlp-interaction", "p-clip", "linear-probe")
 SIMILARITIES = ("cos", "mmd", "cov-pearson")
 GATES = ("softmax", "sigmoid")
-HEADS = ("fused", "image")  # DESIGN 3.7: image + caption embeddings (fused), or the image embedding alone
+HUB_MAPS = ("token", "pairwise")  # what the hub's similarity compares: matching tokens, or every token pair
+HUB_SCALES = ("fixed", "learned")  # the similarity maps as they are (paper), or times a learned scale
+# How logits are read (docs/decisions.md): image + caption embeddings (fused), the image embedding alone,
+# or the text tower once per class on the caption plus the class prompt (per-class).
+HEADS = ("fused", "image", "per-class")
+READING_NAME = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 TASKS = ("single-label", "multi-label")
 SOURCES = ("prepared", "synthetic")
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -28,14 +35,16 @@ LAYER_ALIASES = ("best", "best-small", "all")
 VARIANTS_WITHOUT_LAYERS = ("linear-probe",)
 
 
-class ConfigError(ValueError):
+class ConfigError(MitpError, ValueError):
     """A configuration value is missing, unknown or out of range; the message names the key."""
 
 
 @dataclass(frozen=True)
 class HubConfig:
     width: int = 168  # hidden width of every hub MLP; 168 puts MITP-base at ~2.0M params on ViT-L/14
-    gate: str = "softmax"  # paper Eq. 5 (softmax over the L prompt tokens) or per-token sigmoid
+    map: str = "token"  # token: one score per prompt token; pairwise: an L x L map between the tokens
+    gate: str = "softmax"  # paper Eq. 5 (softmax over the L prompt tokens) or per-element sigmoid
+    scale: str = "fixed"  # fixed: the paper's maps; learned: maps times exp(s), s learned from 0
     mmd_features: int = 64  # random Fourier features of the linear-time MMD estimator
     mmd_bandwidth: float = 1.0  # Gaussian kernel bandwidth (sigma) of the MMD similarity
 
@@ -80,6 +89,15 @@ class SettingConfig:
     layers: tuple[int, ...] | str = "best"
     similarity: str = "cos"
     head: str | None = None  # None: the project's `head`
+    reading: str | None = None  # a named reading (config `readings`) applied over the project's hub and head
+
+
+@dataclass(frozen=True)
+class ReadingConfig:
+    """One reading of the paper's open points: overrides of the hub's keys and of the head."""
+
+    hub: dict[str, Any] = field(default_factory=dict)
+    head: str | None = None
 
 
 @dataclass(frozen=True)
@@ -92,7 +110,15 @@ class ModelConfig:
     prompt_length: int
     task: str
     hub: HubConfig = HubConfig()
-    head: str = "fused"  # how the logits are read (DESIGN 3.7); linear-probe has its own head
+    head: str = "fused"  # how the logits are read (docs/decisions.md); linear-probe has its own head
+
+    def reading(self) -> dict[str, Any]:
+        """How this run reads the paper's open points, for result.json, the report and bundle.json."""
+        exchange = {"mitp": "memory-hub", "mlp-interaction": "mlp", "prompts-only": "none"}.get(self.variant, "none")
+        reading: dict[str, Any] = {"exchange": exchange, "head": "linear" if self.variant == "linear-probe" else self.head}
+        if exchange == "memory-hub":
+            reading.update(map=self.hub.map, gate=self.hub.gate, scale=self.hub.scale, similarity=self.similarity)
+        return reading
 
 
 @dataclass(frozen=True)
@@ -152,6 +178,7 @@ class ProjectConfig:
     datasets: dict[str, DatasetConfig]
     settings: dict[str, SettingConfig]
     head: str = "fused"
+    readings: dict[str, ReadingConfig] = field(default_factory=dict)
 
     def dataset(self, name: str) -> DatasetConfig:
         if name not in self.datasets:
@@ -198,7 +225,7 @@ def load_config(path: str | Path) -> ProjectConfig:
 
 
 def parse_config(raw: dict[str, Any]) -> ProjectConfig:
-    allowed = {"backbone", "seed", "head", "hub", "train", "datasets", "settings", "grid", "workflow"}
+    allowed = {"backbone", "seed", "head", "hub", "train", "datasets", "settings", "grid", "readings", "workflow"}
     _reject_unknown(raw, allowed, "")
     backbone = raw.get("backbone", "openai/clip-vit-large-patch14")
     if not isinstance(backbone, str) or not backbone:
@@ -216,12 +243,14 @@ def parse_config(raw: dict[str, Any]) -> ProjectConfig:
         raise ConfigError("datasets: at least one data set must be configured")
     datasets = {name: _parse_dataset(name, value) for name, value in datasets_raw.items()}
 
+    readings = _parse_readings(raw.get("readings") or {}, hub)
     settings_raw = dict(raw.get("settings") or {})
-    for name, value in expand_grid(raw.get("grid") or []).items():
+    generated = {**expand_grid(raw.get("grid") or []), **expand_readings(readings, settings_raw)}
+    for name, value in generated.items():
         if name in settings_raw:
-            raise ConfigError(f"grid: setting {name!r} is also defined under settings")
+            raise ConfigError(f"grid/readings: setting {name!r} is also defined under settings")
         settings_raw[name] = value
-    settings = {name: _parse_setting(name, value) for name, value in settings_raw.items()}
+    settings = {name: _parse_setting(name, value, readings) for name, value in settings_raw.items()}
     if not settings:
         raise ConfigError("settings: at least one setting must be configured")
     return ProjectConfig(
@@ -232,7 +261,41 @@ def parse_config(raw: dict[str, Any]) -> ProjectConfig:
         datasets=datasets,
         settings=settings,
         head=head,
+        readings=readings,
     )
+
+
+READING_BASE = "mitp"  # readings are compared on MITP-base: reading r becomes setting `mitp-<r>`
+
+
+def reading_setting(reading: str) -> str:
+    return f"{READING_BASE}-{reading}"
+
+
+def expand_readings(readings: dict[str, ReadingConfig], settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every reading becomes a setting `mitp-<reading>`: MITP-base's layers and similarity, read that way."""
+    if not readings:
+        return {}
+    base = settings.get(READING_BASE)
+    if not isinstance(base, dict):
+        raise ConfigError(f"readings: the readings are applied to setting {READING_BASE!r}, which is not defined")
+    return {reading_setting(name): {**base, "reading": name} for name in readings}
+
+
+def _parse_readings(raw: Any, hub: HubConfig) -> dict[str, ReadingConfig]:
+    if not isinstance(raw, dict):
+        raise ConfigError("readings: must be a mapping of reading name -> {hub: {...}, head: ...}")
+    readings = {}
+    for name, value in raw.items():
+        key = f"readings.{name}"
+        if not isinstance(name, str) or not READING_NAME.match(name) or "frac" in name:
+            raise ConfigError(f"{key}: a reading name is lower-case words joined by '-' (and never 'frac'), got {name!r}")
+        reading = _build(ReadingConfig, value or {}, key)
+        if reading.head is not None and reading.head not in HEADS:
+            raise ConfigError(f"{key}.head: {reading.head!r} is not one of {', '.join(HEADS)}")
+        _check_hub(_build(HubConfig, {**dataclasses.asdict(hub), **reading.hub}, f"{key}.hub"), f"{key}.hub")
+        readings[name] = reading
+    return readings
 
 
 def expand_grid(grid: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -289,14 +352,19 @@ def resolve_run(
         dataset = dataclasses.replace(dataset, lr=lr)
     if backbone is not None and (not isinstance(backbone, str) or not backbone):
         raise ConfigError("backbone: must be a Hugging Face CLIP name, a local path or 'preset:<name>'")
+    hub, head = project.hub, setting.head or project.head
+    if setting.reading is not None:
+        reading = project.readings[setting.reading]
+        hub = dataclasses.replace(hub, **reading.hub)
+        head = reading.head or head
     model = ModelConfig(
         variant=setting.variant,
         layers=_resolve_layers(setting, dataset, f"settings.{setting_name}.layers"),
         similarity=setting.similarity,
         prompt_length=dataset.prompt_length,
         task=dataset.task,
-        hub=project.hub,
-        head=setting.head or project.head,
+        hub=hub,
+        head=head,
     )
     return RunConfig(
         backbone=backbone or project.backbone,
@@ -374,7 +442,7 @@ def _check_synthetic(options: dict[str, Any], key: str) -> None:
         _positive(size, f"{key}.sizes.{split}")
 
 
-def _parse_setting(name: str, raw: Any) -> SettingConfig:
+def _parse_setting(name: str, raw: Any, readings: dict[str, ReadingConfig]) -> SettingConfig:
     key = f"settings.{name}"
     if not isinstance(raw, dict):
         raise ConfigError(f"{key}: must be a mapping")
@@ -383,6 +451,9 @@ def _parse_setting(name: str, raw: Any) -> SettingConfig:
         raise ConfigError(f"{key}.variant: {setting.variant!r} is not one of {', '.join(VARIANTS)}")
     if setting.head is not None and setting.head not in HEADS:
         raise ConfigError(f"{key}.head: {setting.head!r} is not one of {', '.join(HEADS)}")
+    if setting.reading is not None and setting.reading not in readings:
+        allowed = ", ".join(readings) or "none are defined under readings"
+        raise ConfigError(f"{key}.reading: {setting.reading!r} is not a reading of this config; allowed: {allowed}")
     if setting.similarity not in SIMILARITIES:
         raise ConfigError(
             f"{key}.similarity: {setting.similarity!r} is not one of {', '.join(SIMILARITIES)}"
@@ -426,6 +497,10 @@ def _check_hub(hub: HubConfig, key: str) -> None:
     _positive(hub.mmd_features, f"{key}.mmd_features")
     if hub.gate not in GATES:
         raise ConfigError(f"{key}.gate: {hub.gate!r} is not one of {', '.join(GATES)}")
+    if hub.map not in HUB_MAPS:
+        raise ConfigError(f"{key}.map: {hub.map!r} is not one of {', '.join(HUB_MAPS)}")
+    if hub.scale not in HUB_SCALES:
+        raise ConfigError(f"{key}.scale: {hub.scale!r} is not one of {', '.join(HUB_SCALES)}")
     if not hub.mmd_bandwidth > 0:
         raise ConfigError(f"{key}.mmd_bandwidth: must be > 0, got {hub.mmd_bandwidth}")
 

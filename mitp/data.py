@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 
 from .cache import ImageCache, decode_all
 from .config import RunConfig
+from .errors import MitpError
 from .runtime.preprocess import clip_crop, load_image, normalize
 from .runtime.tokenizer import ClipTokenizer
 from .synthetic import make_synthetic_split, synthetic_classes
@@ -29,7 +30,7 @@ from .synthetic import make_synthetic_split, synthetic_classes
 SPLITS = ("train", "val", "test")
 
 
-class DataError(ValueError):
+class DataError(MitpError, ValueError):
     """Prepared data are missing or inconsistent; the message says what and where."""
 
 

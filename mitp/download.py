@@ -25,12 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .atomic import build_directory
+from .errors import MitpError
 from .outputs import claim, mark, marker_kind
 
 CHUNK = 1 << 20
 
 
-class DownloadError(RuntimeError):
+class DownloadError(MitpError, RuntimeError):
     """A download or extraction failed, or the data set needs a manual step; the message says which."""
 
 

@@ -1,4 +1,7 @@
-"""Evaluate a trained checkpoint on one split and write `metrics.json` atomically."""
+"""Evaluate a trained checkpoint on one split and write `metrics.json` atomically.
+
+For a run with a memory hub the same checkpoint is evaluated a second time with every gate frozen at its
+training mean: the difference is what the memory strategy contributes per sample (docs/readings.md)."""
 
 from __future__ import annotations
 
@@ -12,10 +15,10 @@ from torch.utils.data import DataLoader
 from . import __version__
 from .atomic import atomic_write_json
 from .data import DataError, build_split
+from .engine import has_gates, make_accelerator, memory_ablation, predict_loader, worker_count
 from .factory import image_size, load_trained
-from .metrics import PRIMARY_METRIC
+from .metrics import PRIMARY_METRIC, classification_metrics
 from .outputs import OutputError
-from .train import evaluate_loader, make_accelerator, worker_count
 
 
 def evaluate_checkpoint(checkpoint: str | Path, split: str = "test", batch_size: int | None = None, num_workers: int | None = None) -> dict[str, Any]:
@@ -32,7 +35,12 @@ def evaluate_checkpoint(checkpoint: str | Path, split: str = "test", batch_size:
         pin_memory=torch.cuda.is_available(),
     )
     model, loader = accelerator.prepare(model, loader)
-    metrics = evaluate_loader(model, loader, accelerator, run.dataset.task)
+    core = accelerator.unwrap_model(model)
+    logits, labels = predict_loader(model, loader, accelerator)
+    metrics = classification_metrics(run.dataset.task, logits, labels)
+    ablation = None
+    if has_gates(core) and state.get("gate_means"):
+        ablation = memory_ablation(model, loader, accelerator, run.dataset.task, state["gate_means"], logits, labels)
     return {
         "dataset": run.dataset_name,
         "setting": run.setting_name,
@@ -42,7 +50,9 @@ def evaluate_checkpoint(checkpoint: str | Path, split: str = "test", batch_size:
         "metrics": metrics,
         "checkpoint": state["checkpoint"],
         "epoch": state["epoch"],
-        "trainable_params": accelerator.unwrap_model(model).count_trainable(),
+        "memory_ablation": ablation,  # None without a memory hub
+        "reading": run.model.reading(),
+        "trainable_params": core.count_trainable(),
         "device": str(accelerator.device) + (f" ({torch.cuda.get_device_name()})" if torch.cuda.is_available() else ""),
         "mitp_version": __version__,
         "config": run.to_dict(),

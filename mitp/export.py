@@ -23,6 +23,7 @@ import torch
 from . import __version__
 from .atomic import atomic_write_json, build_directory
 from .download import file_sha256
+from .errors import MitpError
 from .factory import image_size, load_trained
 from .outputs import claim, mark
 from .runtime.bundle import (
@@ -49,7 +50,7 @@ VARIANT_SAMPLES = 32  # pairs on which the fp16 / int8 variants' top-1 is compar
 EXTERNAL_DATA_BYTES = 1 << 30  # weights above this go to model.onnx.data (protobuf caps a file at 2 GB)
 
 
-class ExportError(RuntimeError):
+class ExportError(MitpError, RuntimeError):
     """The exported graph failed a check; nothing was written."""
 
 

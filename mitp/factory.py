@@ -10,6 +10,7 @@ import torch
 from .backbone import Backbone, load_backbone
 from .checkpoint import load_checkpoint, resolve_checkpoint
 from .config import RunConfig
+from .heads import PER_CLASS
 from .model import MITPModel
 
 
@@ -21,6 +22,9 @@ def build_model(run: RunConfig, backbone: Backbone, classes: list[str]) -> MITPM
     texts = [template.format(class_phrase(name)) for name in classes for template in templates]  # class-major
     ids, mask = backbone.tokenizer(texts)
     model.set_class_embeddings(torch.from_numpy(ids), torch.from_numpy(mask), len(templates))
+    if model.head.text_input == PER_CLASS:  # the first template, once per class, follows each caption
+        ids, mask = backbone.tokenizer([templates[0].format(class_phrase(name)) for name in classes])
+        model.set_class_prompts(torch.from_numpy(ids), torch.from_numpy(mask))
     return model
 
 

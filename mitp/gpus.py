@@ -17,11 +17,13 @@ import subprocess
 from pathlib import Path
 from typing import IO
 
+from .errors import MitpError
+
 ENV_SLOTS, ENV_DIR = "MITP_GPU_SLOTS", "MITP_GPU_SLOT_DIR"
 _held: list[IO] = []  # open lock files: the slots this process holds until it exits
 
 
-class GPUSlotError(RuntimeError):
+class GPUSlotError(MitpError, RuntimeError):
     """No GPU slot was free, or the slot settings are malformed."""
 
 

@@ -11,17 +11,18 @@ becomes the prompts of the next interaction layer. Layers between interaction la
 run without prompts. After the last interaction layer the hub output is inserted at the next block of
 BOTH towers and carried to their ends (DESIGN 3.4).
 
-The head (DESIGN 3.7, config `head`):
-- `fused` (default): v = the prompted vision tower's projected CLS, t = the prompted text tower's
-  projected EOS embedding of the caption; e = normalize(normalize(v) + normalize(t)); logits = CLIP's
-  logit scale x cos(e, z_k). The caption reaches the prediction in every variant.
-- `image`: v alone against z_k (the caption reaches v only through the prompts); text blocks after the
-  last interaction layer cannot change the logits then, and are skipped.
+What happens at the hub is an `Exchange` (mitp.hub: the memory hub, the MLP exchange, none) and how
+logits are read is a `Head` (mitp.heads: fused, image, per-class, linear), each chosen by config: a
+reading of the paper is a small module plus a config value. The head says what it needs of the text
+tower: the prompted caption's embedding (fused), nothing (image: text blocks after the last interaction
+layer are skipped), or one pass per class over the caption followed by the class prompt (per-class: the
+text prompts each interaction layer received from the caption's pass are inserted at the same layers of
+every class pass, and the hub's last output is carried to its end, so one hub run serves all K passes).
 The class embeddings z_k are the frozen, unprompted text tower on hand-written templates, computed once.
 
-Variants (DESIGN 3.8): `mitp` (memory hub), `prompts-only` (temporal prompts, no exchange),
-`mlp-interaction` (naive MLP exchange), `p-clip` (deep prompt tuning of every block of each tower) and
-`linear-probe` (frozen features + a linear head).
+Variants: `mitp` (memory hub), `prompts-only` (temporal prompts, no exchange), `mlp-interaction` (naive
+MLP exchange), `p-clip` (deep prompt tuning of every block of each tower) and `linear-probe` (frozen
+features + a linear head). docs/decisions.md says why each open point of the paper is read as it is.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from torch import nn
 from transformers import CLIPConfig, CLIPModel
 
 from .config import ModelConfig, check_layers_fit
-from .hub import MemoryHub, MLPInteraction
+from .heads import NO_TEXT, PER_CLASS, build_head
+from .hub import build_exchange
 
 PROMPT_INIT_STD = 0.02  # paper 4.2: prompts ~ N(0, 0.02)
 PROMPTED_VARIANTS = ("mitp", "prompts-only", "mlp-interaction")
@@ -54,7 +56,6 @@ class MITPModel(nn.Module):
         self.n_text, self.n_vision = text_cfg.num_hidden_layers, vision_cfg.num_hidden_layers
         d_t, d_v, L = text_cfg.hidden_size, vision_cfg.hidden_size, config.prompt_length
         variant = config.variant
-        self.fused = config.head == "fused" and variant != "linear-probe"
 
         check_layers_fit(config, self.n_text, self.n_vision)
         # 0-based indices of the HF blocks that get prompts; config numbers are the paper's (1 = first block).
@@ -72,21 +73,21 @@ class MITPModel(nn.Module):
         if variant in PROMPTED_VARIANTS:
             self.text_prompts = nn.Parameter(torch.randn(L, d_t) * PROMPT_INIT_STD)  # p_t^{l0}
             self.text_to_vision_prompts = nn.Linear(d_t, d_v)  # Eq. 1: p_v^{l0} = W p_t^{l0} + b
-        if variant == "mitp":
-            hub = config.hub
-            self.hub = MemoryHub(d_t, d_v, hub.width, config.similarity, hub.gate, hub.mmd_features, hub.mmd_bandwidth)
-        elif variant == "mlp-interaction":
-            self.hub = MLPInteraction(d_t, d_v, config.hub.width)
-        elif variant == "p-clip":
+        self.hub = build_exchange(config, d_t, d_v)  # the interaction step; None for p-clip and linear-probe
+        if variant == "p-clip":
             self.deep_text_prompts = nn.Parameter(torch.randn(len(self.text_layer_ids), L, d_t) * PROMPT_INIT_STD)
             self.deep_vision_prompts = nn.Parameter(torch.randn(len(self.vision_layer_ids), L, d_v) * PROMPT_INIT_STD)
-        elif variant == "linear-probe":
-            self.head = nn.Linear(2 * clip.config.projection_dim, num_classes)
+        self.head = build_head(variant, config.head, clip.config.projection_dim, num_classes)
         if config.task == "multi-label" and variant != "linear-probe":
-            # per-class bias for BCE, initialised from the training data by the trainer (DESIGN 3.7)
+            # per-class bias for BCE, initialised from the training data by the trainer (docs/decisions.md)
             self.class_bias = nn.Parameter(torch.zeros(num_classes))
+        else:
+            self.register_parameter("class_bias", None)
 
         self.register_buffer("class_embeddings", torch.empty(0), persistent=False)  # z_k: (K, P), normalised
+        # per-class head: each class's prompt tokens (no SOT / EOS), padded, and their counts
+        self.register_buffer("class_prompt_ids", torch.empty(0, dtype=torch.long), persistent=False)  # (K, C)
+        self.register_buffer("class_prompt_lengths", torch.empty(0, dtype=torch.long), persistent=False)  # (K,)
 
     # -----------------------------------------------------------------------------------------------
     # shortcuts into the frozen backbone
@@ -156,6 +157,18 @@ class MITPModel(nn.Module):
         embeds = nn.functional.normalize(embeds.float(), dim=-1).view(self.num_classes, templates_per_class, -1)
         self.class_embeddings = nn.functional.normalize(embeds.mean(dim=1), dim=-1)  # (K, P)
 
+    @torch.no_grad()
+    def set_class_prompts(self, ids: torch.Tensor, mask: torch.Tensor) -> None:
+        """The per-class head's class prompts: one tokenized prompt per class, (K, T) with SOT and EOS,
+        kept without them (K, C) with their lengths (K,), to follow each caption."""
+        lengths = mask.sum(dim=-1) - 2  # (K,): tokens between SOT and EOS
+        if ids.shape[0] != self.num_classes:
+            raise ValueError(f"expected {self.num_classes} class prompts, got {ids.shape[0]}")
+        if int(lengths.max()) > ids.shape[1] - 3:
+            raise ValueError(f"a class prompt of {int(lengths.max())} tokens leaves no room for the caption")
+        self.class_prompt_ids = ids[:, 1:1 + max(1, int(lengths.max()))].long().clone()  # (K, C)
+        self.class_prompt_lengths = lengths.long()
+
     def max_class_cosine(self) -> float:
         """The highest cosine between two classes' template embeddings. Near 1, Eq. 7 cannot tell
         those classes apart whatever the prompts do (DESIGN.md 4): a sign of a backbone or templates
@@ -174,15 +187,11 @@ class MITPModel(nn.Module):
         p_v = self.text_to_vision_prompts(p_t)  # (B, L, d_v), Eq. 1
         return p_t, p_v
 
-    def _interact(self, p_t: torch.Tensor, p_v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.config.variant == "prompts-only":
-            return p_t, p_v  # each modality keeps its own prompts: no exchange
-        return self.hub(p_t, p_v)
-
     def _mitp_encode(
         self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(v, t): the prompted towers' projected CLS and EOS embeddings; t is None under the image head."""
+        """(v, t): the prompted towers' projected CLS (B, P) and what the head reads of the text tower:
+        the caption's EOS embedding (B, P), one per class (B, K, P), or None."""
         first, last = self.layer_ids[0], self.layer_ids[-1]
         plain_mask = text_attention_mask(attention_mask, 0)  # (B, 1, T, T)
         prompt_mask = text_attention_mask(attention_mask, self.prompt_length)  # (B, 1, T+L, T+L)
@@ -198,16 +207,18 @@ class MITPModel(nn.Module):
         # here on the prompt rows are not causal; token rows stay causal and see the prompts, so the EOS
         # embedding carries what the prompts hold (DESIGN 3.3).
         p_t, p_v = self._initial_prompts(h_t.shape[0])
+        text_prompts_at = {}  # interaction layer -> the text prompts it received (the per-class passes reuse them)
         for i in range(first, last + 1):
             if i not in self.layer_ids:  # extraction layer between two interaction layers
                 h_t = self.text_layers[i](h_t, plain_mask)
                 h_v = self.vision_layers[i](h_v, None)
                 continue
+            text_prompts_at[i] = p_t
             h_t = self.text_layers[i](insert_prompts(h_t, p_t), prompt_mask)  # (B, T+L, d_t)
             h_v = self.vision_layers[i](insert_prompts(h_v, p_v), None)  # (B, 1+L+patches, d_v)
             p_t_hat, h_t = split_prompts(h_t, self.prompt_length)  # acquiring: the block's output
             p_v_hat, h_v = split_prompts(h_v, self.prompt_length)
-            p_t, p_v = self._interact(p_t_hat, p_v_hat)  # consolidation and activation
+            p_t, p_v = self.hub(p_t_hat, p_v_hat, layer=i + 1)  # the exchange: consolidation and activation
 
         # The last hub output is carried to the end of both towers (DESIGN 3.4).
         h_v = insert_prompts(h_v, p_v)
@@ -215,15 +226,50 @@ class MITPModel(nn.Module):
             h_v = self.vision_layers[i](h_v, None)
         image = self._pool_image(h_v)  # (B, P)
 
-        if not self.fused and self.skip_unused_text_layers:
+        if self.head.text_input == PER_CLASS:
+            return image, self._per_class_text(input_ids, attention_mask, text_prompts_at, p_t)
+        if self.head.text_input == NO_TEXT and self.skip_unused_text_layers:
             return image, None
         h_t = insert_prompts(h_t, p_t)
         for i in range(last + 1, self.n_text):
             h_t = self.text_layers[i](h_t, prompt_mask)
         text = self._pool_text(h_t, input_ids, self.prompt_length)  # (B, P)
-        if not self.fused:  # naive reference path (benchmark only): the work is done, the result unused
+        if self.head.text_input == NO_TEXT:  # naive reference path (benchmark only): the work is done, unused
             return image + 0.0 * text.sum(), None
         return image, text
+
+    def _per_class_text(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompts_at: dict[int, torch.Tensor], last_prompts: torch.Tensor
+    ) -> torch.Tensor:
+        """The per-class head's text side, (B, K, P): the prompted text tower once per class on
+        [SOT, caption, class prompt k, EOS]. Each interaction layer gets the text prompts that the
+        caption's pass gave it, and the hub's last output is carried to the end, as for the caption."""
+        ids, mask = self._class_sequences(input_ids, attention_mask)  # (B*K, T) each
+        K, L = self.num_classes, self.prompt_length
+        plain, prompted = text_attention_mask(mask, 0), text_attention_mask(mask, L)
+        first, last = self.layer_ids[0], self.layer_ids[-1]
+        with self._prefix_context():
+            h = self._embed_text(ids)  # (B*K, T, d_t)
+            for i in range(first):
+                h = self.text_layers[i](h, plain)
+        for i in range(first, last + 1):
+            if i not in prompts_at:
+                h = self.text_layers[i](h, plain)
+                continue
+            h = self.text_layers[i](insert_prompts(h, prompts_at[i].repeat_interleave(K, dim=0)), prompted)  # (B*K, T+L, d_t)
+            h = split_prompts(h, L)[1]  # the next interaction layer gets the caption pass's prompts
+        h = insert_prompts(h, last_prompts.repeat_interleave(K, dim=0))
+        for i in range(last + 1, self.n_text):
+            h = self.text_layers[i](h, prompted)
+        return self._pool_text(h, ids, L).view(input_ids.shape[0], K, -1)  # (B, K, P)
+
+    def _class_sequences(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.class_prompt_ids.numel() == 0:
+            raise RuntimeError("class prompts are not set: call set_class_prompts() first")
+        ids, mask = caption_with_class_prompts(
+            input_ids, attention_mask, self.class_prompt_ids, self.class_prompt_lengths, self.eos_token_id
+        )  # (B, K, T) each
+        return ids.flatten(0, 1), mask.flatten(0, 1)
 
     # -----------------------------------------------------------------------------------------------
     # P-CLIP: deep prompt tuning of both towers, no interaction
@@ -247,13 +293,16 @@ class MITPModel(nn.Module):
             self.vision_layers, self.vision_layer_ids, self._embed_image(pixel_values), self.deep_vision_prompts, None, None
         )
         image = self._pool_image(h_v)  # (B, P)
-        if not self.fused:
+        if self.head.text_input == NO_TEXT:
             return image, None
+        if self.head.text_input == PER_CLASS:
+            input_ids, attention_mask = self._class_sequences(input_ids, attention_mask)  # (B*K, T) each
         plain, prompted = text_attention_mask(attention_mask, 0), text_attention_mask(attention_mask, self.prompt_length)
         h_t = self._deep_prompted_tower(
             self.text_layers, self.text_layer_ids, self._embed_text(input_ids), self.deep_text_prompts, plain, prompted
         )
-        return image, self._pool_text(h_t, input_ids, self.prompt_length)  # (B, P), (B, P)
+        text = self._pool_text(h_t, input_ids, self.prompt_length)  # (B, P) or (B*K, P)
+        return image, text.view(image.shape[0], self.num_classes, -1) if self.head.text_input == PER_CLASS else text
 
     # -----------------------------------------------------------------------------------------------
     # prediction (Eq. 7)
@@ -264,29 +313,15 @@ class MITPModel(nn.Module):
             with torch.no_grad():
                 image = self.encode_image_frozen(pixel_values)
                 text = self.encode_text_frozen(input_ids, attention_mask)
-            return self.linear_probe_logits(image, text)
-        if self.class_embeddings.numel() == 0:
-            raise RuntimeError("class embeddings are not set: call set_class_embeddings() first")
-        encode = self._pclip_encode if self.config.variant == "p-clip" else self._mitp_encode
-        image, text = encode(pixel_values, input_ids, attention_mask)
-        return self.head_logits(image, text)
-
-    def head_logits(self, image: torch.Tensor, text: torch.Tensor | None) -> torch.Tensor:
-        """Normalise, fuse, cosine with z_k, scale and bias: in fp32 with autocast off, since bf16 logits
-        at scale 100 round to steps of 0.125-0.25 and flip top-1 on near ties (DESIGN 3.7)."""
-        with autocast_off(image.device):
-            embedding = nn.functional.normalize(image.float(), dim=-1)  # (B, P)
-            if text is not None:  # fused: image and caption embeddings, each unit length, summed
-                embedding = nn.functional.normalize(embedding + nn.functional.normalize(text.float(), dim=-1), dim=-1)
-            logits = self.clip.logit_scale.exp().float() * embedding @ self.class_embeddings.float().t()  # (B, K)
-            if hasattr(self, "class_bias"):
-                logits = logits + self.class_bias.float()
+        else:
+            if self.class_embeddings.numel() == 0:
+                raise RuntimeError("class embeddings are not set: call set_class_embeddings() first")
+            encode = self._pclip_encode if self.config.variant == "p-clip" else self._mitp_encode
+            image, text = encode(pixel_values, input_ids, attention_mask)
+        logits = self.head(image, text, self.class_embeddings, self.clip.logit_scale.exp())  # (B, K), fp32
+        if self.class_bias is not None:
+            logits = logits + self.class_bias.float()
         return logits
-
-    def linear_probe_logits(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        with autocast_off(image.device):
-            features = torch.cat([nn.functional.normalize(image.float(), dim=-1), nn.functional.normalize(text.float(), dim=-1)], dim=-1)
-            return self.head(features)  # (B, K)
 
     # -----------------------------------------------------------------------------------------------
     # trainable parameters (what a checkpoint holds)
@@ -345,14 +380,9 @@ def effective_parameter_names(config: ModelConfig, arch: CLIPConfig, num_classes
     config = dataclasses.replace(config, hub=dataclasses.replace(config.hub, width=2, mmd_features=2))
     model = MITPModel(CLIPModel(twin).requires_grad_(False), config, num_classes, arch.text_config.eos_token_id)
     model.class_embeddings = nn.functional.normalize(torch.randn(num_classes, 8), dim=-1)
+    model.class_prompt_ids = torch.zeros(num_classes, 1, dtype=torch.long)  # one token per class prompt
+    model.class_prompt_lengths = torch.ones(num_classes, dtype=torch.long)
     return model.train().parameters_receiving_gradients()
-
-
-def autocast_off(device: torch.device):
-    """A context with autocast disabled on `device` (a no-op where autocast does not exist, e.g. meta)."""
-    if torch.amp.is_autocast_available(device.type):
-        return torch.autocast(device.type, enabled=False)
-    return contextlib.nullcontext()
 
 
 def classification_loss(task: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -401,3 +431,29 @@ def text_attention_mask(attention_mask: torch.Tensor, num_prompts: int) -> torch
     prompt_rows = prompt_row.unsqueeze(1).expand(batch, num_prompts, length + num_prompts)  # (B, L, S)
     full = torch.cat([token_rows[:, :1], prompt_rows, token_rows[:, 1:]], dim=1)  # (B, S, S)
     return full.unsqueeze(1)
+
+
+def caption_with_class_prompts(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, class_ids: torch.Tensor, class_lengths: torch.Tensor, eos_token_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """[SOT, caption, class prompt k, EOS, pad...] for every caption and class: ids and mask, (B, K, T).
+
+    input_ids / attention_mask (B, T) are tokenized captions [SOT, tokens, EOS, pad]; class_ids (K, C)
+    the class prompts' tokens without SOT / EOS, class_lengths (K,) how many of each are real. A caption
+    is cut where its class prompt would not fit, so the prompt and EOS always stay. Padding is EOS with
+    mask 0 (never attended; pooling reads the first EOS). Pure tensor arithmetic: it exports to ONNX."""
+    batch, length = input_ids.shape
+    classes = class_ids.shape[0]
+    caption = attention_mask.sum(dim=-1) - 2  # (B,): tokens between SOT and EOS
+    kept = torch.minimum(caption.unsqueeze(1), (length - 2 - class_lengths).unsqueeze(0)).unsqueeze(-1)  # (B, K, 1)
+    position = torch.arange(length, device=input_ids.device).view(1, 1, length)  # (1, 1, T)
+    in_class = position - kept - 1  # (B, K, T): index into the class prompt where it is >= 0
+    lengths = class_lengths.view(1, classes, 1)  # (1, K, 1)
+    class_tokens = torch.gather(
+        class_ids.unsqueeze(0).expand(batch, -1, -1), 2, in_class.clamp(0, class_ids.shape[1] - 1)
+    )  # (B, K, T)
+    caption_tokens = input_ids.unsqueeze(1).expand(-1, classes, -1)  # (B, K, T)
+    eos = torch.full_like(caption_tokens, eos_token_id)
+    ids = torch.where(position <= kept, caption_tokens, torch.where((in_class >= 0) & (in_class < lengths), class_tokens, eos))
+    mask = (position <= kept + lengths + 1).to(attention_mask.dtype).expand(batch, -1, -1)  # (B, K, T)
+    return ids, mask

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from . import __version__
 from .atomic import atomic_write_json, clear_leftovers
+from .errors import MitpError
 
 MARKER = ".mitp-output"
 COMMANDS = {
@@ -27,7 +28,7 @@ COMMANDS = {
 }
 
 
-class OutputError(ValueError):
+class OutputError(MitpError, ValueError):
     """An output path that the command may not write; the message says why and what to do."""
 
 

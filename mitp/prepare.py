@@ -23,6 +23,7 @@ import numpy as np
 from .atomic import atomic_write_json, build_directory
 from .cache import CACHE_DIR, decode_all, write_cache
 from .download import MARKERS, find_layout_root
+from .errors import MitpError
 from .outputs import claim, mark
 from .runtime.preprocess import ImageError, ImageTooLarge
 from .runtime.tokenizer import clean_caption
@@ -42,7 +43,7 @@ IMAGE_TOO_LARGE = "image too large"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 
 
-class PrepareError(ValueError):
+class PrepareError(MitpError, ValueError):
     """The raw folder is not in the expected upstream layout; the message says what is missing."""
 
 

@@ -25,13 +25,14 @@ from typing import Any
 from . import checkpoint as ckpt
 from .atomic import atomic_write_json, atomic_write_text, build_directory, repair_directory
 from .config import ConfigError, RunConfig
+from .errors import MitpError
 from .outputs import claim, mark
 
 RESULT_FILE, HISTORY_FILE, LOCK_FILE = "result.json", "history.json", ".lock"
 RUNTIME_ONLY_KEYS = ("train.num_workers", "train.eval_batch_size", "train.keep_checkpoints")
 
 
-class RunLocked(ConfigError):
+class RunLocked(MitpError, RuntimeError):
     """Another process trains in this run folder."""
 
 

@@ -1,11 +1,20 @@
-"""Token-wise similarities of the memory hub (paper Eq. 4): one score per prompt token.
+"""The similarities of the memory hub (paper Eq. 4), in two readings of what `sim` compares.
 
-Each function pairs corresponding prompt tokens of two (B, L, d) tensors and returns (B, L).
+Both take two (B, L, d) tensors of prompt tokens, `a` and `b`:
+- `token` reading: corresponding tokens are paired, one score per token: (B, L).
+- `pairwise` reading: every token of `a` against every token of `b`, an L x L map: (B, L, L), where
+  [.., i, j] compares a_i with b_j (paper 3.4: "analogical mapping ... correspondences between tokens").
+
+The kinds:
 - `cos`: cosine similarity of the two d-vectors.
 - `mmd`: exp(-MMD^2) between the two tokens' value distributions (each token's d values are a sample)
-  under a Gaussian kernel. A naive MMD costs O(d^2) per token (8.6 s a step at ViT-L size), so the
-  kernel mean embeddings use random Fourier features: O(d * D) with D features and a fixed bandwidth.
+  under a Gaussian kernel. A naive MMD costs O(d^2) per pair (8.6 s a step at ViT-L size), so the kernel
+  mean embeddings use random Fourier features: O(d * D) per token with D features and a fixed bandwidth.
 - `cov-pearson`: covariance within a modality (intra), Pearson correlation across modalities (inter).
+
+Numerics: every score is computed in fp32 whatever the autocast around it (fp16 overflows on the
+covariance of activations near 300: 300^2 > 65504), and vector norms are smoothed, sqrt(|x|^2 + EPS^2),
+so the gradient near a zero vector is bounded by 1 / EPS instead of reaching 1e6.
 """
 
 from __future__ import annotations
@@ -15,23 +24,36 @@ import math
 import torch
 from torch import nn
 
-EPS = 1e-6
+from .amp import autocast_off
+
+EPS = 1e-3  # norm smoothing: gradients of x / |x| stay below 1 / EPS; prompt outputs have norms of 1-1000
+MAPS = ("token", "pairwise")
+KINDS = ("cos", "mmd", "cov-pearson")
 
 
-def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return nn.functional.cosine_similarity(a, b, dim=-1, eps=EPS)  # (B, L)
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.rsqrt((x * x).sum(dim=-1, keepdim=True) + EPS**2)  # (..., d), smooth normalisation
 
 
-def covariance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    a = a - a.mean(dim=-1, keepdim=True)  # (B, L, d)
-    b = b - b.mean(dim=-1, keepdim=True)
-    return (a * b).mean(dim=-1)  # (B, L)
+def _centred(x: torch.Tensor) -> torch.Tensor:
+    return x - x.mean(dim=-1, keepdim=True)  # (..., d)
 
 
-def pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    a = a - a.mean(dim=-1, keepdim=True)  # (B, L, d)
-    b = b - b.mean(dim=-1, keepdim=True)
-    return (a * b).sum(dim=-1) / (a.norm(dim=-1) * b.norm(dim=-1) + EPS)  # (B, L)
+def _compare(a: torch.Tensor, b: torch.Tensor, pairwise: bool) -> torch.Tensor:
+    """Dot products of matching tokens (B, L) or of every token pair (B, L, L)."""
+    return a @ b.transpose(-1, -2) if pairwise else (a * b).sum(dim=-1)
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor, pairwise: bool = False) -> torch.Tensor:
+    return _compare(_unit(a), _unit(b), pairwise)  # (B, L) or (B, L, L)
+
+
+def covariance(a: torch.Tensor, b: torch.Tensor, pairwise: bool = False) -> torch.Tensor:
+    return _compare(_centred(a), _centred(b), pairwise) / a.shape[-1]  # (B, L) or (B, L, L)
+
+
+def pearson(a: torch.Tensor, b: torch.Tensor, pairwise: bool = False) -> torch.Tensor:
+    return _compare(_unit(_centred(a)), _unit(_centred(b)), pairwise)  # (B, L) or (B, L, L)
 
 
 class MMDSimilarity(nn.Module):
@@ -53,24 +75,34 @@ class MMDSimilarity(nn.Module):
         features = torch.cos(x.unsqueeze(-1) * self.freq + self.phase)  # (B, L, d, D)
         return self.scale * features.mean(dim=-2)  # (B, L, D)
 
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        diff = self.mean_embedding(a.float()) - self.mean_embedding(b.float())  # (B, L, D)
+    def forward(self, a: torch.Tensor, b: torch.Tensor, pairwise: bool = False) -> torch.Tensor:
+        mu_a, mu_b = self.mean_embedding(a), self.mean_embedding(b)  # (B, L, D) each
+        if pairwise:  # ||mu_a_i - mu_b_j||^2 for every pair, clamped: rounding can make it slightly negative
+            squared = (mu_a * mu_a).sum(-1).unsqueeze(-1) + (mu_b * mu_b).sum(-1).unsqueeze(-2) - 2 * mu_a @ mu_b.transpose(-1, -2)
+            return torch.exp(-squared.clamp(min=0))  # (B, L, L)
+        diff = mu_a - mu_b  # (B, L, D)
         return torch.exp(-(diff * diff).sum(dim=-1))  # (B, L)
 
 
-class TokenSimilarity(nn.Module):
-    """The configured similarity, with the intra/inter distinction cov-pearson needs."""
+class Similarity(nn.Module):
+    """The configured similarity `kind` under the configured `map` reading, always in fp32."""
 
-    def __init__(self, kind: str, mmd_features: int = 64, mmd_bandwidth: float = 1.0):
+    def __init__(self, kind: str, map: str = "token", mmd_features: int = 64, mmd_bandwidth: float = 1.0):
         super().__init__()
-        if kind not in ("cos", "mmd", "cov-pearson"):
-            raise ValueError(f"unknown similarity {kind!r}; allowed: cos, mmd, cov-pearson")
-        self.kind = kind
+        if kind not in KINDS:
+            raise ValueError(f"unknown similarity {kind!r}; allowed: {', '.join(KINDS)}")
+        if map not in MAPS:
+            raise ValueError(f"unknown hub map {map!r}; allowed: {', '.join(MAPS)}")
+        self.kind, self.pairwise = kind, map == "pairwise"
         self.mmd = MMDSimilarity(mmd_features, mmd_bandwidth) if kind == "mmd" else None
 
     def forward(self, a: torch.Tensor, b: torch.Tensor, *, within_modality: bool) -> torch.Tensor:
-        if self.kind == "cos":
-            return cosine(a, b)
-        if self.kind == "mmd":
-            return self.mmd(a, b)
-        return covariance(a, b) if within_modality else pearson(a, b)
+        """(B, L) scores under the token reading, (B, L, L) under the pairwise one."""
+        with autocast_off(a.device):
+            a, b = a.float(), b.float()
+            if self.kind == "cos":
+                return cosine(a, b, self.pairwise)
+            if self.kind == "mmd":
+                return self.mmd(a, b, self.pairwise)
+            return covariance(a, b, self.pairwise) if within_modality else pearson(a, b, self.pairwise)
+

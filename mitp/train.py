@@ -8,26 +8,27 @@ from its last finished epoch with the same data order (the sampler is seeded per
 from __future__ import annotations
 
 import math
-import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from accelerate.utils import set_seed
 from rich.console import Console
 from rich.markup import escape
 from torch.utils.data import DataLoader, Sampler, Subset
 
 from .atomic import atomic_write_json
 from .backbone import image_size_of, load_backbone, load_tokenizer
-from .config import ConfigError, RunConfig
+from .config import RunConfig
 from .data import PairDataset, build_split, pixel_values
+from .engine import GATE_SPREAD_FLOOR, evaluate_loader, low_spread_gates, make_accelerator, observe_gates, worker_count
+from .errors import MitpError
 from .factory import build_model
-from .metrics import PRIMARY_METRIC, classification_metrics
+from .metrics import PRIMARY_METRIC
 from .model import MITPModel, classification_loss
 from .progress import progress_bar
 from .rundir import RESULT_FILE, locked_run_folder, repair, resume_point, save_epoch
@@ -53,6 +54,27 @@ class EpochShuffleSampler(Sampler[int]):
 
 
 @dataclass
+class TrainState:
+    """Where a run stands: saved in every checkpoint's state.json, restored on resume."""
+
+    epoch: int = 0
+    global_step: int = 0
+    best_epoch: int = 0
+    best_metric: float = -math.inf
+    history: list[dict[str, Any]] = field(default_factory=list)
+    class_bias_init: dict[str, Any] | None = None
+    gate_means: dict[str, list] | None = None  # the memory hub's gate means over the latest epoch
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> TrainState:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in known})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+@dataclass
 class TrainResult:
     run_dir: Path
     best_epoch: int
@@ -62,21 +84,8 @@ class TrainResult:
     main_process: bool = True  # False in the other processes of a distributed run, which stay quiet
 
 
-def worker_count(requested: int) -> int:
-    """DataLoader workers: as configured, but no more than this machine has cores."""
-    return min(requested, os.cpu_count() or 1)
-
-
-def make_accelerator(precision: str) -> Accelerator:
-    cuda = torch.cuda.is_available()
-    if precision == "bf16" and not cuda:
-        raise ConfigError("train.precision: bf16 needs a GPU here; use auto or fp32 on CPU")
-    mixed = "bf16" if (precision == "bf16" or (precision == "auto" and cuda)) else "no"
-    return Accelerator(
-        mixed_precision=mixed,
-        cpu=not cuda,
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
-    )
+class TrainingError(MitpError, RuntimeError):
+    """Training cannot go on (a non-finite loss); the message says what to change."""
 
 
 def train_run(run: RunConfig, run_dir: Path, console: Console | None = None, progress: bool = True) -> TrainResult:
@@ -96,67 +105,90 @@ def train_run(run: RunConfig, run_dir: Path, console: Console | None = None, pro
         if main:
             repair(run_dir, resumed[1] if resumed else None, run.epochs)
         accelerator.wait_for_everyone()
-        return _train(run, run_dir, accelerator, console, progress, train_set, val_set, resumed)
+        return Trainer(run, run_dir, accelerator, console, progress).fit(train_set, val_set, resumed)
 
 
-def _train(run, run_dir, accelerator, console, progress, train_set, val_set, resumed) -> TrainResult:
-    set_seed(run.seed)
-    backbone = load_backbone(run.backbone, seed=run.seed)
-    model = build_model(run, backbone, train_set.classes)
-    optimizer = make_optimizer(model, run)
-    state = {"epoch": 0, "global_step": 0, "best_epoch": 0, "best_metric": -math.inf, "history": []}
-    if resumed is not None:
-        trainable, state, optimizer_state = resumed
-        model.load_trainable_state_dict(trainable)
-        if optimizer_state is not None:
-            optimizer.load_state_dict(optimizer_state)
-        if accelerator.is_main_process:
-            console.print(f"[bold]resuming[/] {run_dir} after epoch {state['epoch']} of {run.epochs}")
+class Trainer:
+    """One run's training: the model, optimizer and loaders prepared once, then epochs until done."""
 
-    class_cosine = model.max_class_cosine()
-    if class_cosine > CLASS_COSINE_WARNING and accelerator.is_main_process:
-        console.print(
-            f"[bold yellow]warning:[/] two classes have template embeddings with cosine "
-            f"{class_cosine:.3f}; Eq. 7 can hardly separate them (check the templates and backbone)"
-        )
-    sampler = EpochShuffleSampler(len(train_set), run.seed)
-    workers = worker_count(run.train.num_workers)
-    pin = torch.cuda.is_available()  # uint8 pixels go to the GPU from pinned memory
-    train_loader = DataLoader(train_set, batch_size=run.dataset.batch_size, sampler=sampler, num_workers=workers, drop_last=False, pin_memory=pin)
-    val_loader = DataLoader(val_set, batch_size=run.train.eval_batch_size, num_workers=workers, pin_memory=pin)
-    model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
-    core: MITPModel = accelerator.unwrap_model(model)
-    if resumed is None and hasattr(core, "class_bias"):
-        state["class_bias_init"] = init_class_bias(core, train_set, run, accelerator)
-        if accelerator.is_main_process:
-            init = state["class_bias_init"]
-            console.print(
+    def __init__(self, run: RunConfig, run_dir: Path, accelerator: Accelerator, console: Console, progress: bool):
+        self.run, self.run_dir, self.accelerator, self.console = run, run_dir, accelerator, console
+        self.progress = progress and accelerator.is_main_process
+        self.metric = PRIMARY_METRIC[run.dataset.task]
+
+    def say(self, message: str) -> None:
+        if self.accelerator.is_main_process:
+            self.console.print(message, soft_wrap=True)
+
+    def fit(self, train_set: PairDataset, val_set: PairDataset, resumed) -> TrainResult:
+        run, accelerator = self.run, self.accelerator
+        set_seed(run.seed)
+        backbone = load_backbone(run.backbone, seed=run.seed)
+        model = build_model(run, backbone, train_set.classes)
+        optimizer = make_optimizer(model, run)
+        state = TrainState()
+        if resumed is not None:
+            trainable, saved_state, optimizer_state = resumed
+            model.load_trainable_state_dict(trainable)
+            state = TrainState.from_dict(saved_state)
+            if optimizer_state is not None:
+                optimizer.load_state_dict(optimizer_state)
+            self.say(f"[bold]resuming[/] {self.run_dir} after epoch {state.epoch} of {run.epochs}")
+        class_cosine = model.max_class_cosine()
+        if class_cosine > CLASS_COSINE_WARNING:
+            self.say(
+                f"[bold yellow]warning:[/] two classes have template embeddings with cosine "
+                f"{class_cosine:.3f}; Eq. 7 can hardly separate them (check the templates and backbone)"
+            )
+        sampler = EpochShuffleSampler(len(train_set), run.seed)
+        workers = worker_count(run.train.num_workers)
+        pin = torch.cuda.is_available()  # uint8 pixels go to the GPU from pinned memory
+        train_loader = DataLoader(train_set, batch_size=run.dataset.batch_size, sampler=sampler, num_workers=workers, drop_last=False, pin_memory=pin)
+        val_loader = DataLoader(val_set, batch_size=run.train.eval_batch_size, num_workers=workers, pin_memory=pin)
+        model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
+        core: MITPModel = accelerator.unwrap_model(model)
+        if resumed is None and core.class_bias is not None:
+            state.class_bias_init = init = init_class_bias(core, train_set, run, accelerator)
+            self.say(
                 f"class bias initialised from {init['samples']} training pairs (share predicted positive = "
                 f"training prior): range [{init['min']:.2f}, {init['max']:.2f}]"
             )
-    if hasattr(core, "hub") and hasattr(core.hub, "record_stats"):
-        core.hub.record_stats = True
+        for epoch in range(state.epoch + 1, run.epochs + 1):
+            # Accelerate re-seeds the sampler from its own iteration counter on every pass: give it the epoch
+            # too, or a resumed process (counter back at 0) would replay another order.
+            train_loader.set_epoch(epoch)
+            sampler.set_epoch(epoch)
+            record, gates = self.train_one_epoch(model, core, optimizer, train_loader, epoch, state)
+            val = evaluate_loader(model, val_loader, accelerator, run.dataset.task)
+            record["val"] = {k: v for k, v in val.items() if not isinstance(v, list)}
+            self.end_epoch(core, optimizer, state, record, val[self.metric], gates, train_set.classes)
+        if accelerator.is_main_process:
+            atomic_write_json(self.run_dir / RESULT_FILE, result_summary(run, core, state, self.metric, accelerator))
+        return TrainResult(self.run_dir, state.best_epoch, state.best_metric, len(state.history), state.history, accelerator.is_main_process)
 
-    metric_name = PRIMARY_METRIC[run.dataset.task]
-    steps_per_epoch = len(train_loader) if run.train.max_steps_per_epoch is None else min(len(train_loader), run.train.max_steps_per_epoch)
-    for epoch in range(state["epoch"] + 1, run.epochs + 1):
-        # Accelerate re-seeds the sampler from its own iteration counter on every pass: give it the epoch
-        # too, or a resumed process (counter back at 0) would replay another order.
-        train_loader.set_epoch(epoch)
-        sampler.set_epoch(epoch)
-        started = time.perf_counter()
+    def train_one_epoch(self, model, core: MITPModel, optimizer, loader: DataLoader, epoch: int, state: TrainState):
+        """One pass over the training data; returns the epoch's record and the gates it observed."""
+        run, accelerator = self.run, self.accelerator
+        steps = len(loader) if run.train.max_steps_per_epoch is None else min(len(loader), run.train.max_steps_per_epoch)
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
+        gates = observe_gates(core)
         model.train()
-        losses, samples, hub_stats = [], 0, {}
-        with progress_bar(console, enabled=progress and accelerator.is_main_process) as bar:
-            task = bar.add_task(f"epoch {epoch}/{run.epochs}", total=steps_per_epoch)
-            for step, batch in enumerate(train_loader):
-                if step >= steps_per_epoch:
+        losses, samples = [], 0
+        started = time.perf_counter()
+        with progress_bar(self.console, enabled=self.progress) as bar:
+            task = bar.add_task(f"epoch {epoch}/{run.epochs}", total=steps)
+            for step, batch in enumerate(loader):
+                if step >= steps:
                     break
                 with accelerator.autocast():
                     logits = model(pixel_values(batch), batch["input_ids"], batch["attention_mask"])
                 loss = classification_loss(run.dataset.task, logits, batch["labels"])
+                if not torch.isfinite(loss):
+                    raise TrainingError(
+                        f"the loss became {float(loss)} at epoch {epoch}, step {step + 1}: training stopped "
+                        f"(lower the learning rate, now {run.lr:g}, or check the data)"
+                    )
                 accelerator.backward(loss)
                 if run.train.grad_clip is not None:
                     accelerator.clip_grad_norm_(model.parameters(), run.train.grad_clip)
@@ -164,39 +196,52 @@ def _train(run, run_dir, accelerator, console, progress, train_set, val_set, res
                 optimizer.zero_grad(set_to_none=True)
                 losses.append(accelerator.reduce(loss.detach(), reduction="mean").item())  # over all processes
                 samples += len(batch["labels"]) * accelerator.num_processes
-                state["global_step"] += 1
-                _accumulate_hub_stats(core, hub_stats)
+                state.global_step += 1
                 bar.update(task, advance=1, description=f"epoch {epoch}/{run.epochs} loss {np.mean(losses[-20:]):.4f}")
-        train_seconds = time.perf_counter() - started
+        seconds = time.perf_counter() - started
+        record = {"epoch": epoch, "train_loss": float(np.mean(losses)), "train_seconds": seconds, "train_samples_per_s": samples / seconds}
+        record.update(_peak_memory())  # the training steps' peak, before validation allocates its own
+        if gates is not None:
+            core.hub.observer = None
+            gates.reduce(lambda t: accelerator.reduce(t.to(accelerator.device), reduction="sum").cpu())
+        return record, gates
 
-        val = evaluate_loader(model, val_loader, accelerator, run.dataset.task)
-        record = {
-            "epoch": epoch,
-            "train_loss": float(np.mean(losses)),
-            "train_seconds": train_seconds,
-            "train_samples_per_s": samples / train_seconds,
-            "val": {k: v for k, v in val.items() if not isinstance(v, list)},
-            "hub": {k: float(np.mean(v)) for k, v in hub_stats.items()},
-        }
-        record.update(_peak_memory())
-        state["history"].append(record)
-        state["epoch"] = epoch
-        improved = val[metric_name] > state["best_metric"]
+    def end_epoch(self, core: MITPModel, optimizer, state: TrainState, record: dict, score: float, gates, classes: list[str]) -> None:
+        """Record the epoch, keep the best, checkpoint, and say how it went (and whether a gate is constant)."""
+        if gates:
+            record["gates"] = gates.summary()
+            record["low_spread_gates"] = low_spread_gates(record["gates"])
+            state.gate_means = gates.means()
+        state.history.append(record)
+        state.epoch = record["epoch"]
+        improved = score > state.best_metric
         if improved:
-            state["best_metric"], state["best_epoch"] = val[metric_name], epoch
-        if accelerator.is_main_process:
-            saved = {**state, "classes": train_set.classes}
-            save_epoch(run_dir, run, core.trainable_state_dict(), optimizer.state_dict(), saved, improved)
-            console.print(
-                f"epoch {epoch}: loss {record['train_loss']:.4f}  val {metric_name} {val[metric_name]:.4f}"
+            state.best_metric, state.best_epoch = score, record["epoch"]
+        if self.accelerator.is_main_process:
+            saved = {**state.to_dict(), "classes": classes}
+            save_epoch(self.run_dir, self.run, core.trainable_state_dict(), optimizer.state_dict(), saved, improved)
+            self.say(
+                f"epoch {record['epoch']}: loss {record['train_loss']:.4f}  val {self.metric} {score:.4f}"
                 f"  ({record['train_samples_per_s']:.1f} samples/s){'  [green]best[/]' if improved else ''}"
             )
-        accelerator.wait_for_everyone()
+            if record.get("gates"):
+                self.say(gate_line(record["gates"]))
+            if record.get("low_spread_gates"):
+                self.say(
+                    f"[bold yellow]warning:[/] gates {', '.join(record['low_spread_gates'])} vary by less than "
+                    f"{GATE_SPREAD_FLOOR} over samples: they act as constants (docs/readings.md)"
+                )
+        self.accelerator.wait_for_everyone()
 
-    if accelerator.is_main_process:
-        atomic_write_json(run_dir / RESULT_FILE, _result_summary(run, core, state, metric_name, accelerator))
-    history = state["history"]
-    return TrainResult(run_dir, state["best_epoch"], state["best_metric"], len(history), history, accelerator.is_main_process)
+
+def gate_line(summary: dict[str, dict[str, float]]) -> str:
+    """One log line: per interaction layer and modality, mean ± per-sample spread of z and r, zero maps."""
+    parts = [
+        f"{where} z {row['z_mean']:.3f}±{row['z_spread']:.3f} r {row['r_mean']:.3f}±{row['r_spread']:.3f}"
+        f" zero maps {100 * row['zero_self_maps']:.0f}%/{100 * row['zero_cross_maps']:.0f}%"
+        for where, row in summary.items()
+    ]
+    return "  gates (layer.modality): " + "; ".join(parts)
 
 
 def make_optimizer(model: MITPModel, run: RunConfig) -> torch.optim.Optimizer:
@@ -251,22 +296,24 @@ def _peak_memory() -> dict[str, Any]:
     return {"peak_memory_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "peak_memory_kind": "cpu max RSS"}
 
 
-def _result_summary(run: RunConfig, model: MITPModel, state: dict, metric_name: str, accelerator: Accelerator) -> dict[str, Any]:
+def result_summary(run: RunConfig, model: MITPModel, state: TrainState, metric_name: str, accelerator: Accelerator) -> dict[str, Any]:
     """What the report needs of a finished run, written last (its presence means the run is done)."""
-    history = state["history"]
+    history = state.history
+    best = next((h for h in history if h["epoch"] == state.best_epoch), {})
     return {
         "dataset": run.dataset_name,
         "setting": run.setting_name,
         "variant": run.model.variant,
         "head": "linear" if run.model.variant == "linear-probe" else run.model.head,
+        "reading": run.model.reading(),
         "layers": list(run.model.layers),
         "similarity": run.model.similarity,
         "fraction": run.train.fraction,
         "seed": run.seed,
         "backbone": run.backbone,
         "metric": metric_name,
-        "best_epoch": state["best_epoch"],
-        "best_val_metric": state["best_metric"],
+        "best_epoch": state.best_epoch,
+        "best_val_metric": state.best_metric,
         "epochs": len(history),
         "train_seconds": sum(h["train_seconds"] for h in history),
         "peak_memory_gib": max((h.get("peak_memory_gib", float("nan")) for h in history), default=float("nan")),
@@ -276,25 +323,6 @@ def _result_summary(run: RunConfig, model: MITPModel, state: dict, metric_name: 
         "device": str(accelerator.device),
         "processes": accelerator.num_processes,
         "class_embedding_max_cosine": model.max_class_cosine(),
+        "gates": best.get("gates"),  # the best epoch's gate statistics (memory hub runs)
+        "low_spread_gates": best.get("low_spread_gates"),
     }
-
-
-@torch.no_grad()
-def evaluate_loader(model, loader: DataLoader, accelerator: Accelerator, task: str) -> dict[str, Any]:
-    """Metrics over a whole loader; predictions are gathered from every process."""
-    model.eval()
-    all_logits, all_labels = [], []
-    for batch in loader:
-        with accelerator.autocast():
-            logits = model(pixel_values(batch), batch["input_ids"], batch["attention_mask"])
-        logits, labels = accelerator.gather_for_metrics((logits.float(), batch["labels"]))
-        all_logits.append(logits.cpu())
-        all_labels.append(labels.cpu())
-    return classification_metrics(task, torch.cat(all_logits).numpy(), torch.cat(all_labels).numpy())
-
-
-def _accumulate_hub_stats(model: MITPModel, sink: dict[str, list[float]]) -> None:
-    hub = getattr(model, "hub", None)
-    for name, value in getattr(hub, "stats", {}).items():
-        sink.setdefault(name, []).append(float(value))
-

@@ -4,19 +4,26 @@ import pytest
 import torch
 
 from mitp.config import HubConfig, ModelConfig
-from mitp.hub import MemoryHub
-from mitp.model import MITPModel, classification_loss, effective_parameter_names, insert_prompts, text_attention_mask
-from mitp.similarity import MMDSimilarity, TokenSimilarity
+from mitp.model import (
+    MITPModel,
+    caption_with_class_prompts,
+    classification_loss,
+    effective_parameter_names,
+    insert_prompts,
+    text_attention_mask,
+)
 
 CAPTIONS = ["a photo of red alpha", "the caption says blue beta and some very old words", "dot"]
 
 
-def make_model(backbone, variant="mitp", layers=(2, 3), similarity="cos", task="single-label", classes=4, length=2, head="fused"):
-    config = ModelConfig(variant, layers, similarity, length, task, HubConfig(width=16), head=head)
+def make_model(backbone, variant="mitp", layers=(2, 3), similarity="cos", task="single-label", classes=4, length=2, head="fused", map="token"):
+    config = ModelConfig(variant, layers, similarity, length, task, HubConfig(width=16, map=map), head=head)
     torch.manual_seed(0)
     model = MITPModel(backbone.clip, config, classes, backbone.tokenizer.info.eos_token_id)
     ids, mask = backbone.tokenizer([f"a photo of class {k}" for k in ("one", "two", "three", "four")[:classes]])
     model.set_class_embeddings(torch.from_numpy(ids), torch.from_numpy(mask), 1)
+    if head == "per-class":
+        model.set_class_prompts(torch.from_numpy(ids), torch.from_numpy(mask))
     return model
 
 
@@ -138,6 +145,9 @@ def test_pclip_prompts_every_block_of_each_tower(tiny):
         ("mlp-interaction", (1, 3), "fused", ()),
         ("p-clip", (), "fused", ()),
         ("p-clip", (), "image", ("deep_text_prompts",)),
+        ("mitp", (2, 3), "per-class", ()),
+        ("mitp", (3,), "per-class", ()),  # the hub's last text output reaches every class pass
+        ("p-clip", (), "per-class", ()),
     ],
 )
 def test_gradients_reach_only_prompts_hub_and_head(tiny, variant, layers, head, unused):
@@ -159,58 +169,6 @@ def test_gradients_reach_only_prompts_hub_and_head(tiny, variant, layers, head, 
     assert effective_parameter_names(model.config, tiny.clip.config, model.num_classes) == expected
 
 
-@pytest.mark.parametrize("similarity", ["cos", "mmd", "cov-pearson"])
-@pytest.mark.parametrize("gate", ["softmax", "sigmoid"])
-def test_memory_hub_shapes_and_softmax_gate(similarity, gate):
-    hub = MemoryHub(text_dim=8, vision_dim=12, width=5, similarity=similarity, gate=gate)
-    hub.record_stats = True
-    p_t, p_v = torch.randn(4, 3, 8), torch.randn(4, 3, 12)
-    next_t, next_v = hub(p_t, p_v)
-    assert next_t.shape == p_t.shape and next_v.shape == p_v.shape
-    assert torch.isfinite(next_t).all() and torch.isfinite(next_v).all()
-    if gate == "softmax":  # z sums to 1 over the L prompt tokens
-        assert 0 < float(hub.stats["text_z_min"]) <= 1 / 3 <= float(hub.stats["text_z_max"]) < 1
-
-
-def test_hub_follows_equation_six():
-    """With identical inputs and an identity-like setting the hub output is reproducible by hand."""
-    torch.manual_seed(0)
-    hub = MemoryHub(text_dim=6, vision_dim=6, width=4, similarity="cos", gate="softmax")
-    p_t, p_v = torch.randn(2, 3, 6), torch.randn(2, 3, 6)
-    other = hub.vision_to_text(p_v)
-    z = torch.softmax(torch.relu(torch.cosine_similarity(hub.text_intra(p_t), p_t, dim=-1)), dim=-1)[..., None]
-    r = torch.softmax(torch.relu(torch.cosine_similarity(p_t, other, dim=-1)), dim=-1)[..., None]
-    expected = z * p_t + (1 - z) * r * other
-    assert torch.allclose(hub(p_t, p_v)[0], expected, atol=1e-6)
-
-
-def test_similarities():
-    a = torch.randn(2, 3, 50)
-    sim = TokenSimilarity("cov-pearson")
-    assert torch.allclose(sim(a, 3 * a + 1, within_modality=False), torch.ones(2, 3), atol=1e-5)  # Pearson
-    assert torch.allclose(sim(a, a, within_modality=True), a.var(dim=-1, unbiased=False), atol=1e-5)  # covariance
-    assert torch.allclose(TokenSimilarity("cos")(a, 2 * a, within_modality=True), torch.ones(2, 3), atol=1e-5)
-    assert torch.allclose(TokenSimilarity("mmd")(a, a, within_modality=True), torch.ones(2, 3))
-
-
-def exact_mmd_similarity(x: torch.Tensor, y: torch.Tensor, sigma: float) -> float:
-    """The O(d^2) definition: exp(-MMD^2) between two 1-D samples with a Gaussian kernel."""
-    def k(u, v):
-        return torch.exp(-((u[:, None] - v[None, :]) ** 2) / (2 * sigma**2)).mean()
-
-    return math.exp(-float(k(x, x) + k(y, y) - 2 * k(x, y)))
-
-
-def test_linear_time_mmd_matches_the_exact_statistic():
-    mmd = MMDSimilarity(num_features=8192, bandwidth=1.0, seed=0)
-    g = torch.Generator().manual_seed(1)
-    for shift, scale in [(0.0, 1.0), (0.5, 1.0), (1.5, 2.0)]:
-        x = torch.randn(256, generator=g)
-        y = torch.randn(256, generator=g) * scale + shift
-        approx = float(mmd(x.view(1, 1, -1), y.view(1, 1, -1)))
-        assert approx == pytest.approx(exact_mmd_similarity(x, y, 1.0), abs=0.03)
-
-
 def test_mitp_small_and_base_have_the_same_trainable_count(tiny):
     assert make_model(tiny, layers=(2, 3)).count_trainable() == make_model(tiny, layers=(3,)).count_trainable()
 
@@ -225,3 +183,44 @@ def test_checkpoint_state_round_trip(tiny):
     assert torch.equal(other.text_prompts, model.text_prompts)
     with pytest.raises(ValueError, match="missing"):
         other.load_trainable_state_dict({k: v for k, v in state.items() if k != "class_bias"})
+
+
+def test_class_sequences_put_the_class_prompt_after_the_caption_and_keep_it_whole():
+    sot, eos = 9, 8
+    ids = torch.tensor([[sot, 1, 2, eos, 0, 0, 0, 0], [sot, 1, 2, 3, 4, 5, 6, eos]])  # (B=2, T=8): short, full
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0, 0, 0], [1] * 8])
+    class_ids = torch.tensor([[20, 21], [30, 0]])  # class 0: two tokens, class 1: one (padded)
+    out, out_mask = caption_with_class_prompts(ids, mask, class_ids, torch.tensor([2, 1]), eos)
+    assert out.shape == out_mask.shape == (2, 2, 8)
+    assert out[0, 0].tolist() == [sot, 1, 2, 20, 21, eos, eos, eos] and out_mask[0, 0].tolist() == [1] * 6 + [0] * 2
+    assert out[0, 1].tolist() == [sot, 1, 2, 30, eos, eos, eos, eos] and out_mask[0, 1].tolist() == [1] * 5 + [0] * 3
+    # a caption that fills the context is cut so that the class prompt and EOS stay
+    assert out[1, 0].tolist() == [sot, 1, 2, 3, 4, 20, 21, eos] and out_mask[1, 0].tolist() == [1] * 8
+    assert out[1, 1].tolist() == [sot, 1, 2, 3, 4, 5, 30, eos]
+
+
+@pytest.mark.parametrize("variant, layers", [("mitp", (2, 3)), ("prompts-only", (3,)), ("p-clip", ())])
+def test_the_per_class_head_reads_one_text_pass_per_class(tiny, variant, layers):
+    """Logit k depends on class k's prompt alone, and the caption reaches every logit."""
+    model = make_model(tiny, variant, layers, head="per-class").eval()
+    ids, mask = text_batch(tiny)
+    pixels = images(3)
+    with torch.no_grad():
+        logits = model(pixels, ids, mask)
+        assert logits.shape == (3, 4)
+        model.class_prompt_ids[0, 0] = tiny.tokenizer.tokenizer.token_to_id("blue")  # change class 0's prompt
+        changed = model(pixels, ids, mask)
+        other_caption = model(pixels, ids.flip(0), mask.flip(0))
+    assert not torch.allclose(changed[:, 0], logits[:, 0])
+    assert torch.equal(changed[:, 1:], logits[:, 1:])
+    assert (other_caption[0] - changed[0]).abs().min() > 1e-6  # image 0 with caption 2 instead of caption 0: every class moves
+
+
+@pytest.mark.parametrize("map", ["token", "pairwise"])
+def test_both_hub_readings_run_in_the_model_and_differ(tiny, map):
+    ids, mask = text_batch(tiny)
+    with torch.no_grad():
+        logits = make_model(tiny, map=map)(images(3), ids, mask)
+        other = make_model(tiny, map="pairwise" if map == "token" else "token")(images(3), ids, mask)
+    assert logits.shape == (3, 4) and torch.isfinite(logits).all()
+    assert not torch.allclose(logits, other)

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import MitpError
+
 BUNDLE_FORMAT = 2  # bumped when the graph's inputs/outputs or the contract change incompatibly
 MODEL_FILE, TOKENIZER_FILE, REPORT_FILE, CONTRACT_FILE = "model.onnx", "tokenizer.json", "export_report.json", "bundle.json"
 VECTORS_DIR, VECTORS_FILE = "test_vectors", "test_vectors/vectors.json"
@@ -43,7 +45,7 @@ ONNX_IR_VERSION, ONNX_OPSET, MIN_ONNXRUNTIME = 9, 18, "1.17"
 REQUIRED_KEYS = ("mitp_bundle_format", "mitp_version", "labels", "task", "decision", "image", "tokenizer", "dataset", "setting")
 
 
-class BundleError(ValueError):
+class BundleError(MitpError, ValueError):
     """A bundle is missing, incomplete, or from an incompatible mitp version."""
 
 

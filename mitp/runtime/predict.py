@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import MitpError
 from .bundle import TOKENIZER_FILE, VARIANT_FILES, BundleError, BundleInfo, parse_metadata
 from .decision import MULTILABEL_THRESHOLD, SIGMOID_THRESHOLD, sigmoid, softmax
 from .preprocess import ImageError, load_image, preprocess_image
@@ -22,7 +23,7 @@ from .tokenizer import load_tokenizer_file
 PROVIDERS = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
 
 
-class InputError(ValueError):
+class InputError(MitpError, ValueError):
     """A caption or batch line that cannot be predicted; the message says why."""
 
 
