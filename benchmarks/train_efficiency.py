@@ -24,6 +24,26 @@ import time
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16 tensor-core peaks
 
 
+def make_naive(model) -> None:
+    """The straightforward path the model's shortcuts are measured against: autograd through every
+    backbone weight and block (also below the first prompted layer), and the whole text tower run even
+    where the head does not read it (its result joins the logits times zero)."""
+    import contextlib
+
+    from mitp.heads import CAPTION, NO_TEXT, ImageHead
+
+    class RunTextAnyway(ImageHead):
+        text_input = CAPTION
+
+        def logits(self, image, text, classes, scale):
+            return super().logits(image, None, classes, scale) + 0.0 * text.sum()
+
+    model.clip.requires_grad_(True)
+    model._prefix_context = contextlib.nullcontext
+    if model.head.text_input == NO_TEXT:
+        model.head = RunTextAnyway()
+
+
 def measure(backbone: str, dataset: str, setting: str, naive: bool, steps: int, batch: int | None) -> dict:
     import torch
 
@@ -40,9 +60,7 @@ def measure(backbone: str, dataset: str, setting: str, naive: bool, steps: int, 
     device = torch.device("cuda" if cuda else "cpu")
     model.to(device)
     if naive:
-        model.clip.requires_grad_(True)  # autograd through every backbone weight
-        model.frozen_prefix_no_grad = False
-        model.skip_unused_text_layers = False
+        make_naive(model)
     optimizer = torch.optim.Adam(model.trainable_parameters().values(), lr=2e-4)
     batch = batch or run.dataset.batch_size
     size = bb.clip.config.vision_config.image_size

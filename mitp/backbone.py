@@ -71,6 +71,13 @@ def ensure_hub_backbone(name: str) -> None:
         return  # in the local cache
     except OSError:
         pass
+    parent = Path(name).parent
+    if name.startswith(("./", "../", "/", "~")) or Path(name).parts[0] == "models" or (str(parent) != "." and parent.is_dir()):
+        raise ConfigError(  # a path whose folder does not exist (yet), not a hub name
+            f"backbone {name!r} is not a folder here"
+            + (": the demo's stand-in CLIP is made by `mitp pretrain-standin --out models/standin` (the demo workflow runs it)" if "standin" in name else "")
+            + "; give an existing save_pretrained folder, a Hugging Face name, or preset:<name>"
+        )
     if constants.HF_HUB_OFFLINE:
         raise ConfigError(
             f"backbone {name!r} is neither a local folder nor in the local Hugging Face cache, and HF_HUB_OFFLINE=1 "
@@ -149,7 +156,3 @@ def freeze(clip: CLIPModel) -> CLIPModel:
     """No gradients and eval mode for every backbone weight; mitp trains only its own modules."""
     clip.requires_grad_(False)
     return clip.eval()
-
-
-def count_parameters(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())

@@ -17,6 +17,8 @@ from torch import nn
 
 from .similarity import Similarity
 
+LEARNED_SCALE_INIT = 1 / 0.07  # hub.scale: learned starts where CLIP's logit scale starts
+
 
 def two_layer_mlp(d_in: int, width: int, d_out: int) -> nn.Sequential:
     """Linear-GELU-Linear: the paper's 'two-layer MLP' projections."""
@@ -101,9 +103,9 @@ class MemoryHub(Exchange):
         self.pairwise = map == "pairwise"
         self.gate = gate
         # A departure from the paper, off by default: a softmax over L values in [0, 1] can only move
-        # between weights e^0 and e^1 (with L = 3 a gate stays in [0.21, 0.58]); a learned scale, like
-        # CLIP's logit scale, lets the maps sharpen. Starts at 1 (log 0), so training starts at the paper.
-        self.log_scale = nn.Parameter(torch.zeros(())) if scale == "learned" else None
+        # between weights e^0 and e^1 (with L = 3 a gate stays in [0.21, 0.58]). A learned scale, like
+        # CLIP's logit scale and from CLIP's initial value (1 / 0.07), lets the maps decide the gates.
+        self.log_scale = nn.Parameter(torch.tensor(LEARNED_SCALE_INIT).log()) if scale == "learned" else None
         self.observer: GateStatistics | None = None  # set by the trainer to log the gates
         self.frozen: dict[str, torch.Tensor] | None = None  # gate -> its training mean (the ablation)
 

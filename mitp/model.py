@@ -9,7 +9,7 @@ At an interaction layer l the prompts of both towers are inserted after CLS/SOT,
 and the block's OUTPUT at the prompt positions (p-hat, Eq. 2) goes to the shared memory hub, whose result
 becomes the prompts of the next interaction layer. Layers between interaction layers (extraction layers)
 run without prompts. After the last interaction layer the hub output is inserted at the next block of
-BOTH towers and carried to their ends (DESIGN 3.4).
+BOTH towers and carried to their ends (docs/decisions.md §4).
 
 What happens at the hub is an `Exchange` (mitp.hub: the memory hub, the MLP exchange, none) and how
 logits are read is a `Head` (mitp.heads: fused, image, per-class, linear), each chosen by config: a
@@ -27,7 +27,6 @@ features + a linear head). docs/decisions.md says why each open point of the pap
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 
@@ -65,10 +64,6 @@ class MITPModel(nn.Module):
         else:
             self.text_layer_ids = self.vision_layer_ids = tuple(n - 1 for n in config.layers)
         self.layer_ids = self.text_layer_ids  # the interaction layers (MITP variants: the same in both towers)
-
-        # Efficiency switches; the benchmark turns them off to measure the naive path.
-        self.frozen_prefix_no_grad = True  # no autograd through blocks below the first prompted layer
-        self.skip_unused_text_layers = True  # image head: text blocks after the last interaction layer are skipped
 
         if variant in PROMPTED_VARIANTS:
             self.text_prompts = nn.Parameter(torch.randn(L, d_t) * PROMPT_INIT_STD)  # p_t^{l0}
@@ -123,7 +118,8 @@ class MITPModel(nn.Module):
         return self.clip.visual_projection(pooled)  # (B, P)
 
     def _prefix_context(self):
-        return torch.no_grad() if self.frozen_prefix_no_grad else contextlib.nullcontext()
+        """Blocks below the first prompted layer see no trainable input: no autograd through them."""
+        return torch.no_grad()
 
     # -----------------------------------------------------------------------------------------------
     # frozen towers without prompts (class embeddings, linear probe, parity with HF CLIP)
@@ -171,7 +167,7 @@ class MITPModel(nn.Module):
 
     def max_class_cosine(self) -> float:
         """The highest cosine between two classes' template embeddings. Near 1, Eq. 7 cannot tell
-        those classes apart whatever the prompts do (DESIGN.md 4): a sign of a backbone or templates
+        those classes apart whatever the prompts do (docs/decisions.md §9): a sign of a backbone or templates
         that do not know the class names."""
         if self.class_embeddings.shape[0] < 2:
             return float("nan")
@@ -205,7 +201,7 @@ class MITPModel(nn.Module):
 
         # Prompt rows of the text tower see every caption token (they acquire the whole caption), so from
         # here on the prompt rows are not causal; token rows stay causal and see the prompts, so the EOS
-        # embedding carries what the prompts hold (DESIGN 3.3).
+        # embedding carries what the prompts hold (docs/decisions.md §3).
         p_t, p_v = self._initial_prompts(h_t.shape[0])
         text_prompts_at = {}  # interaction layer -> the text prompts it received (the per-class passes reuse them)
         for i in range(first, last + 1):
@@ -220,7 +216,7 @@ class MITPModel(nn.Module):
             p_v_hat, h_v = split_prompts(h_v, self.prompt_length)
             p_t, p_v = self.hub(p_t_hat, p_v_hat, layer=i + 1)  # the exchange: consolidation and activation
 
-        # The last hub output is carried to the end of both towers (DESIGN 3.4).
+        # The last hub output is carried to the end of both towers (docs/decisions.md §4).
         h_v = insert_prompts(h_v, p_v)
         for i in range(last + 1, self.n_vision):
             h_v = self.vision_layers[i](h_v, None)
@@ -228,15 +224,12 @@ class MITPModel(nn.Module):
 
         if self.head.text_input == PER_CLASS:
             return image, self._per_class_text(input_ids, attention_mask, text_prompts_at, p_t)
-        if self.head.text_input == NO_TEXT and self.skip_unused_text_layers:
+        if self.head.text_input == NO_TEXT:  # text blocks after the last interaction layer cannot change the logits
             return image, None
         h_t = insert_prompts(h_t, p_t)
         for i in range(last + 1, self.n_text):
             h_t = self.text_layers[i](h_t, prompt_mask)
-        text = self._pool_text(h_t, input_ids, self.prompt_length)  # (B, P)
-        if self.head.text_input == NO_TEXT:  # naive reference path (benchmark only): the work is done, unused
-            return image + 0.0 * text.sum(), None
-        return image, text
+        return image, self._pool_text(h_t, input_ids, self.prompt_length)  # (B, P), (B, P)
 
     def _per_class_text(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompts_at: dict[int, torch.Tensor], last_prompts: torch.Tensor

@@ -174,12 +174,17 @@ def test_frozen_gates_replace_every_samples_gates_by_the_training_means(map):
         assert torch.allclose(h(p_t, p_v, layer=2)[0], live[0])
 
 
-def test_a_learned_scale_starts_at_the_papers_maps_and_trains():
-    fixed, learned = hub("pairwise"), hub("pairwise", scale="learned")
+@pytest.mark.parametrize("map", ["token", "pairwise"])
+def test_a_learned_scale_multiplies_the_maps_from_clips_initial_value_and_trains(map):
+    fixed, learned = hub(map), hub(map, scale="learned")
+    assert float(learned.log_scale.detach().exp()) == pytest.approx(1 / 0.07)
     p_t, p_v = prompts()
-    assert torch.allclose(fixed(p_t, p_v, layer=1)[0], learned(p_t, p_v, layer=1)[0], atol=1e-6)
+    learned.observer, fixed.observer = GateStatistics(), GateStatistics()
     learned(p_t, p_v, layer=1)[0].square().sum().backward()
     assert learned.log_scale.grad is not None and float(learned.log_scale.grad.abs()) > 0
+    with torch.no_grad():
+        learned.log_scale.zero_()  # scale 1: the paper's maps
+        assert torch.allclose(fixed(p_t, p_v, layer=1)[0], learned(p_t, p_v, layer=1)[0], atol=1e-6)
 
 
 def test_each_variant_gets_its_exchange():

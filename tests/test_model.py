@@ -1,4 +1,3 @@
-import math
 
 import pytest
 import torch
@@ -141,7 +140,7 @@ def test_pclip_prompts_every_block_of_each_tower(tiny):
     [
         ("mitp", (2, 3), "fused", ()),
         ("mitp", (3,), "fused", ()),  # the hub's text output is carried to the end of the text tower
-        ("mitp", (3,), "image", ("hub.vision_to_text", "hub.text_intra")),  # DESIGN 3.4: nowhere to go
+        ("mitp", (3,), "image", ("hub.vision_to_text", "hub.text_intra")),  # docs/decisions.md §4: nowhere to go
         ("mlp-interaction", (1, 3), "fused", ()),
         ("p-clip", (), "fused", ()),
         ("p-clip", (), "image", ("deep_text_prompts",)),

@@ -129,11 +129,6 @@ def load_tokenizer_file(path: str | Path) -> ClipTokenizer:
     return _wrap(tok)
 
 
-def load_hub_tokenizer(name: str) -> ClipTokenizer:
-    """Fetch a CLIP tokenizer from the Hugging Face hub (network; used with real backbones only)."""
-    return _wrap(Tokenizer.from_pretrained(name))
-
-
 def _wrap(tok: Tokenizer) -> ClipTokenizer:
     if tok.token_to_id("<|endoftext|>") is not None:  # OpenAI CLIP BPE: pads with <|endoftext|>
         return ClipTokenizer(tok, bos="<|startoftext|>", eos="<|endoftext|>", pad="<|endoftext|>")
