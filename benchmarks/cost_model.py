@@ -6,6 +6,7 @@ replace the MFU assumption per setting.
 
     python benchmarks/cost_model.py --mfu 0.4 --peak-tflops 989
     python benchmarks/cost_model.py --measured gpu_train_efficiency.json
+    python benchmarks/cost_model.py --readings pairwise,per-class     # price the readings comparison too
 
 Split sizes are the upstream ones (Food101: 90% of the 67,988 training pairs train, 10% validate);
 preparation may drop a few pairs. Each epoch trains on the training split and validates on the val split;
@@ -27,6 +28,9 @@ SPLITS = {  # train, val, test pairs per data set
 }
 
 
+CLASS_PROMPT_TOKENS = 12  # a class prompt such as "a photo of apple pie, a type of food." (the count hardly matters: every pass is 77 tokens)
+
+
 def flops_per_sample(run, arch, num_classes: int) -> tuple[float, float]:
     """(training, evaluation) FLOPs of one sample: forward + backward of a training step, and forward alone."""
     import torch
@@ -40,6 +44,8 @@ def flops_per_sample(run, arch, num_classes: int) -> tuple[float, float]:
         clip = CLIPModel(arch).requires_grad_(False)
         model = MITPModel(clip, run.model, num_classes, arch.text_config.eos_token_id).train()
         model.class_embeddings = torch.zeros(num_classes, arch.projection_dim)
+        model.class_prompt_ids = torch.zeros(num_classes, CLASS_PROMPT_TOKENS, dtype=torch.long)  # per-class head
+        model.class_prompt_lengths = torch.full((num_classes,), CLASS_PROMPT_TOKENS)
         pixels = torch.zeros(batch, 3, arch.vision_config.image_size, arch.vision_config.image_size)
         ids, mask = torch.zeros(batch, 77, dtype=torch.long), torch.ones(batch, 77, dtype=torch.long)
     counts = []
@@ -52,19 +58,24 @@ def flops_per_sample(run, arch, num_classes: int) -> tuple[float, float]:
     return counts[0], counts[1]
 
 
-def workflow_runs(raw: dict) -> list[tuple[str, str, float]]:
-    """(data set, setting, training fraction) of every training run the workflow block asks for."""
-    from mitp.config import expand_grid
+def workflow_runs(raw: dict, readings: list[str] | None = None) -> list[tuple[str, str, float]]:
+    """(data set, setting, training fraction) of every training run the workflow block asks for, once per
+    seed (the readings comparison with workflow.readings_seeds); `readings` replaces workflow.readings."""
+    from mitp.config import expand_grid, reading_setting
 
     workflow = raw["workflow"]
     grid = list(expand_grid(raw.get("grid") or []))
+    readings = workflow.get("readings", []) if readings is None else readings
+    reading_runs = {"mitp", "mlp-interaction", "prompts-only", *(reading_setting(r) for r in readings)}
+    seeds, reading_seeds = workflow["seeds"], list(dict.fromkeys([*workflow["seeds"], *(workflow.get("readings_seeds") or [])]))
     runs = []
     for dataset in workflow["datasets"]:
-        settings = list(workflow["settings"]) + ([s for s in grid if s not in workflow["settings"]] if dataset in workflow["grid_datasets"] else [])
-        runs += [(dataset, setting, 1.0) for setting in settings]
+        settings = list(workflow["settings"]) + [reading_setting(r) for r in readings]
+        settings += [s for s in grid if s not in settings] if dataset in workflow["grid_datasets"] else []
+        runs += [(dataset, setting, 1.0) for setting in settings for _ in (reading_seeds if setting in reading_runs else seeds)]
         if dataset in workflow["fractions"]["datasets"]:
-            runs += [(dataset, "mitp", p / 100) for p in workflow["fractions"]["percents"]]
-    return [run for run in runs for _ in workflow["seeds"]]
+            runs += [(dataset, "mitp", p / 100) for p in workflow["fractions"]["percents"] for _ in seeds]
+    return runs
 
 
 def main() -> None:
@@ -73,6 +84,7 @@ def main() -> None:
     parser.add_argument("--mfu", type=float, default=0.4, help="assumed model FLOP utilisation")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak (H100 and H200: 989)")
     parser.add_argument("--measured", default=None, help="JSON of train_efficiency.py --json-out from a GPU")
+    parser.add_argument("--readings", default=None, help="comma-separated readings to price instead of workflow.readings (e.g. pairwise,per-class)")
     args = parser.parse_args()
 
     from mitp.backbone import architecture_config
@@ -90,7 +102,8 @@ def main() -> None:
     flops: dict[tuple[str, str], tuple[float, float]] = {}
     totals = defaultdict(float)
     rows = []
-    for dataset, setting, fraction in workflow_runs(raw):
+    readings = None if args.readings is None else [r for r in args.readings.split(",") if r]
+    for dataset, setting, fraction in workflow_runs(raw, readings):
         run = resolve_run(project, dataset, setting)
         if (dataset, setting) not in flops:
             flops[dataset, setting] = flops_per_sample(run, arch, run.dataset.num_classes or 2)

@@ -124,6 +124,7 @@ def bundle_contract(run, state: dict[str, Any], backbone, size: int, variants: l
         "requires": {"onnxruntime": f">={MIN_ONNXRUNTIME}", "onnx_ir_version": ONNX_IR_VERSION, "opset": ONNX_OPSET},
         "dataset": run.dataset_name,
         "setting": run.setting_name,
+        "reading": run.model.reading(),  # how this model reads the paper's open points (docs/readings.md)
         "task": run.dataset.task,
         "labels": classes,
         "decision": {**decision_rule(run.dataset.task), "labels": "labels[i] is the class of logits[:, i]"},

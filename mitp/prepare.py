@@ -292,6 +292,7 @@ LAYOUTS: dict[str, Layout] = {
         "mmimdb", lambda root, report: read_mmimdb(root, report, _twin_genres()), "multi-label", lambda pairs: list(_twin_genres())
     ),
     "demo-snlive": _SNLIVE,
+    "demo-cue": _FOOD101,
 }
 
 

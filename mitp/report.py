@@ -48,7 +48,9 @@ def collect_runs(runs: Path, warn: Callable[[str], object] = print) -> tuple[lis
                 raise ValueError(f"{result_path} lacks {', '.join(missing)}")
             record["run"] = folder.parent.name
             metrics_path = folder / "metrics-test.json"
-            record["test"] = _read_json(metrics_path, dict)["metrics"] if metrics_path.is_file() else None
+            metrics = _read_json(metrics_path, dict) if metrics_path.is_file() else None
+            record["test"] = metrics["metrics"] if metrics else None
+            record["ablation"] = metrics.get("memory_ablation") if metrics else None
             history_path = folder / "history.json"
             record["history"] = _read_json(history_path, list) if history_path.is_file() else []
         except (OSError, ValueError, KeyError, TypeError) as err:
@@ -97,24 +99,46 @@ def _cell(records: list[dict[str, Any]], dataset: str, run: str) -> tuple[float,
     return _aggregate([r for r in records if r["dataset"] == dataset and r["run"] == run])
 
 
+PAPER_DATASETS = ("food101", "mmimdb", "snlive")
+
+
+def table1_average(scores: dict[str, tuple[float, ...] | None]) -> float | None:
+    """Table 1's Avg.: the mean of Food101 accuracy, MM-IMDB (F1-micro + F1-macro) / 2 and SNLI-VE
+    accuracy (None unless all three are there). The paper prints this mean cut to two decimals for every
+    row but MITP-base, whose 76.17 is rounded (truncation gives 76.16)."""
+    if any(scores.get(d) is None for d in PAPER_DATASETS):
+        return None
+    return statistics.fmean([scores["food101"][0], statistics.fmean(scores["mmimdb"]), scores["snlive"][0]])
+
+
 def build_tables(records: list[dict[str, Any]], paper: dict[str, Any], datasets: list[str]) -> dict[str, list[dict[str, str]]]:
-    """Rows (dicts of column -> text) of each table; every dataset gets an `ours` and a `paper` column."""
-    columns = {d: paper_column(d) for d in datasets}
+    """Rows (dicts of column -> text) of each table; every dataset gets an `ours` column, and a `paper`
+    column where the paper has that data set (the demo twins sit in their real data set's column)."""
+    columns = {d: paper_column(d) for d in datasets if paper_column(d) in PAPER_DATASETS}
     table1 = []
     for method, values in paper["table1"].items():
         row = {"method": method}
         ours_setting = TABLE1_OURS.get(method)
-        for dataset, column in columns.items():
+        for dataset in datasets:
             # a peer method of the paper has no run of ours: "-" (not applicable), unlike a missing run
             row[f"{dataset} (ours)"] = _fmt(_cell(records, dataset, ours_setting)) if ours_setting else "-"
-            row[f"{column} (paper)"] = _fmt(values.get(column))
+            if dataset in columns:
+                row[f"{columns[dataset]} (paper)"] = _fmt(values.get(columns[dataset]))
+        if len(columns) == len(PAPER_DATASETS):
+            ours = {columns[d]: _cell(records, d, ours_setting) for d in columns} if ours_setting else None
+            average = table1_average(ours) if ours else None
+            row["Avg. (ours)"] = "-" if not ours_setting else _fmt((average,) if average is not None else None)
+            row["Avg. (paper)"] = _fmt((values["avg"],)) if "avg" in values else "-"
         table1.append(row)
     table2 = []
     for model, setting in TABLE2_SETTINGS.items():
         row = {"model": model, "setting": setting}
-        for dataset, column in columns.items():
+        for dataset in datasets:
             row[f"{dataset} (ours)"] = _fmt(_cell(records, dataset, setting))
-            row[f"{column} (paper)"] = _fmt(paper["table2"][model].get(column))
+            if dataset in columns:
+                row[f"{columns[dataset]} (paper)"] = _fmt(paper["table2"][model].get(columns[dataset]))
+            if setting == "mitp":  # beside Table 2: what the memory strategy adds per sample (docs/readings.md)
+                row[f"{dataset} memory contribution"] = _fmt_contribution(records, dataset, setting)
         table2.append(row)
     table3 = []
     food = next((d for d in datasets if paper_column(d) == "food101"), None)
@@ -149,13 +173,109 @@ def build_tables(records: list[dict[str, Any]], paper: dict[str, Any], datasets:
     return {"table1": table1, "table2": table2, "table3": table3, "heads": heads, "runs": runs}
 
 
+def _fmt_contribution(records: list[dict[str, Any]], dataset: str, run: str) -> str:
+    values = [100 * r["ablation"]["contribution"] for r in records if r["dataset"] == dataset and r["run"] == run and r.get("ablation")]
+    if not values:
+        return "-"
+    spread = f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else ""
+    return f"{statistics.fmean(values):+.2f}{spread}"
+
+
+READING_VARIANTS = ("mitp", "mlp-interaction", "prompts-only")  # the exchanges compared in readings.md
+
+
+def describe_reading(reading: dict[str, Any] | None) -> str:
+    """`memory hub: pairwise map, softmax gate, learned scale, cos; fused head`."""
+    if not reading:
+        return "unrecorded"
+    exchange = {"memory-hub": "memory hub", "mlp": "MLP exchange", "none": "no exchange"}.get(reading.get("exchange"), "?")
+    if reading.get("exchange") == "memory-hub":
+        exchange += f": {reading['map']} map, {reading['gate']} gate, {reading['scale']} scale, {reading['similarity']}"
+    return f"{exchange}; {reading.get('head', '?')} head"
+
+
+def reading_rows(records: list[dict[str, Any]], datasets: list[str]) -> list[dict[str, Any]]:
+    """One row per data set and MITP-family run (full data, not the Fig. 4 grid): the score over seeds,
+    what freezing the gates at their training means costs (the memory strategy's contribution), and the
+    gates' statistics at the best epoch. Numbers stay numbers here; readings.md formats them."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        if r["dataset"] in datasets and r.get("variant") in READING_VARIANTS and r["fraction"] == 1.0 and grid_point(r["run"]) is None:
+            groups[(r["dataset"], r["run"])].append(r)
+    rows = []
+    for (dataset, run), members in sorted(groups.items(), key=lambda item: (datasets.index(item[0][0]), item[0][1])):
+        scores = [_score(r)[0] for r in members if _score(r)]
+        contributions = [100 * r["ablation"]["contribution"] for r in members if r.get("ablation")]
+        unchanged = [100 * r["ablation"]["predictions_unchanged"] for r in members if r.get("ablation")]
+        spreads = [row[f"{g}_spread"] for r in members for row in (r.get("gates") or {}).values() for g in ("z", "r")]
+        zeros = [row[f"zero_{m}_maps"] for r in members for row in (r.get("gates") or {}).values() for m in ("self", "cross")]
+        flagged = sorted({gate for r in members for gate in (r.get("low_spread_gates") or [])})
+        rows.append({
+            "dataset": dataset,
+            "run": run,
+            "reading": describe_reading(members[0].get("reading")),
+            "seeds": len(scores),
+            "score": _mean(scores),
+            "score sd": _sd(scores),
+            "memory contribution": _mean(contributions),
+            "memory contribution sd": _sd(contributions),
+            "decisions unchanged (%)": _mean(unchanged),
+            "gate spread (mean)": _mean(spreads),
+            "gate spread (min)": min(spreads) if spreads else None,
+            "all-zero maps (%)": 100 * _mean(zeros) if zeros else None,
+            "near-constant gates": len(flagged) if spreads else None,
+        })
+    return rows
+
+
+def _mean(values: list[float]) -> float | None:
+    return statistics.fmean(values) if values else None
+
+
+def _sd(values: list[float]) -> float | None:
+    return statistics.stdev(values) if len(values) > 1 else None
+
+
+def readings_markdown(rows: list[dict[str, Any]]) -> str:
+    """readings.md: the numeric rows, formatted (mean ± sd over seeds; '-' where a run has no gates)."""
+
+    def num(value: float | None, digits: int = 2, sign: bool = False) -> str:
+        return "-" if value is None else f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
+
+    def with_sd(mean: float | None, sd: float | None, sign: bool = False) -> str:
+        return num(mean, sign=sign) + ("" if sd is None else f" ± {sd:.2f}")
+
+    shown = [{
+        "data set": r["dataset"], "run": r["run"], "reading": r["reading"], "seeds": str(r["seeds"]),
+        "score": with_sd(r["score"], r["score sd"]),
+        "memory contribution (points)": with_sd(r["memory contribution"], r["memory contribution sd"], sign=True),
+        "decisions unchanged (%)": num(r["decisions unchanged (%)"], 1),
+        "gate spread mean / min": "-" if r["gate spread (mean)"] is None else f"{r['gate spread (mean)']:.3f} / {r['gate spread (min)']:.3f}",
+        "all-zero maps (%)": num(r["all-zero maps (%)"], 1),
+        "near-constant gates": "-" if r["near-constant gates"] is None else str(r["near-constant gates"]),
+    } for r in rows]
+    return _markdown(shown) + READINGS_NOTE
+
+
+READINGS_NOTE = """
+Score: test accuracy or F1-micro (%), mean ± standard deviation over seeds. Memory contribution: the score of
+the same checkpoint with every gate (z and r, per interaction layer and modality) frozen at its training
+mean, subtracted from the live score: what the memory strategy does per sample. Decisions unchanged: the
+share of test samples whose decision is the same with frozen gates. Gate spread: the standard deviation of a
+gate over training samples, averaged over its elements, at the best epoch; a gate below 0.02 is counted as
+near-constant. All-zero maps: the share of samples whose similarity map is zero after the ReLU (no gradient
+reaches W_m through them). Runs without a memory hub show '-'.
+"""
+
+
 def table_notes(records: list[dict[str, Any]], datasets: list[str]) -> list[str]:
     """What differs from the paper, said under every table: the head behind our numbers and Food101's split."""
-    heads = sorted({r.get("head", "image") for r in records if not r["run"].endswith(IMAGE_HEAD_SUFFIX)} - {"linear"})
+    heads = sorted({r.get("head", "image") for r in records if r["run"] in (*TABLE1_OURS.values(), *TABLE2_SETTINGS.values())} - {"linear"})
     notes = [
-        f"Head of our runs: {', '.join(heads) or 'none yet'} (DESIGN.md 3.7: `fused` = image and caption embeddings, "
-        "`image` = image embedding alone; the linear probe has a linear head of its own; runs named `<setting>-image` "
-        "use the image head and are compared in heads.md)."
+        f"Head of our runs: {', '.join(heads) or 'none yet'} (docs/decisions.md §7: `fused` = image and caption embeddings, "
+        "`image` = image embedding alone, `per-class` = the text tower once per class; the linear probe has a linear head "
+        "of its own; runs named `<setting>-image` use the image head and are compared in heads.md; MITP read other ways, "
+        "and what its memory strategy contributes, are in readings.md)."
     ]
     if any(paper_column(d) == "food101" for d in datasets):
         notes.append(
@@ -179,6 +299,9 @@ def write_report(runs: Path, paper_file: Path, out: Path, datasets: list[str], w
     for name, rows in tables.items():
         _write_csv(out / f"{name}.csv", rows)
         atomic_write_text(out / f"{name}.md", _markdown(rows) + ("" if name == "runs" else notes))
+    readings = reading_rows(records, datasets)
+    _write_numeric_csv(out / "readings.csv", readings)
+    atomic_write_text(out / "readings.md", readings_markdown(readings))
     plot_fig3(records, out / "fig3.png", datasets)
     plot_fig4(records, out / "fig4.png", datasets)
     plot_curves(records, out / "curves.png")
@@ -202,6 +325,17 @@ def _write_csv(path: Path, rows: list[dict[str, str]]) -> None:
         pacsv.write_csv(table, f)
 
 
+def _write_numeric_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """A CSV whose number columns hold numbers (empty where there is none)."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    table = pa.table({c: [row.get(c) for row in rows] for c in columns}) if rows else pa.table({"dataset": pa.array([], pa.string())})
+    with atomic_writer(path, "wb") as f:
+        pacsv.write_csv(table, f)
+
+
 def _markdown(rows: list[dict[str, str]]) -> str:
     if not rows:
         return "_no rows_\n"
@@ -220,29 +354,92 @@ def _pyplot():
     return plt
 
 
+PAPER_BUDGET = 2.0e6  # MITP's trainable parameters on ViT-L/14, as the paper states
+
+
 def plot_fig3(records: list[dict[str, Any]], path: Path, datasets: list[str]) -> None:
-    """Fig. 3: test score against trainable parameters and against peak training memory, per setting."""
+    """Fig. 3: test score against trainable parameters, one panel per data set, the paper's 2.0M marked;
+    for runs that measured GPU memory, a second row against peak training memory (a CPU process's RSS
+    says nothing about a GPU's memory, so CPU runs get the parameter panels alone). Labels do not overlap."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for dataset in datasets:
-        chosen = [r for r in records if r["dataset"] == dataset and _score(r) and r["fraction"] == 1.0]
-        for axis, key, label in ((axes[0], "trainable_params", "trainable parameters"), (axes[1], "peak_memory_gib", "peak training memory (GiB)")):
-            xs = [r[key] for r in chosen]
-            ys = [_score(r)[0] for r in chosen]
-            axis.scatter(xs, ys, label=dataset)
-            for r, x, y in zip(chosen, xs, ys, strict=True):
-                axis.annotate(r["run"], (x, y), fontsize=7, alpha=0.8)
+    chosen = [r for r in records if r["dataset"] in datasets and _score(r) and r["fraction"] == 1.0 and grid_point(r["run"]) is None]
+    gpu = [r for r in chosen if str(r.get("peak_memory_kind", "")).startswith("cuda") and math.isfinite(r["peak_memory_gib"])]
+    shown = [d for d in datasets if any(r["dataset"] == d for r in chosen)] or datasets[:1]
+    rows = [("trainable_params", "trainable parameters (log)", chosen)] + ([("peak_memory_gib", "peak GPU training memory (GiB)", gpu)] if gpu else [])
+    columns = min(2, len(shown))
+    grid_rows = -(-len(shown) // columns)  # data sets, two to a row
+    fig, axes = plt.subplots(
+        grid_rows * len(rows), columns, figsize=(6.4 * columns, 4.4 * grid_rows * len(rows)), squeeze=False, dpi=DPI
+    )
+    for axis in axes.flat[len(shown) * len(rows):]:
+        axis.set_visible(False)
+    for row, (key, label, records_here) in enumerate(rows):
+        for index, dataset in enumerate(shown):
+            axis = axes[row * grid_rows + index // columns][index % columns]
+            points = _mean_by_run([r for r in records_here if r["dataset"] == dataset], key)
+            axis.set_title(dataset)
             axis.set_xlabel(label)
             axis.set_ylabel("test accuracy / F1-micro (%)")
-    axes[0].set_xscale("log")
-    if any(_score(r) for r in records):
-        axes[0].legend(fontsize=8)
-    else:
-        fig.text(0.5, 0.5, "no evaluated runs yet", ha="center")
-    fig.suptitle("Fig. 3: score vs trainable parameters and memory (ours)")
+            axis.grid(alpha=0.3)
+            if key == "trainable_params":
+                axis.set_xscale("log")
+                axis.axvline(PAPER_BUDGET, color="grey", linestyle="--", linewidth=1)
+                axis.text(PAPER_BUDGET, 0.98, "paper: 2.0M ", transform=axis.get_xaxis_transform(), color="grey", fontsize=8, ha="right", va="top")
+            if points:
+                axis.scatter([x for _, x, _ in points], [y for _, _, y in points], color="tab:blue", zorder=3)
+                _pad_limits(axis)
+                _place_labels(axis, points)  # last: it needs the final limits
+            else:
+                axis.text(0.5, 0.5, "no evaluated runs yet", ha="center", transform=axis.transAxes)
+    fig.suptitle("Fig. 3: score against trainable parameters" + (" and GPU memory" if gpu else "") + " (ours, mean over seeds)")
     fig.tight_layout()
+    _save_figure(fig, path)
+
+
+def _mean_by_run(rows: list[dict[str, Any]], key: str) -> list[tuple[str, float, float]]:
+    """(run, x, mean score over seeds) per run."""
+    by_run: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        by_run[r["run"]].append(r)
+    return [(run, statistics.fmean(r[key] for r in rs), statistics.fmean(_score(r)[0] for r in rs)) for run, rs in sorted(by_run.items())]
+
+
+def _place_labels(axis, points: list[tuple[str, float, float]]) -> None:
+    """Label each point to its right; where labels would overlap, later ones move down one text line at a
+    time (greedy, in display coordinates), with a thin line back to their point."""
+    axis.figure.canvas.draw()  # the transforms below need the final limits
+    transform = axis.transData
+    taken: list[tuple[float, float, float]] = []  # (x, y, width) of placed labels, in pixels
+    font = 7 * axis.figure.dpi / 72  # pixels of a 7 pt font
+    line = 1.25 * font
+    for name, x, y in sorted(points, key=lambda p: -p[2]):
+        px, py = transform.transform((x, y))
+        width = 0.62 * font * len(name) + 6
+        ty = py
+        while any(abs(ty - oy) < line and px < ox + ow and ox < px + width for ox, oy, ow in taken):
+            ty -= line
+        taken.append((px, ty, width))
+        axis.annotate(
+            name, (x, y), xytext=(6, ty - py), textcoords="offset pixels", fontsize=7, va="center",
+            arrowprops={"arrowstyle": "-", "color": "grey", "lw": 0.5} if ty != py else None,
+        )
+
+
+def _pad_limits(axis, minimum_span: float = 2.0) -> None:
+    """At least `minimum_span` points on the score axis, so that two close points do not look far apart."""
+    low, high = axis.get_ylim()
+    if high - low < minimum_span:
+        middle = (low + high) / 2
+        axis.set_ylim(middle - minimum_span / 2, middle + minimum_span / 2)
+
+
+DPI = 120  # figures are drawn and saved at one resolution, so that label offsets in pixels hold
+
+
+def _save_figure(fig, path: Path) -> None:
+    plt = _pyplot()
     with atomic_writer(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=120)
+        fig.savefig(f, format="png", dpi=DPI)
     plt.close(fig)
 
 
@@ -254,46 +451,78 @@ def grid_point(run: str) -> tuple[str, str] | None:
     return None
 
 
+FIG4_PANELS = ("one layer (MITP-small)", "interval 1", "interval 2")
+
+
+def fig4_panel(layers: str) -> str:
+    """Which of the paper's Fig. 4 panels a layer set belongs to: one layer, or layers 1 or 2 apart."""
+    numbers = [int(n) for n in layers.split("-")]
+    if len(numbers) == 1:
+        return FIG4_PANELS[0]
+    gaps = {b - a for a, b in zip(numbers, numbers[1:], strict=False)}
+    return FIG4_PANELS[1] if gaps == {1} else FIG4_PANELS[2] if gaps == {2} else f"layers {layers}"
+
+
 def plot_fig4(records: list[dict[str, Any]], path: Path, datasets: list[str]) -> None:
-    """Fig. 4: test score per interaction-layer set and similarity (the grid settings named l<layers>-<sim>)."""
+    """Fig. 4: test score per interaction-layer set and similarity, one panel per layer spacing (as the
+    paper's three panels), layer sets in numeric order, one line per data set and similarity."""
     plt = _pyplot()
-    fig, axis = plt.subplots(figsize=(9, 4.2))
-    by_similarity: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
+    points: dict[str, dict[tuple[str, str], dict[tuple[int, ...], list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for r in records:
         point = grid_point(r["run"])
-        if point and _score(r):
+        if point and _score(r) and r["dataset"] in datasets:
             layers, similarity = point
-            by_similarity[(r["dataset"], similarity)][layers] = _score(r)[0]
-    for (dataset, similarity), points in sorted(by_similarity.items()):
-        names = list(points)
-        axis.plot(names, [points[n] for n in names], marker="o", label=f"{dataset} {similarity}")
-    axis.set_xlabel("interaction layers")
-    axis.set_ylabel("test accuracy / F1-micro (%)")
-    if by_similarity:
-        axis.legend(fontsize=8)
-    else:
-        axis.text(0.5, 0.5, "no grid runs evaluated yet", ha="center", transform=axis.transAxes)
-    axis.set_title("Fig. 4: interaction layers x similarity (ours)")
+            key = tuple(int(n) for n in layers.split("-"))
+            points[fig4_panel(layers)][(r["dataset"], similarity)][key].append(_score(r)[0])
+    panels = [p for p in FIG4_PANELS if p in points] + sorted(p for p in points if p not in FIG4_PANELS)
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5 * max(1, len(panels)), 4.2), squeeze=False)
+    for axis, panel in zip(axes[0], panels, strict=False):
+        lines = points[panel]
+        ticks = sorted({layers for series in lines.values() for layers in series})
+        for (dataset, similarity), series in sorted(lines.items()):
+            xs = [ticks.index(layers) for layers in sorted(series)]
+            axis.plot(xs, [statistics.fmean(series[layers]) for layers in sorted(series)], marker="o", label=f"{dataset} {similarity}")
+        axis.set_xticks(range(len(ticks)), ["-".join(map(str, t)) for t in ticks])
+        axis.set_title(panel)
+        axis.set_xlabel("interaction layers")
+        axis.set_ylabel("test accuracy / F1-micro (%)")
+        axis.grid(alpha=0.3)
+        _pad_limits(axis)
+        axis.legend(fontsize=7)
+    if not panels:
+        axes[0][0].text(0.5, 0.5, "no grid runs evaluated yet", ha="center", transform=axes[0][0].transAxes)
+    fig.suptitle("Fig. 4: interaction layers x similarity (ours, mean over seeds)")
     fig.tight_layout()
-    with atomic_writer(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=120)
-    plt.close(fig)
+    _save_figure(fig, path)
 
 
 def plot_curves(records: list[dict[str, Any]], path: Path) -> None:
-    """Training curves: validation metric per epoch, one line per run."""
+    """Training curves: validation metric per epoch, one panel per data set, one line per run (mean over
+    seeds), distinct colours and the legend beside the panel, not over the data."""
     plt = _pyplot()
-    fig, axis = plt.subplots(figsize=(9, 4.2))
+    by_dataset: dict[str, dict[str, list[list[dict[str, Any]]]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
-        history = r["history"]
-        if history:
-            axis.plot([h["epoch"] for h in history], [100 * h["val"][r["metric"]] for h in history], label=f"{r['dataset']}/{r['run']}")
-    axis.set_xlabel("epoch")
-    axis.set_ylabel("validation accuracy / F1-micro (%)")
-    if records:
-        axis.legend(fontsize=6, ncol=2)
-    axis.set_title("Training curves")
+        if r["history"]:
+            by_dataset[r["dataset"]][r["run"]].append(r["history"])
+    names = sorted(by_dataset) or ["(none)"]
+    fig, axes = plt.subplots(len(names), 1, figsize=(10, 3.2 * len(names)), squeeze=False)
+    for axis, dataset in zip(axes[:, 0], names, strict=True):
+        runs = by_dataset.get(dataset, {})
+        colours = plt.get_cmap("tab20" if len(runs) > 10 else "tab10")
+        for i, (run, histories) in enumerate(sorted(runs.items())):
+            metric = next(iter(histories[0][0]["val"]), None)
+            metric = next((r["metric"] for r in records if r["dataset"] == dataset and r["run"] == run), metric)
+            epochs = sorted({h["epoch"] for history in histories for h in history})
+            means = [statistics.fmean(100 * h["val"][metric] for history in histories for h in history if h["epoch"] == e) for e in epochs]
+            axis.plot(epochs, means, marker=".", color=colours(i % colours.N), linestyle="-" if i < colours.N else "--", label=run)
+        axis.set_title(dataset)
+        axis.set_xlabel("epoch")
+        axis.xaxis.get_major_locator().set_params(integer=True)
+        axis.set_ylabel("val accuracy / F1-micro (%)")
+        axis.grid(alpha=0.3)
+        if runs:
+            axis.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), ncol=1 + len(runs) // 14)
+        else:
+            axis.text(0.5, 0.5, "no runs yet", ha="center", transform=axis.transAxes)
     fig.tight_layout()
-    with atomic_writer(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=120)
-    plt.close(fig)
+    _save_figure(fig, path)

@@ -258,7 +258,7 @@ BIAS_INIT_SAMPLES = 1024  # training pairs whose initial logits set the multi-la
 
 @torch.no_grad()
 def init_class_bias(model: MITPModel, dataset: PairDataset, run: RunConfig, accelerator: Accelerator) -> dict[str, Any]:
-    """Start the multi-label bias where the data are (DESIGN 3.7). At CLIP's logit scale of 100 and
+    """Start the multi-label bias where the data are (docs/decisions.md §7). At CLIP's logit scale of 100 and
     cosines of 0.15-0.35 a zero bias predicts every label positive, and Adam at the prompts' learning rate
     would need the whole training to move it. The bias of class k is set so that, on a seeded sample of
     training pairs, the share predicted positive equals the class's training prior pi_k: minus the

@@ -9,6 +9,12 @@ names a *colour*. The answer needs both, so neither modality alone solves a twin
   the genres are the patterns and colours present (8 labels).
 - demo-snlive (3 classes): the hypothesis names a pattern (entailment if the image shows it,
   contradiction if not) or a colour (neutral: a grey image can neither confirm nor deny a colour).
+- demo-cue (single-label, Food101 layout): the class is "<colour>_<pattern>" as in demo-food101, but
+  which modality carries the colour varies per sample, so the value of the caption does too. A grey image
+  with a caption naming the true colour (the caption decides), a coloured image with a caption naming a
+  distractor colour (the caption misleads), or a coloured image with a caption naming no colour (the
+  caption is noise). Whether the image is grey tells which case a pair is: a per-sample gate on what the
+  caption brings can use that, a fixed mix cannot. Built to test the memory strategy, not to favour it.
 
 The twins are written exactly as the real data arrive (Food101 CSVs and class folders, MM-IMDB's
 `dataset/<id>.jpeg|json` + `split.json`, SNLI-VE jsonl + Flickr30k folder), so `mitp data prepare`
@@ -48,7 +54,8 @@ COMMON_WORDS = ("a", "an", "the", "of", "and", "with", "in", "this", "photo", "t
                 "movie", "sentence", "are", "image", "entailment", "neutral", "contradiction", ",", ".")
 SIZES = {"train": 1600, "val": 320, "test": 400}
 SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
-TWINS = ("demo-food101", "demo-mmimdb", "demo-snlive")
+TWINS = ("demo-food101", "demo-mmimdb", "demo-snlive", "demo-cue")
+CUE_CASES = {"caption-decides": 0.4, "caption-misleads": 0.3, "caption-is-noise": 0.3}  # demo-cue's mix
 
 
 def vocabulary() -> tuple[str, ...]:
@@ -91,6 +98,7 @@ def make_twin(name: str, out: Path, seed: int = 0, sizes: dict[str, int] | None 
         "demo-food101": _write_food101,
         "demo-mmimdb": _write_mmimdb,
         "demo-snlive": _write_snlive,
+        "demo-cue": _write_cue,
     }
     if name not in writers:
         raise ValueError(f"unknown twin {name!r}; allowed: {', '.join(TWINS)}")
@@ -128,6 +136,34 @@ def _write_food101(out: Path, seed: int, sizes: dict[str, int]) -> dict[str, int
             filename = f"{label}_{n}.jpg"
             _save(render([pattern], GREY, rng), out / "images" / split / label / filename)
             rows.append([filename, _phrase(rng, FOOD_WORDS, colour), label])
+        (out / "texts").mkdir(parents=True, exist_ok=True)
+        with open(out / "texts" / f"{split}_titles.csv", "w", newline="") as f:
+            csv.writer(f).writerows(rows)
+        counts[split] = size
+    return counts
+
+
+def _write_cue(out: Path, seed: int, sizes: dict[str, int]) -> dict[str, int]:
+    """demo-cue in the Food101 layout; each pair's case is drawn from CUE_CASES."""
+    counts = {}
+    cases, weights = list(CUE_CASES), list(CUE_CASES.values())
+    for split, size in (("train", sizes["train"] + sizes["val"]), ("test", sizes["test"])):
+        rng = _rng(seed, split, 3)
+        rows = []
+        for n in range(size):
+            colour, pattern = COLOURS[rng.integers(4)], PATTERNS[rng.integers(4)]
+            case = cases[rng.choice(len(cases), p=weights)]
+            label = f"{colour}_{pattern}"
+            filename = f"{label}_{n}.jpg"
+            if case == "caption-decides":
+                image, caption = render([pattern], GREY, rng), _phrase(rng, FOOD_WORDS, colour)
+            elif case == "caption-misleads":
+                distractor = rng.choice([c for c in COLOURS if c != colour])
+                image, caption = render([pattern], colour, rng), _phrase(rng, FOOD_WORDS, str(distractor))
+            else:
+                image, caption = render([pattern], colour, rng), " ".join(rng.choice(FOOD_WORDS, rng.integers(3, 6)))
+            _save(image, out / "images" / split / label / filename)
+            rows.append([filename, caption, label])
         (out / "texts").mkdir(parents=True, exist_ok=True)
         with open(out / "texts" / f"{split}_titles.csv", "w", newline="") as f:
             csv.writer(f).writerows(rows)

@@ -217,13 +217,19 @@ def test_batch_mode_skips_bad_lines_and_predicts_the_rest(trained, tmp_path):
     assert "predicted 2 of 5 lines" in result.output
 
 
-def test_cuda_request_fails_where_it_cannot_run(trained):
-    """With the CPU onnxruntime, or the GPU build on a machine without a GPU: `auto` falls back to CPU and
-    says so, `cuda` is an error."""
+def test_cuda_request_fails_where_it_cannot_run(trained, monkeypatch):
+    """With the CPU onnxruntime, or the GPU build on a machine whose GPU it cannot use: `auto` falls back to
+    CPU and says so where a GPU is present (and says nothing where there is none), `cuda` is an error."""
+    import mitp.runtime.predict as predict
+
     auto = Predictor(trained / "bundle", provider="auto")
     if auto.provider == "CUDAExecutionProvider":
         pytest.skip("CUDA runs here; the GPU path is measured by the benchmark instead")
-    assert auto.provider == "CPUExecutionProvider" and auto.note.startswith("running on CPU")
+    assert auto.provider == "CPUExecutionProvider"
+    monkeypatch.setattr(predict, "gpu_present", lambda: True)
+    assert Predictor(trained / "bundle", provider="auto").note.startswith("running on CPU")
+    monkeypatch.setattr(predict, "gpu_present", lambda: False)
+    assert Predictor(trained / "bundle", provider="auto").note == ""
     (image,), (text,) = _test_pairs(trained, 1)
     result = runner.invoke(app, ["predict", str(image), text, "--model", str(trained / "bundle"), "--provider", "cuda"])
     assert result.exit_code == 2 and "cannot run here" in result.output
@@ -253,3 +259,57 @@ def test_predict_applies_the_same_image_rule_and_refuses_huge_images(trained, tm
     result = runner.invoke(app, ["predict", "--batch", str(batch), "--out", str(tmp_path / "out.jsonl"), "--model", str(trained / "bundle")])
     assert result.exit_code == 1 and "line 2" in result.output
     assert [json.loads(line)["line"] for line in (tmp_path / "out.jsonl").read_text().splitlines()] == [1, 3]
+
+
+@pytest.mark.parametrize(
+    "reading, expected",
+    [
+        ({"hub": {"map": "pairwise", "scale": "learned"}}, {"exchange": "memory-hub", "map": "pairwise", "scale": "learned", "head": "fused"}),
+        ({"head": "per-class"}, {"exchange": "memory-hub", "map": "token", "head": "per-class"}),
+    ],
+)
+def test_each_reading_exports_with_parity_and_is_recorded(trained, tmp_path, reading, expected):
+    """A reading trains, evaluates (with the frozen-gate ablation) and exports within the fp32 tolerance,
+    and result.json, metrics and bundle.json say which reading it is."""
+    import yaml
+
+    config = yaml.safe_load((trained / "config.yaml").read_text())
+    config["readings"] = {"r": reading}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    run, bundle = tmp_path / "run", tmp_path / "bundle"
+    args = ["train", "-c", str(tmp_path / "config.yaml"), "-d", "food", "-s", "mitp-r", "--max-steps", "2", "--out", str(run), "--no-progress"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "gates (layer.modality): 2.text z" in result.output  # per interaction layer, from the first one
+    result = runner.invoke(app, ["evaluate", "--checkpoint", str(run)])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((run / "metrics-test.json").read_text())
+    ablation = metrics["memory_ablation"]
+    assert ablation["contribution"] == pytest.approx(ablation["live"] - ablation["frozen_gates"])
+    assert ablation["live"] == metrics["metrics"]["accuracy"] and 0 <= ablation["predictions_unchanged"] <= 1
+    result = runner.invoke(app, ["export", "--checkpoint", str(run), "--out", str(bundle)])
+    assert result.exit_code == 0, result.output
+    assert json.loads((bundle / "export_report.json").read_text())["fp32"]["max_abs_diff"] <= 1e-4
+    for recorded in (json.loads((run / "result.json").read_text())["reading"], metrics["reading"], json.loads((bundle / "bundle.json").read_text())["reading"]):
+        assert expected.items() <= recorded.items()
+    assert runner.invoke(app, ["bundle", "verify", str(bundle)]).exit_code == 0
+
+
+def test_predict_without_model_takes_the_newest_bundle_under_results_and_says_so(trained, tmp_path, monkeypatch):
+    import os
+    import time
+
+    image = _test_pairs(trained, 1)[0][0]
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["predict", str(image), "a caption"])
+    assert result.exit_code == 2 and "none found under ./results/*/bundles" in result.output
+    assert "results/demo/bundles/<data set>/mitp" in result.output and "Traceback" not in result.output
+    older, newer = tmp_path / "results" / "demo" / "bundles" / "food" / "mitp", tmp_path / "results" / "ci" / "bundles" / "food" / "mitp"
+    shutil.copytree(trained / "other-bundle", older)
+    shutil.copytree(trained / "bundle", newer)
+    past = time.time() - 3600
+    os.utime(older / "model.onnx", (past, past))
+    result = runner.invoke(app, ["predict", str(image), "a caption", "--json"])
+    assert result.exit_code == 0, result.output
+    assert f"using bundle {Path('results/ci/bundles/food/mitp')}, the newest of 2" in result.output
+    assert "CUDA provider" not in result.output  # no GPU on this machine: running on the CPU is no news

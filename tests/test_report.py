@@ -79,3 +79,75 @@ def test_report_puts_ours_beside_the_paper_and_marks_missing_runs(tmp_path):
     for png in ("fig3.png", "fig4.png", "curves.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((out / "summary.json").read_text())["runs_evaluated"] == 6
+
+
+def _with_gates(runs: Path, dataset: str, run: str, seed: int, score: float, contribution: float, spread: float, reading: dict) -> None:
+    _run(runs, dataset, run, run, {"accuracy": score}, seed=seed)
+    folder = runs / dataset / run / f"seed{seed}"
+    result = json.loads((folder / "result.json").read_text())
+    gates = {"2.text": {"z_mean": 0.5, "z_spread": spread, "r_mean": 0.5, "r_spread": spread, "zero_self_maps": 0.1, "zero_cross_maps": 0.3}}
+    result.update(reading=reading, gates=gates, low_spread_gates=["2.text.z", "2.text.r"] if spread < 0.02 else [])
+    (folder / "result.json").write_text(json.dumps(result))
+    ablation = {"metric": "accuracy", "live": score, "frozen_gates": score - contribution, "contribution": contribution, "predictions_unchanged": 0.9}
+    (folder / "metrics-test.json").write_text(json.dumps({"metrics": {"accuracy": score}, "memory_ablation": ablation}))
+
+
+def test_the_readings_table_gives_spread_over_seeds_the_memory_contribution_and_the_gates(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "report"
+    token = {"exchange": "memory-hub", "map": "token", "gate": "softmax", "scale": "fixed", "similarity": "cos", "head": "fused"}
+    pairwise = {**token, "map": "pairwise"}
+    _with_gates(runs, "demo-cue", "mitp", 0, 0.80, 0.00, 0.005, token)
+    _with_gates(runs, "demo-cue", "mitp", 1, 0.70, 0.02, 0.007, token)
+    _with_gates(runs, "demo-cue", "mitp-pairwise", 0, 0.90, 0.10, 0.2, pairwise)
+    _run(runs, "demo-cue", "mlp-interaction", "mlp-interaction", {"accuracy": 0.85})
+    result = CliRunner().invoke(app, ["report", "--runs", str(runs), "--paper", str(PAPER), "--out", str(out), "--datasets", "demo-cue"])
+    assert result.exit_code == 0, result.output
+    rows = {row["run"]: row for row in csv.DictReader(open(out / "readings.csv"))}
+    assert set(rows) == {"mitp", "mitp-pairwise", "mlp-interaction"}
+    token_row = rows["mitp"]
+    assert float(token_row["score"]) == 75.0 and abs(float(token_row["score sd"]) - 7.0711) < 1e-3  # numbers, not text
+    assert abs(float(token_row["memory contribution"]) - 1.0) < 1e-9 and token_row["near-constant gates"] == "2"
+    assert abs(float(token_row["gate spread (min)"]) - 0.005) < 1e-9 and abs(float(token_row["all-zero maps (%)"]) - 20.0) < 1e-9
+    assert rows["mitp-pairwise"]["reading"] == "memory hub: pairwise map, softmax gate, fixed scale, cos; fused head"
+    assert rows["mlp-interaction"]["memory contribution"] == "" and rows["mlp-interaction"]["seeds"] == "1"
+    markdown = (out / "readings.md").read_text()
+    assert "| demo-cue | mitp | memory hub: token map" in markdown and "75.00 ± 7.07 | +1.00 ± 1.41" in markdown
+    table2 = {row["model"]: row for row in csv.DictReader(open(out / "table2.csv"))}
+    assert table2["Model 1"]["demo-cue memory contribution"] == "+1.00 ± 1.41"
+    assert "cue (paper)" not in table2["Model 1"]  # no paper column for a data set the paper does not have
+
+
+def test_table1_average_is_the_papers_formula():
+    from mitp.report import table1_average
+
+    assert abs(table1_average({"food101": (93.95,), "mmimdb": (65.9, 56.3), "snlive": (73.45,)}) - 76.1667) < 1e-4
+    assert table1_average({"food101": (93.95,), "mmimdb": None, "snlive": (73.45,)}) is None
+
+
+def test_table1_has_the_avg_column_when_all_three_data_sets_are_reported(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "report"
+    _run(runs, "demo-food101", "mitp", "mitp", {"accuracy": 0.9})
+    _run(runs, "demo-mmimdb", "mitp", "mitp", {"f1_micro": 0.6, "f1_macro": 0.4})
+    _run(runs, "demo-snlive", "mitp", "mitp", {"accuracy": 0.6})
+    args = ["report", "--runs", str(runs), "--paper", str(PAPER), "--out", str(out), "--datasets", "demo-food101,demo-mmimdb,demo-snlive"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    table1 = {row["method"]: row for row in csv.DictReader(open(out / "table1.csv"))}
+    assert table1["MITP-base"]["Avg. (ours)"] == "66.67"  # (90 + (60 + 40) / 2 + 60) / 3
+    assert table1["MITP-base"]["Avg. (paper)"] == "76.17"
+    assert table1["MITP-small"]["Avg. (ours)"] == "missing" and table1["HUSE"]["Avg. (paper)"] == "-"
+
+
+def test_fig4_panels_follow_the_papers_layer_spacing():
+    from mitp.report import fig4_panel
+
+    assert fig4_panel("11") == fig4_panel("2") == "one layer (MITP-small)"
+    assert fig4_panel("2-3-4") == fig4_panel("4-5-6") == "interval 1"
+    assert fig4_panel("2-4-6") == "interval 2" and fig4_panel("1-5") == "layers 1-5"
+
+
+def test_a_report_with_no_runs_is_complete(tmp_path):
+    out = tmp_path / "report"
+    result = CliRunner().invoke(app, ["report", "--runs", str(tmp_path / "none"), "--paper", str(PAPER), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    for name in ("table1.md", "table2.md", "table3.md", "readings.md", "readings.csv", "fig3.png", "fig4.png", "curves.png", "summary.json"):
+        assert (out / name).is_file(), name

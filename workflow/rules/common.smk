@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 
 from mitp.atomic import atomic_write_text
-from mitp.config import expand_grid
+from mitp.config import expand_grid, reading_setting
 from mitp.gpus import ENV_DIR, ENV_SLOTS, slots_spec, visible_gpus
 from mitp.presets import known_image_size
 
@@ -37,6 +37,10 @@ if workflow.is_main_process and not workflow.dryrun:
     _text = f"# written by the workflow: the merged config that every rule passes to mitp --config\n{_merged}"
     if not Path(MITP_CONFIG).is_file() or Path(MITP_CONFIG).read_text() != _text:
         atomic_write_text(Path(MITP_CONFIG), _text)
+
+for _reading in W.get("readings", []):
+    if _reading not in (config.get("readings") or {}):
+        raise ValueError(f"workflow.readings: {_reading!r} is not under readings")
 
 for _name in W["datasets"]:
     if _name not in config["datasets"]:
@@ -118,11 +122,27 @@ def launcher(wildcards):
 
 def runs_for(dataset):
     names = list(W["settings"])
+    names += [reading_setting(r) for r in W.get("readings", []) if reading_setting(r) not in names]  # MITP read each way
     if dataset in W["grid_datasets"]:
         names += [s for s in GRID_SETTINGS if s not in names]
     if dataset in W["fractions"]["datasets"]:
         names += [f"mitp-frac{p}" for p in W["fractions"]["percents"]]
     return names
+
+
+READING_RUNS = {"mitp", "mlp-interaction", "prompts-only"} | {reading_setting(r) for r in W.get("readings", [])}
+
+
+def seeds_for(run):
+    """The seeds of one run: the readings comparison (MITP under each reading, the MLP exchange and
+    prompts-only) has its own (workflow.readings_seeds) so that its spread over seeds is measured."""
+    if run in READING_RUNS and W.get("readings_seeds"):
+        return list(dict.fromkeys([*W["seeds"], *W["readings_seeds"]]))
+    return W["seeds"]
+
+
+def run_dirs(dataset):
+    return [run_dir(dataset, run, seed) for run in runs_for(dataset) for seed in seeds_for(run)]
 
 
 def setting_of(run):
@@ -140,9 +160,7 @@ def run_dir(dataset, run, seed):
 def all_targets():
     targets = [f"{REPORT}/table1.md", f"{REPORT}/summary.json"]
     for dataset in W["datasets"]:
-        for run in runs_for(dataset):
-            for seed in W["seeds"]:
-                targets.append(f"{run_dir(dataset, run, seed)}/metrics-test.json")
+        targets += [f"{folder}/metrics-test.json" for folder in run_dirs(dataset)]
         for setting in W["export"]:
             targets.append(f"{BUNDLES}/{dataset}/{setting}.predictions.jsonl")
     return targets

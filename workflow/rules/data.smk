@@ -5,7 +5,8 @@ rule download:
         "../envs/mitp.yaml"
     log:
         f"{LOGS}/download/{{dataset}}.log",
-    retries: 3
+    # Snakemake does not retry: `mitp data download` resumes an interrupted download itself, and a refusal, a
+    # missing credential or an unreachable host cannot change on a retry
     shell:
         f"{LOGGED} mitp data download {{wildcards.dataset}} --raw data/raw/{{wildcards.dataset}}"
 
@@ -22,7 +23,6 @@ if BACKBONE_FILE and not W.get("standin"):  # a hub backbone: fetched once, then
             "../envs/mitp.yaml"
         log:
             f"{LOGS}/fetch_backbone.log",
-        retries: 2
         params:
             name=config["backbone"],
         shell:

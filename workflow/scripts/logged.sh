@@ -8,4 +8,7 @@ status=$?
 n=1
 while [ -e "$log.failed-$n" ]; do n=$((n + 1)); done
 cp "$log" "$log.failed-$n"
+# Say why on the console too (Snakemake shows a job's stderr): mitp's own error lines, else the log's end.
+reason=$(grep -E "^(error|interrupted):" "$log" | tail -n 3)
+printf '%s\n' "${reason:-$(tail -n 5 "$log")}" "(whole output: $log)" >&2
 exit "$status"
