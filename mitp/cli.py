@@ -39,7 +39,9 @@ app = typer.Typer(
     cls=_CommandGroup, help="MITP: memory-inspired temporal prompt interaction on frozen CLIP.", no_args_is_help=True, add_completion=False
 )
 
-ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="Project config (YAML).")]
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="Project config (YAML); default ./config.yaml, else the packaged one.", show_default=False)
+]
 DatasetOption = Annotated[str, typer.Option("--dataset", "-d", help="Data set name from the config.")]
 BackboneOption = Annotated[str | None, typer.Option("--backbone", help="Override the backbone: HF name, local folder or preset:<name>.")]
 
@@ -54,12 +56,15 @@ TRAINING_LIBRARIES = ("torch", "transformers", "accelerate", "safetensors", "yam
 
 def _require(*modules: str, extra: str = "train") -> None:
     """Stop with a clear message when a command needs libraries that this install left out (the runtime-only
-    install, `pip install "mitp[cpu]"`, has `mitp predict` and `mitp bundle verify` alone)."""
+    install, `pip install ".[cpu]"`, has `mitp predict` and `mitp bundle verify` alone)."""
     from importlib.util import find_spec
 
     missing = [m for m in modules if find_spec(m) is None]
     if missing:
-        _fail(f"this command needs {', '.join(missing)}, which this install does not have: pip install \"mitp[{extra}]\"")
+        _fail(
+            f"this command needs {', '.join(missing)}, which this install does not have: add the {extra!r} extra, e.g. "
+            f"python -m pip install -e \".[{extra}]\" in a clone of mitp, or \"<mitp wheel>[{extra}]\""
+        )
 
 
 def _claim_gpu_slot() -> None:
@@ -71,10 +76,38 @@ def _claim_gpu_slot() -> None:
         console.print(f"GPU slot claimed: CUDA_VISIBLE_DEVICES={device}")
 
 
-def _resolve(config: Path, dataset: str, setting: str, backbone: str | None, seed: int | None = None, **overrides: Any):
+def _config_path(config: Path | None) -> Path:
+    """--config, ./config.yaml, or the packaged config (said once, so that nobody edits the wrong file)."""
+    from .resources import default_config
+
+    path, packaged = default_config(config)
+    if packaged:
+        console.print(f"using the packaged config ({path}); `mitp init` writes an editable config.yaml here", soft_wrap=True)
+    return path
+
+
+def _resolve(config: Path | None, dataset: str, setting: str, backbone: str | None, seed: int | None = None, **overrides: Any):
     from .config import load_config, resolve_run
 
-    return resolve_run(load_config(config), dataset, setting, backbone=backbone, seed=seed, **overrides)
+    return resolve_run(load_config(_config_path(config)), dataset, setting, backbone=backbone, seed=seed, **overrides)
+
+
+@app.command()
+def init(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write config.yaml into.")] = Path("."),
+    demo: Annotated[bool, typer.Option("--demo", help="The offline demo's config (twins, stand-in CLIP) instead of the paper's.")] = False,
+) -> None:
+    """Write an editable config.yaml (the paper's setup, or the demo's) into a folder; never over an existing one."""
+    from .atomic import atomic_write_text
+    from .outputs import OutputError
+    from .resources import CONFIG, DEMO_CONFIG, resource
+
+    target = out / "config.yaml"
+    if target.exists() or target.is_symlink():
+        raise OutputError(f"{target} exists and is left as it is: edit it, or name another folder with --out")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(target, resource(DEMO_CONFIG if demo else CONFIG).read_text())
+    console.print(f"[bold green]wrote[/] {target}: the {'offline demo' if demo else 'paper'}'s setup; every mitp command here reads it")
 
 
 @app.command()
@@ -85,7 +118,7 @@ def version() -> None:
 
 @app.command()
 def info(
-    config: ConfigOption = Path("config.yaml"),
+    config: ConfigOption = None,
     dataset: DatasetOption = "food101",
     setting: Annotated[str | None, typer.Option("--setting", "-s", help="Setting name; all settings if omitted.")] = None,
     backbone: BackboneOption = None,
@@ -96,6 +129,7 @@ def info(
     from .budget import parameter_budget
     from .config import load_config
 
+    config = _config_path(config)
     project = load_config(config)
     names = [setting] if setting else list(project.settings)
     rows = [parameter_budget(_resolve(config, dataset, name, backbone)) for name in names]
@@ -136,7 +170,7 @@ def _span(layers: list[int]) -> str:
 @app.command()
 def train(
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory (checkpoints, history); resumed if it exists.")],
-    config: ConfigOption = Path("config.yaml"),
+    config: ConfigOption = None,
     dataset: DatasetOption = "food101",
     setting: Annotated[str, typer.Option("--setting", "-s")] = "mitp",
     backbone: BackboneOption = None,
@@ -234,7 +268,7 @@ def predict(
     from .runtime.predict import Predictor
 
     if model is None:
-        _fail("no bundle: pass --model <bundle folder> (or set MITP_MODEL)")
+        model = _default_bundle()
     if batch is None and (image is None or text is None):
         _fail("give an IMAGE and a TEXT, or --batch pairs.jsonl")
     predictor = Predictor(model, provider, variant)
@@ -256,6 +290,23 @@ def predict(
     for label, score in result.to_json(predictor.provider, top_k or 5)["scores"].items():
         table.add_row(label, f"{score:.4f}", "*" if label in result.labels else "")
     stdout.print(table)
+
+
+def _default_bundle() -> Path:
+    """The newest bundle under ./results (the workflow's) or ./bundles, said aloud; or how to get one."""
+    from .runtime.predict import find_bundle
+
+    found = find_bundle()
+    if found is None:
+        _fail(
+            "no bundle given and none found under ./results/*/bundles or ./bundles: pass --model <folder written by "
+            "`mitp export`> (or set MITP_MODEL); the demo, `snakemake --profile workflow/profiles/demo`, writes them "
+            "to results/demo/bundles/<data set>/mitp"
+        )
+    bundle, count = found
+    others = f", the newest of {count}" if count > 1 else ""
+    console.print(f"using bundle {bundle}{others} (choose with --model)", soft_wrap=True)
+    return bundle
 
 
 def _predict_batch(predictor, batch: Path, out: Path | None, bundle: Path, top_k: int | None) -> int:
@@ -293,14 +344,16 @@ def _predict_batch(predictor, batch: Path, out: Path | None, bundle: Path, top_k
 @app.command()
 def report(
     runs: Annotated[Path, typer.Option(help="Runs folder: <runs>/<dataset>/<run>/seed<n>/result.json.")] = Path("results/runs"),
-    paper: Annotated[Path, typer.Option(help="The paper's numbers (YAML).")] = Path("workflow/report/paper.yaml"),
+    paper: Annotated[Path | None, typer.Option(help="The paper's numbers (YAML); default: the packaged copy.", show_default=False)] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")] = Path("results/report"),
     datasets: Annotated[str, typer.Option(help="Comma-separated data sets, in column order.")] = "food101,mmimdb,snlive",
 ) -> None:
     """Rebuild Tables 1-3, parameter/time/memory per run, Fig. 3, Fig. 4 and training curves beside the paper."""
     _require("yaml", "pyarrow", "matplotlib", extra="workflow")
     from .report import write_report
+    from .resources import PAPER, resource
 
+    paper = paper or resource(PAPER)
     if not paper.is_file():
         _fail(f"paper numbers not found: {paper}")
     summary = write_report(runs, paper, out, [d for d in datasets.split(",") if d], warn=lambda m: console.print(f"[bold yellow]warning:[/] {escape(m)}", soft_wrap=True))
@@ -339,7 +392,7 @@ def bundle_verify(
 
 data_app = typer.Typer(help="Download and prepare the data sets (real ones and the offline twins).", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-DATASETS_HELP = "food101 | mmimdb | snlive | demo-food101 | demo-mmimdb | demo-snlive"
+DATASETS_HELP = "food101 | mmimdb | snlive | demo-food101 | demo-mmimdb | demo-snlive | demo-cue"
 
 
 @data_app.command("download")
@@ -347,15 +400,27 @@ def data_download(
     dataset: Annotated[str, typer.Argument(help=DATASETS_HELP)],
     raw: Annotated[Path | None, typer.Option(help="Raw folder; default data/raw/<dataset>.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the offline twins.")] = 0,
+    retries: Annotated[int, typer.Option(min=0, help="Resume an interrupted download this many times (1, 2, 4... s apart).")] = 3,
 ) -> None:
-    """Fetch a data set in its upstream layout (resumable, checksummed); twins are generated offline."""
-    from .download import download_dataset
+    """Fetch a data set in its upstream layout (resumable, checksummed); twins are generated offline.
+    Only interruptions are retried: a refusal, a missing credential or an unreachable host is said at once."""
+    import time
+
+    from .download import TransientDownloadError, download_dataset
     from .progress import progress_bar
 
     raw = raw or Path("data/raw") / dataset
-    with progress_bar(console, unit_bytes=True) as bar:
-        task = bar.add_task(f"download {dataset}", total=None)
-        root = download_dataset(dataset, raw, progress=lambda done, total: bar.update(task, completed=done, total=total), seed=seed)
+    for attempt in range(retries + 1):
+        try:
+            with progress_bar(console, unit_bytes=True) as bar:
+                task = bar.add_task(f"download {dataset}", total=None)
+                root = download_dataset(dataset, raw, progress=lambda done, total, bar=bar, task=task: bar.update(task, completed=done, total=total), seed=seed)
+            break
+        except TransientDownloadError as err:
+            if attempt == retries:
+                raise
+            console.print(f"[yellow]interrupted[/] ({escape(str(err))}); resuming, try {attempt + 2} of {retries + 1}", soft_wrap=True)
+            time.sleep(min(2**attempt, 30))
     console.print(f"[bold green]ready[/]: {dataset} in {root}")
 
 

@@ -63,7 +63,7 @@ class TrainConfig:
     grad_clip: float | None = None
     keep_checkpoints: int = 1  # epoch checkpoints kept besides the best one
     # Multi-label class bias: initialised from the training data, then trained at its own rate (at the
-    # prompts' 2e-4 Adam moves it by ~1 in a whole MM-IMDB training; DESIGN 3.7).
+    # prompts' 2e-4 Adam moves it by ~1 in a whole MM-IMDB training; docs/decisions.md §7).
     class_bias_lr: float = 1e-2
 
 

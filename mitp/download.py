@@ -35,6 +35,12 @@ class DownloadError(MitpError, RuntimeError):
     """A download or extraction failed, or the data set needs a manual step; the message says which."""
 
 
+class TransientDownloadError(DownloadError):
+    """A download that was interrupted and can resume: trying again can succeed (exit code 75, EX_TEMPFAIL)."""
+
+    exit_code = 75
+
+
 @dataclass(frozen=True)
 class Source:
     url: str
@@ -192,7 +198,7 @@ def fetch(
     except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError, OSError) as err:
         reason = getattr(err, "reason", err)
         if part.exists() and part.stat().st_size:
-            raise DownloadError(f"download of {url} interrupted ({reason}); run again to resume from {part}") from err
+            raise TransientDownloadError(f"download of {url} interrupted ({reason}); run again to resume from {part}") from err
         raise DownloadError(f"cannot reach {host} ({reason}): check the network connection, then run again") from err
     if sha256 is not None:
         actual = file_sha256(part)

@@ -5,7 +5,7 @@ Random CLIP weights know nothing, so class-template embeddings would be noise. T
 (`CLIPModel(..., return_loss=True)`) on rendered pairs where *both* factors of a twin class, the
 colour and the pattern, are visible in the image and named in the caption. Otherwise the text tower
 learns to ignore the factor that twin images do not show, and class embeddings of different classes
-coincide (see DESIGN.md 4). The result is saved with `save_pretrained` plus its `tokenizer.json`, and
+coincide (see docs/decisions.md §9). The result is saved with `save_pretrained` plus its `tokenizer.json`, and
 loads like any Hugging Face backbone: `--backbone <dir>`.
 """
 

@@ -20,6 +20,13 @@ PROJECT_CONFIG = ROOT / "config.yaml"
 torch.set_num_threads(2)
 
 
+def pytest_collection_modifyitems(items):
+    """Tests that train and export the shared model (the `trained` fixture) are slow: `-m "not slow"` skips them."""
+    for item in items:
+        if "trained" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture
 def tiny():
     """A fresh tiny random CLIP (preset:tiny) and its in-process word tokenizer."""

@@ -175,6 +175,12 @@ def test_command_line_overrides_and_backbones_are_checked(write_config, tmp_path
     assert not Path(out).exists()
 
 
+def test_a_loss_that_is_not_finite_stops_training_with_a_message(write_config, tmp_path):
+    config = str(write_config(synthetic_config(epochs=1, sizes=SMALL)))
+    message = fails(["train", "-c", config, "-d", "toy", "--out", str(tmp_path / "run"), "--lr", "1e30", "--epochs", "2"], "the loss became nan")
+    assert "lower the learning rate" in message and not (tmp_path / "run" / "result.json").exists()
+
+
 # ------------------------------------------------------------------------------ predict inputs
 
 

@@ -39,6 +39,7 @@ def toy_run(write_config):
     return make
 
 
+@pytest.mark.slow
 def test_training_killed_at_every_write_resumes_consistently(toy_run, tmp_path):
     run = toy_run()
     reference = train_run(run, tmp_path / "reference", progress=False)
@@ -145,6 +146,7 @@ def test_prepare_killed_at_every_write_keeps_old_or_new(tmp_path, monkeypatch, e
         assert _same_prepared(out, tmp_path / "reference") and not leftovers(tmp_path), (n, killed)
 
 
+@pytest.mark.slow
 def test_twin_download_killed_at_every_write_completes_on_rerun(tmp_path):
     writes = count_writes(lambda: download_dataset("demo-snlive", tmp_path / "counted"))
     for n in range(1, writes + 1):
@@ -156,6 +158,7 @@ def test_twin_download_killed_at_every_write_completes_on_rerun(tmp_path):
         assert not leftovers(tmp_path), n
 
 
+@pytest.mark.slow
 def test_export_killed_at_every_write_keeps_a_whole_bundle(tmp_path, monkeypatch):
     """A bundle already there stays whole (old or new) whatever instant the export is killed at."""
     from mitp import export

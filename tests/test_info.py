@@ -1,5 +1,6 @@
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from mitp.cli import app
@@ -21,10 +22,11 @@ def test_parameter_budget_on_vit_l14_matches_the_paper():
     assert 1_800_000 <= base["trainable_params"] <= 2_200_000  # paper: 2.0M
     assert small["trainable_params"] == base["trainable_params"]  # one shared hub
     assert base["backbone_params"] == 427_616_513  # CLIP ViT-L/14
-    # DESIGN 3.6: trainable = 793,344 + 7,172 x width on food101 (L = 3)
+    # docs/decisions.md §6: trainable = 793,344 + 7,172 x width on food101 (L = 3)
     assert base["trainable_params"] == 793_344 + 7_172 * 168
 
 
+@pytest.mark.slow
 def test_info_table_lists_every_setting():
     output = info("--dataset", "snlive")
     for name in ("mitp", "mitp-small", "prompts-only", "p-clip", "linear-probe", "l6-8-10-cov-pearson"):
@@ -51,3 +53,27 @@ def test_effective_counts_and_pclip_depth_on_vit_l14(tmp_path):
     pclip = json.loads(info("--dataset", "food101", "--setting", "p-clip", "--json"))
     assert (len(pclip["text_layers"]), len(pclip["vision_layers"])) == (12, 24)
     assert pclip["trainable_params"] == pclip["effective_trainable_params"] == 3 * (12 * 768 + 24 * 1024)
+
+
+def test_outside_a_clone_the_packaged_config_is_used_and_init_writes_an_editable_copy(tmp_path, monkeypatch):
+    from mitp.resources import CONFIG, DEMO_CONFIG, PAPER, resource
+
+    assert resource(CONFIG).read_text() == PROJECT_CONFIG.read_text()  # the package ships the clone's config
+    assert resource(PAPER).read_text() == (PROJECT_CONFIG.parent / "workflow" / "report" / "paper.yaml").read_text()
+    assert resource(DEMO_CONFIG).read_text() == (PROJECT_CONFIG.parent / "workflow" / "profiles" / "demo" / "demo.yaml").read_text()
+    monkeypatch.chdir(tmp_path)  # no config.yaml here
+    result = runner.invoke(app, ["info", "--dataset", "food101", "--setting", "mitp", "--json"])
+    assert result.exit_code == 0, result.output
+    assert "using the packaged config" in result.output and "mitp init" in result.output
+    result = runner.invoke(app, ["init", "--demo"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "config.yaml").read_text() == resource(DEMO_CONFIG).read_text()
+    result = runner.invoke(app, ["info", "--dataset", "demo-cue", "--setting", "mitp-pairwise", "--json"])
+    assert result.exit_code == 2 and "packaged" not in result.output  # ./config.yaml now, whose backbone is made by the demo
+    assert "'models/standin' is not a folder here" in result.output and "mitp pretrain-standin" in result.output
+    result = runner.invoke(app, ["info", "--dataset", "demo-cue", "--setting", "mitp-pairwise", "--backbone", "preset:tiny", "--json"])
+    assert result.exit_code == 0, result.output
+    before = (tmp_path / "config.yaml").read_text()
+    result = runner.invoke(app, ["init"])
+    assert result.exit_code == 2 and "exists and is left as it is" in result.output
+    assert (tmp_path / "config.yaml").read_text() == before

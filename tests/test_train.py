@@ -48,10 +48,11 @@ def orthonormal_classes(monkeypatch, logit_scale: float | None = None):
     monkeypatch.setattr(train_module, "build_model", build)
 
 
+@pytest.mark.slow
 def test_the_head_decides_whether_the_caption_reaches_the_prediction(write_config, tmp_path, monkeypatch):
     """The class is (colour in the image, word in the caption): the image alone reaches at most 1/4.
     Under the image head only interaction brings the caption in (prompts-only stays at the image-only
-    ceiling); under the fused head the caption reaches every variant (DESIGN 3.7)."""
+    ceiling); under the fused head the caption reaches every variant (docs/decisions.md §7)."""
     orthonormal_classes(monkeypatch)
     scores = {}
     for head in ("image", "fused"):
@@ -92,6 +93,7 @@ def test_multilabel_bias_starts_at_the_training_prior(write_config):
     assert np.abs(positive_rate() - prior).max() <= 0.1
 
 
+@pytest.mark.slow
 def test_initialised_bias_trains_at_least_as_well_as_a_zero_bias(write_config, tmp_path, monkeypatch):
     orthonormal_classes(monkeypatch, logit_scale=100)
     run = run_for(write_config(synthetic_config(task="multi-label", epochs=3, hub_width=64, sizes={"train": 512, "val": 128, "test": 32})))
@@ -188,6 +190,7 @@ def test_metrics_by_hand():
     assert scores["f1_macro"] == pytest.approx((2 / 3 + 1 + 0) / 3)
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one_process_with_their_combined_batch(write_config, tmp_path):
     """The distributed path that `accelerate launch --multi_gpu` starts, run on CPU: torchrun, gloo, DDP.
     Two processes with batch 32 each see batches 2k and 2k+1 of the same seeded order, and DDP averages

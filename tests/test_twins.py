@@ -226,3 +226,32 @@ def test_food101_download_with_kaggle_credentials_unpacks_a_nested_layout(tmp_pa
     assert report["counts"]["train"] + report["counts"]["val"] == SMALL["train"] + SMALL["val"]
     assert download.download_dataset("food101", tmp_path / "raw") == root  # in place: nothing fetched again
     assert len(seen_auth) == 1
+
+
+def test_download_resumes_interruptions_itself_and_says_permanent_failures_at_once(tmp_path, server, monkeypatch):
+    """An interrupted body is resumed by `mitp data download` (exit 0); with no retries left it exits 75
+    (EX_TEMPFAIL), while a refusal exits 2 at once."""
+    import mitp.download as download
+
+    httpd, url = server
+    payload = b"\x1f\x8b" + bytes(range(256)) * 1024
+    _RangeHandler.payload, _RangeHandler.cut = payload, 100_000
+    calls = []
+
+    def fake_dataset(name, raw, progress=None, seed=0):
+        calls.append(1)
+        if len(calls) == 2:
+            _RangeHandler.cut = None  # the link comes back
+        download.fetch(url, raw / "file.gz", progress=progress)
+        return raw
+
+    monkeypatch.setattr(download, "download_dataset", fake_dataset)
+    monkeypatch.setattr("time.sleep", lambda seconds: None)
+    runner = CliRunner()
+    result = runner.invoke(app, ["data", "download", "mmimdb", "--raw", str(tmp_path / "raw"), "--retries", "2"])
+    assert result.exit_code == 0, result.output
+    assert len(calls) == 2 and "resuming, try 2 of 3" in result.output
+    assert (tmp_path / "raw" / "file.gz").read_bytes() == payload
+    _RangeHandler.cut, calls[:] = 50_000, []
+    result = runner.invoke(app, ["data", "download", "mmimdb", "--raw", str(tmp_path / "raw2"), "--retries", "0"])
+    assert result.exit_code == 75 and "run again to resume" in result.output and len(calls) == 1

@@ -89,3 +89,19 @@ def test_a_failed_attempts_log_is_kept_beside_the_next_attempts(tmp_path):
     assert log.read_text() == "attempt 3\n"
     assert (tmp_path / "job.log.failed-1").read_text() == "attempt 1\n"
     assert (tmp_path / "job.log.failed-2").read_text() == "attempt 2\n"
+
+
+def test_a_failed_jobs_reason_reaches_the_console(tmp_path):
+    log = tmp_path / "job.log"
+    script = ROOT / "workflow" / "scripts" / "logged.sh"
+    command = "echo progress; echo 'error: Kaggle credentials are needed: put kaggle.json in ~/.kaggle'; exit 2"
+    done = subprocess.run(["bash", str(script), str(log), "sh", "-c", command], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "error: Kaggle credentials are needed" in done.stderr and str(log) in done.stderr and "progress" not in done.stderr
+    done = subprocess.run(["bash", str(script), str(log), "sh", "-c", "echo Traceback; echo ValueError: boom; exit 1"], capture_output=True, text=True)
+    assert "ValueError: boom" in done.stderr  # no mitp error line: the log's last lines
+
+
+def test_downloads_are_not_retried_by_snakemake():
+    rules = (ROOT / "workflow" / "rules" / "data.smk").read_text()
+    assert "retries:" not in rules  # mitp resumes interruptions itself; other failures cannot change

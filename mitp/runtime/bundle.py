@@ -1,4 +1,4 @@
-"""The inference bundle's contract, readable from any language (DESIGN 5).
+"""The inference bundle's contract, readable from any language (docs/decisions.md §11).
 
 A bundle is a folder:
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import MitpError
-from .bundle import TOKENIZER_FILE, VARIANT_FILES, BundleError, BundleInfo, parse_metadata
+from .bundle import MODEL_FILE, TOKENIZER_FILE, VARIANT_FILES, BundleError, BundleInfo, parse_metadata
 from .decision import MULTILABEL_THRESHOLD, SIGMOID_THRESHOLD, sigmoid, softmax
 from .preprocess import ImageError, load_image, preprocess_image
 from .tokenizer import load_tokenizer_file
@@ -108,7 +108,7 @@ def open_session(model_path: Path, provider: str = "auto"):
     try:
         import onnxruntime as ort
     except ImportError as err:
-        raise BundleError('onnxruntime is not installed: pip install "mitp[cpu]" (or "mitp[gpu]" for CUDA)') from err
+        raise BundleError('onnxruntime is not installed: add the "cpu" extra (or "gpu" for CUDA), e.g. python -m pip install ".[cpu]" in a clone of mitp') from err
 
     if provider not in ("auto", *PROVIDERS):
         raise InputError(f"unknown provider {provider!r}; allowed: auto, cuda, cpu")
@@ -125,7 +125,7 @@ def open_session(model_path: Path, provider: str = "auto"):
                     return session, PROVIDERS["cuda"], note
                 note = (
                     "onnxruntime has the CUDA provider but could not start it (no GPU, or CUDA 13 / cuDNN 9 "
-                    "libraries missing: see README, GPU install)"
+                    "libraries missing: see docs/bundle.md, GPU inference)"
                 )
             except Exception as err:  # onnxruntime raises plain RuntimeErrors/Fails for provider problems
                 note = f"the CUDA provider failed to start: {err}"
@@ -135,12 +135,30 @@ def open_session(model_path: Path, provider: str = "auto"):
             note = "this onnxruntime has no CUDA provider (install the onnxruntime-gpu variant for GPUs)"
         if provider == "cuda":
             raise InputError(f"--provider cuda cannot run here: {note}")
-        note = f"running on CPU: {note}"
+        note = f"running on CPU: {note}" if gpu_present() else ""  # on a machine without a GPU, CPU is no news
     try:
         session = ort.InferenceSession(str(model_path), providers=[PROVIDERS["cpu"]])
     except Exception as err:
         raise BundleError(f"onnxruntime cannot load {model_path}: {err}") from err
     return session, PROVIDERS["cpu"], note
+
+
+def gpu_present() -> bool:
+    """Whether this machine has an NVIDIA GPU (its driver's device files), whatever onnxruntime can use."""
+    return Path("/dev/nvidiactl").exists() or Path("/proc/driver/nvidia/gpus").is_dir()
+
+
+def find_bundle(root: Path = Path(".")) -> tuple[Path, int] | None:
+    """The bundle a user most likely means when none is named: the newest `mitp export` folder under
+    ./results/*/bundles/ (the workflow's) or ./bundles/, and how many there were to choose from."""
+    candidates = [
+        marker.parent for pattern in ("results/*/bundles/*/*/bundle.json", "results/bundles/*/*/bundle.json", "bundles/*/bundle.json", "bundles/*/*/bundle.json")
+        for marker in root.glob(pattern) if (marker.parent / MODEL_FILE).is_file()
+    ]
+    if not candidates:
+        return None
+    newest = max(candidates, key=lambda folder: (folder / MODEL_FILE).stat().st_mtime)
+    return newest, len(set(candidates))
 
 
 def preload_cuda_libraries(ort) -> None:

@@ -1,4 +1,4 @@
-"""One image rule for preparation, training, predict and the bundle (DESIGN 4), in numpy and Pillow only.
+"""One image rule for preparation, training, predict and the bundle (docs/decisions.md §9), in numpy and Pillow only.
 
 Decoding (`load_image`):
 1. the header is read first: images above Pillow's decompression-bomb limit (MAX_PIXELS) or with an aspect
