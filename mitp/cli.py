@@ -316,17 +316,14 @@ def _predict_batch(predictor, batch: Path, out: Path | None, bundle: Path, top_k
     import sys
 
     from .atomic import atomic_writer
-    from .outputs import OutputError
+    from .outputs import claim_file
     from .progress import progress_bar
     from .runtime.predict import InputError, predict_batch_file
 
     if not batch.is_file():
         raise InputError(f"batch file not found: {batch}")
     if out is not None:
-        if out.is_dir():
-            raise OutputError(f"--out {out} is a folder: name a file for the JSON lines")
-        if out.resolve() in (batch.resolve(), *(p.resolve() for p in bundle.iterdir())):
-            raise OutputError(f"--out {out} would overwrite an input: name another file")
+        claim_file(out, inputs=(batch, *bundle.iterdir()))
     lines = batch.read_bytes().splitlines()
     total = sum(1 for line in lines if line.strip())
     with atomic_writer(out) if out else contextlib.nullcontext(sys.stdout) as sink, progress_bar(console) as bar:

@@ -69,3 +69,11 @@ def claim(path: Path, kind: str, option: str = "--out", inputs: tuple[Path, ...]
             )
     clear_leftovers(path)
     return path
+
+
+def claim_file(path: Path, inputs: tuple[Path, ...] = ()) -> None:
+    """A file a command will write whole (replacing it): not a folder, and none of the command's inputs."""
+    if path.is_dir():
+        raise OutputError(f"--out {path} is a folder: name a file")
+    if path.resolve() in {p.resolve() for p in inputs}:
+        raise OutputError(f"--out {path} would overwrite an input: name another file")

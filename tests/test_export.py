@@ -313,3 +313,14 @@ def test_predict_without_model_takes_the_newest_bundle_under_results_and_says_so
     assert result.exit_code == 0, result.output
     assert f"using bundle {Path('results/ci/bundles/food/mitp')}, the newest of 2" in result.output
     assert "CUDA provider" not in result.output  # no GPU on this machine: running on the CPU is no news
+
+
+def test_batch_out_never_replaces_an_input_or_a_folder(trained, tmp_path):
+    (image,), (text,) = _test_pairs(trained, 1)
+    batch = tmp_path / "pairs.jsonl"
+    batch.write_text(json.dumps({"image": str(image), "text": text}) + "\n")
+    before = batch.read_bytes()
+    for out, message in ((batch, "would overwrite an input"), (trained / "bundle" / "bundle.json", "would overwrite an input"), (tmp_path, "is a folder")):
+        result = runner.invoke(app, ["predict", "--batch", str(batch), "--out", str(out), "--model", str(trained / "bundle")])
+        assert result.exit_code == 2 and message in result.output, result.output
+    assert batch.read_bytes() == before
