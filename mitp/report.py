@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
 from collections import defaultdict
 from collections.abc import Callable
@@ -316,13 +317,40 @@ def write_report(runs: Path, paper_file: Path, out: Path, datasets: list[str], w
 
 
 def _write_csv(path: Path, rows: list[dict[str, str]]) -> None:
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
+    """The table as a CSV of numbers: a formatted cell becomes its number (empty where the Markdown says
+    `missing` or `-`), a pair `micro / macro` becomes two columns, and `± sd` its own column."""
+    numeric = [numeric_row(row) for row in rows]
+    present = {key for row in numeric for key in row}
+    order = [c for column in dict.fromkeys(k for row in rows for k in row) for c in (column, f"{column} F1-macro", f"{column} sd") if c in present]
+    _write_numeric_csv(path, [{c: row.get(c) for c in order} for row in numeric])
 
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    table = pa.table({c: pa.array([row.get(c, MISSING) for row in rows], pa.string()) for c in columns})
-    with atomic_writer(path, "wb") as f:
-        pacsv.write_csv(table, f)
+
+NUMBER = re.compile(r"^[+-]?\d[\d,]*(\.\d+)?$")
+
+
+def _number(text: str) -> int | float:
+    text = text.replace(",", "")
+    return float(text) if "." in text else int(text)
+
+
+def numeric_row(row: dict[str, str]) -> dict[str, Any]:
+    """{"demo-mmimdb (ours)": "60.00 / 50.00", "x": "+1.00 ± 1.41", "n": "12,208"} ->
+    {"demo-mmimdb (ours)": 60.0, "demo-mmimdb (ours) F1-macro": 50.0, "x": 1.0, "x sd": 1.41, "n": 12208.0}."""
+    out: dict[str, Any] = {}
+    for column, text in row.items():
+        value, _, spread = text.partition(" ± ")
+        parts = [p.strip() for p in value.split(" / ")]
+        if text in (MISSING, "-", ""):
+            out[column] = None
+        elif all(NUMBER.match(p) for p in parts) and (not spread or NUMBER.match(spread)):
+            out[column] = _number(parts[0])
+            if len(parts) == 2:
+                out[f"{column} F1-macro"] = _number(parts[1])
+            if spread:
+                out[f"{column} sd"] = float(spread)
+        else:
+            out[column] = text
+    return out
 
 
 def _write_numeric_csv(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -331,9 +359,18 @@ def _write_numeric_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     import pyarrow.csv as pacsv
 
     columns = list(dict.fromkeys(key for row in rows for key in row))
-    table = pa.table({c: [row.get(c) for row in rows] for c in columns}) if rows else pa.table({"dataset": pa.array([], pa.string())})
+    table = pa.table({c: _column([row.get(c) for row in rows]) for c in columns}) if rows else pa.table({"dataset": pa.array([], pa.string())})
     with atomic_writer(path, "wb") as f:
         pacsv.write_csv(table, f)
+
+
+def _column(values: list[Any]):
+    """A pyarrow column of numbers where every value is one (or None), else of text."""
+    import pyarrow as pa
+
+    if all(v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in values):
+        return pa.array(values, pa.float64() if any(isinstance(v, float) for v in values) else pa.int64())
+    return pa.array([None if v is None else str(v) for v in values], pa.string())
 
 
 def _markdown(rows: list[dict[str, str]]) -> str:

@@ -53,29 +53,34 @@ def test_report_puts_ours_beside_the_paper_and_marks_missing_runs(tmp_path):
     ])
     assert result.exit_code == 0, result.output
 
+    # the CSV files hold numbers (empty where nothing was run), the Markdown the formatted cells
     table1 = {row["method"]: row for row in csv.DictReader(open(out / "table1.csv"))}
-    assert table1["MITP-base"]["demo-food101 (ours)"] == "85.00"
-    assert table1["MITP-base"]["food101 (paper)"] == "93.95"
-    assert table1["MITP-base"]["demo-mmimdb (ours)"] == "60.00 / 50.00"
-    assert table1["MITP-base"]["demo-snlive (ours)"] == "missing"  # never a zero
-    assert table1["MITP-small"]["demo-food101 (ours)"] == "missing"
-    assert table1["PMF"]["mmimdb (paper)"] == "64.50 / 58.80" and table1["PMF"]["demo-food101 (ours)"] == "-"
+    assert float(table1["MITP-base"]["demo-food101 (ours)"]) == 85.0
+    assert float(table1["MITP-base"]["food101 (paper)"]) == 93.95
+    assert (float(table1["MITP-base"]["demo-mmimdb (ours)"]), float(table1["MITP-base"]["demo-mmimdb (ours) F1-macro"])) == (60.0, 50.0)
+    assert table1["MITP-base"]["demo-snlive (ours)"] == ""  # never a zero
+    assert table1["MITP-small"]["demo-food101 (ours)"] == ""
+    assert (float(table1["PMF"]["mmimdb (paper)"]), float(table1["PMF"]["mmimdb (paper) F1-macro"])) == (64.5, 58.8)
+    assert table1["PMF"]["demo-food101 (ours)"] == ""
+    markdown = (out / "table1.md").read_text()
+    assert "| MITP-base | 85.00 | 93.95 | 60.00 / 50.00 | 65.90 / 56.30 | missing |" in markdown
+    assert "| PMF | - | 91.51 |" in markdown  # a peer method: no run of ours
     table2 = {row["model"]: row for row in csv.DictReader(open(out / "table2.csv"))}
-    assert table2["Model 3"]["demo-snlive (ours)"] == "missing"
-    assert table2["Baseline"]["food101 (paper)"] == "88.80"
+    assert table2["Model 3"]["demo-snlive (ours)"] == ""
+    assert float(table2["Baseline"]["food101 (paper)"]) == 88.8
     table3 = {row["training data (%)"]: row for row in csv.DictReader(open(out / "table3.csv"))}
-    assert table3["10"]["ours acc (%)"] == "70.00" and table3["10"]["ours degradation (%)"] == "15.00"
-    assert table3["1"]["ours acc (%)"] == "missing" and table3["1"]["paper acc (%)"] == "87.59"
+    assert float(table3["10"]["ours acc (%)"]) == 70.0 and float(table3["10"]["ours degradation (%)"]) == 15.0
+    assert table3["1"]["ours acc (%)"] == "" and float(table3["1"]["paper acc (%)"]) == 87.59
     heads = {row["setting"]: row for row in csv.DictReader(open(out / "heads.csv"))}
     assert list(heads) == ["mitp"]  # only settings that ran with both heads
-    assert (heads["mitp"]["demo-food101 fused"], heads["mitp"]["demo-food101 image"]) == ("85.00", "60.00")
-    assert heads["mitp"]["demo-snlive image"] == "missing"
+    assert (float(heads["mitp"]["demo-food101 fused"]), float(heads["mitp"]["demo-food101 image"])) == (85.0, 60.0)
+    assert heads["mitp"]["demo-snlive image"] == ""
     notes = (out / "table1.md").read_text()
     assert "Head of our runs: fused" in notes and "90% of the paper's training pairs" in notes
     runs_rows = list(csv.DictReader(open(out / "runs.csv")))
     assert {r["head"] for r in runs_rows} == {"fused", "image"}
     assert len(runs_rows) == 7 and {r["train time (s)"] for r in runs_rows} == {"12.5"}
-    assert "| MITP-base |" in (out / "table1.md").read_text()
+    assert {r["trainable params"] for r in runs_rows} == {"1234"}  # "1,234" in the Markdown, a number here
     for png in ("fig3.png", "fig4.png", "curves.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((out / "summary.json").read_text())["runs_evaluated"] == 6
@@ -113,7 +118,7 @@ def test_the_readings_table_gives_spread_over_seeds_the_memory_contribution_and_
     markdown = (out / "readings.md").read_text()
     assert "| demo-cue | mitp | memory hub: token map" in markdown and "75.00 ± 7.07 | +1.00 ± 1.41" in markdown
     table2 = {row["model"]: row for row in csv.DictReader(open(out / "table2.csv"))}
-    assert table2["Model 1"]["demo-cue memory contribution"] == "+1.00 ± 1.41"
+    assert (float(table2["Model 1"]["demo-cue memory contribution"]), float(table2["Model 1"]["demo-cue memory contribution sd"])) == (1.0, 1.41)
     assert "cue (paper)" not in table2["Model 1"]  # no paper column for a data set the paper does not have
 
 
@@ -132,9 +137,9 @@ def test_table1_has_the_avg_column_when_all_three_data_sets_are_reported(tmp_pat
     args = ["report", "--runs", str(runs), "--paper", str(PAPER), "--out", str(out), "--datasets", "demo-food101,demo-mmimdb,demo-snlive"]
     assert CliRunner().invoke(app, args).exit_code == 0
     table1 = {row["method"]: row for row in csv.DictReader(open(out / "table1.csv"))}
-    assert table1["MITP-base"]["Avg. (ours)"] == "66.67"  # (90 + (60 + 40) / 2 + 60) / 3
-    assert table1["MITP-base"]["Avg. (paper)"] == "76.17"
-    assert table1["MITP-small"]["Avg. (ours)"] == "missing" and table1["HUSE"]["Avg. (paper)"] == "-"
+    assert float(table1["MITP-base"]["Avg. (ours)"]) == 66.67  # (90 + (60 + 40) / 2 + 60) / 3, two decimals
+    assert float(table1["MITP-base"]["Avg. (paper)"]) == 76.17
+    assert table1["MITP-small"]["Avg. (ours)"] == "" and table1["HUSE"]["Avg. (paper)"] == ""
 
 
 def test_fig4_panels_follow_the_papers_layer_spacing():
