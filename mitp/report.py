@@ -138,8 +138,8 @@ def build_tables(records: list[dict[str, Any]], paper: dict[str, Any], datasets:
             row[f"{dataset} (ours)"] = _fmt(_cell(records, dataset, setting))
             if dataset in columns:
                 row[f"{columns[dataset]} (paper)"] = _fmt(paper["table2"][model].get(columns[dataset]))
-            if setting == "mitp":  # beside Table 2: what the memory strategy adds per sample (docs/readings.md)
-                row[f"{dataset} memory contribution"] = _fmt_contribution(records, dataset, setting)
+            # beside Table 2: what the memory strategy adds per sample (docs/readings.md); only MITP has one
+            row[f"{dataset} memory contribution"] = _fmt_contribution(records, dataset, setting) if setting == "mitp" else "-"
         table2.append(row)
     table3 = []
     food = next((d for d in datasets if paper_column(d) == "food101"), None)
