@@ -206,6 +206,20 @@ _Loader.add_implicit_resolver(
 )
 
 
+def _mapping_without_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    """YAML lets a later key silently replace an earlier one (`lr: 2e-4` ... `lr: 9.0`); a config must not."""
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise ConfigError(f"key {key!r} appears twice in one mapping (lines {seen[key]} and {key_node.start_mark.line + 1}): keep one")
+        seen[key] = key_node.start_mark.line + 1
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, lambda loader, node: _mapping_without_duplicates(loader, node))
+
+
 def read_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
 
@@ -414,6 +428,11 @@ def _parse_dataset(name: str, raw: Any) -> DatasetConfig:
     _check_layer_list(ds.small_layers, f"{key}.small_layers")
     if not ds.templates or any("{}" not in t for t in ds.templates):
         raise ConfigError(f"{key}.templates: each template must contain '{{}}' for the class name")
+    for template in ds.templates:
+        try:
+            template.format("class name")
+        except (ValueError, IndexError, KeyError) as err:
+            raise ConfigError(f"{key}.templates: {template!r} is not a valid template ({err}); write literal braces as '{{{{' and '}}}}'") from err
     if ds.epochs is not None:
         _positive(ds.epochs, f"{key}.epochs")
     if ds.lr is not None and not ds.lr > 0:

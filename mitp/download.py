@@ -93,12 +93,14 @@ def download_dataset(name: str, raw: Path, progress: Callable | None = None, see
 
     raw = Path(raw)
     if name in TWINS:
-        if marker_kind(raw) != "raw" or not (raw / ".complete").is_file():
+        stamp = f"generated {name} seed {seed}\n"  # a twin of another name or seed is generated anew
+        complete = raw / ".complete"
+        if marker_kind(raw) != "raw" or not complete.is_file() or complete.read_text() != stamp:
             claim(raw, "raw", option="--raw")
             with build_directory(raw) as tmp:
                 mark(tmp, "raw")
                 make_twin(name, tmp, seed=seed)
-                (tmp / ".complete").write_text("generated\n")
+                (tmp / ".complete").write_text(stamp)
         return raw
     if name not in MARKERS:
         raise DownloadError(f"unknown data set {name!r}; allowed: {', '.join([*MARKERS, *TWINS])}")

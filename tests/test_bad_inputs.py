@@ -287,3 +287,40 @@ def test_a_damaged_run_is_shown_unreadable_and_the_report_still_written(tmp_path
     assert "unreadable" in result.output
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())
     assert summary["runs_unreadable"] == [str(folder)] and (tmp_path / "report" / "table1.md").is_file()
+
+
+def test_a_key_written_twice_in_the_config_is_an_error_not_the_last_one_wins(tmp_path):
+    text = PROJECT_CONFIG.read_text().replace("  lr: 2.0e-4\n", "  lr: 2.0e-4\n  lr: 9.0\n", 1)
+    (tmp_path / "config.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=r"key 'lr' appears twice in one mapping \(lines \d+ and \d+\)"):
+        load_config(tmp_path / "config.yaml")
+
+
+@pytest.mark.parametrize("template", ["a photo of {}, {a} food.", "a {} with a } brace", "two slots {} and {}"])
+def test_templates_that_cannot_be_filled_are_refused_when_the_config_is_read(template):
+    raw = yaml.safe_load(PROJECT_CONFIG.read_text())
+    raw["datasets"]["food101"]["templates"] = [template]
+    with pytest.raises(ConfigError, match="datasets.food101.templates: .* is not a valid template"):
+        parse_config(raw)
+
+
+def test_a_bundle_with_an_unknown_or_mismatched_decision_rule_is_refused():
+    from mitp.runtime.bundle import BundleError, _info
+
+    base = {
+        "mitp_bundle_format": 2, "mitp_version": "0.1.0", "labels": ["a", "b"], "task": "single-label", "image": {},
+        "tokenizer": {}, "dataset": "d", "setting": "s", "decision": {"rule": "softmax-argmax"},
+    }
+    assert _info(base, "b").decision == {"rule": "softmax-argmax"}
+    for decision, task in (({"rule": "top-3"}, "single-label"), ({"rule": "softmax-argmax"}, "multi-label"),
+                           ({"rule": "sigmoid-threshold", "threshold": 7}, "multi-label"), ("softmax", "single-label")):
+        with pytest.raises(BundleError, match="decision"):
+            _info({**base, "decision": decision, "task": task}, "b")
+
+
+def test_a_twin_of_another_seed_is_generated_anew_not_reported_ready(tmp_path):
+    raw = tmp_path / "raw"
+    assert runner.invoke(app, ["data", "download", "demo-snlive", "--raw", str(raw)]).exit_code == 0
+    first = (raw / "snli_ve_test.jsonl").read_text()
+    assert runner.invoke(app, ["data", "download", "demo-snlive", "--raw", str(raw), "--seed", "7"]).exit_code == 0
+    assert (raw / "snli_ve_test.jsonl").read_text() != first and "seed 7" in (raw / ".complete").read_text()

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MitpError
+from .decision import SIGMOID_THRESHOLD, decision_rule
 
 BUNDLE_FORMAT = 2  # bumped when the graph's inputs/outputs or the contract change incompatibly
 MODEL_FILE, TOKENIZER_FILE, REPORT_FILE, CONTRACT_FILE = "model.onnx", "tokenizer.json", "export_report.json", "bundle.json"
@@ -115,6 +116,14 @@ def _info(values: dict[str, Any], source: str) -> BundleInfo:
         )
     if values["task"] not in ("single-label", "multi-label") or not values["labels"]:
         raise BundleError(f"{source}: metadata has task {values['task']!r} and {len(values['labels'])} labels")
+    decision = values["decision"]
+    expected = decision_rule(values["task"])["rule"]
+    if not isinstance(decision, dict) or decision.get("rule") != expected:
+        rule = decision.get("rule") if isinstance(decision, dict) else decision
+        raise BundleError(f"{source}: decision rule {rule!r} is not this mitp's rule for a {values['task']} task ({expected!r})")
+    threshold = decision.get("threshold", 0.5)
+    if expected == SIGMOID_THRESHOLD and (isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 < threshold < 1):
+        raise BundleError(f"{source}: decision threshold {threshold!r} is not a number between 0 and 1")
     return BundleInfo(
         labels=list(values["labels"]),
         task=values["task"],
