@@ -175,11 +175,11 @@ class GateStatistics:
     def observe(self, key: str, z: torch.Tensor, r: torch.Tensor, map_self: torch.Tensor, map_cross: torch.Tensor) -> None:
         for name, gate in (("z", z), ("r", r)):
             self.shapes[f"{key}.{name}"] = tuple(gate.shape[1:])
-            flat = gate.detach().float().flatten(1)  # (B, L) or (B, L * L)
+            flat = gate.detach().double().flatten(1)  # (B, L) or (B, L * L); float64: the spread is a small difference of large sums
             update = torch.cat([flat.new_tensor([flat.shape[0]]), flat.sum(0), (flat * flat).sum(0)])
             self._add(self.sums, f"{key}.{name}", update)
         for name, scores in (("self", map_self), ("cross", map_cross)):
-            zero = (scores.detach().flatten(1).amax(dim=1) == 0).float()  # (B,): the whole map is zero
+            zero = (scores.detach().flatten(1).amax(dim=1) == 0).double()  # (B,): the whole map is zero
             self._add(self.zero_maps, f"{key}.{name}", torch.stack([zero.new_tensor(float(len(zero))), zero.sum()]))
 
     @staticmethod
