@@ -204,6 +204,7 @@ def finish_model(path: Path, props: dict[str, str], check: bool = True) -> None:
     import onnx
 
     model = onnx.load(str(path))
+    _strip_node_metadata(model.graph)
     _set_metadata(model, props)
     if model.ir_version > ONNX_IR_VERSION:
         model.ir_version = ONNX_IR_VERSION
@@ -272,6 +273,19 @@ def write_int8(source: Path, target: Path) -> None:
         quantize_dynamic(source, target, weight_type=QuantType.QInt8, reduce_range=True, op_types_to_quantize=["MatMul"])
     finally:
         logging.disable(logging.NOTSET)
+
+
+def _strip_node_metadata(graph) -> None:
+    """Drop the exporter's per-node metadata (stack traces with the exporting machine's absolute paths, FX
+    names, scopes): about 0.9 MB per graph that runs no differently without it and must not leave the
+    machine inside a shared bundle. Subgraphs (If/Loop bodies) are cleaned too."""
+    for node in graph.node:
+        del node.metadata_props[:]
+        for attribute in node.attribute:
+            if attribute.g.node:
+                _strip_node_metadata(attribute.g)
+            for subgraph in attribute.graphs:
+                _strip_node_metadata(subgraph)
 
 
 def _set_metadata(model, props: dict[str, str]) -> None:

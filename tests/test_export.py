@@ -324,3 +324,16 @@ def test_batch_out_never_replaces_an_input_or_a_folder(trained, tmp_path):
         result = runner.invoke(app, ["predict", "--batch", str(batch), "--out", str(out), "--model", str(trained / "bundle")])
         assert result.exit_code == 2 and message in result.output, result.output
     assert batch.read_bytes() == before
+
+
+def test_models_carry_no_path_of_the_exporting_machine(trained):
+    """The exporter's per-node stack traces name files of this machine; a shared bundle must not."""
+    import os
+    import sys
+
+    for name in ("model.onnx", "model.fp16.onnx", "model.int8.onnx"):
+        model = onnx.load(str(trained / "bundle" / name))
+        assert not any(node.metadata_props for node in model.graph.node), name
+        text = model.SerializeToString()
+        for path in {sys.prefix, os.getcwd(), str(ROOT)}:
+            assert path.encode() not in text, (name, path)
