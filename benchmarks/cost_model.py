@@ -61,20 +61,18 @@ def flops_per_sample(run, arch, num_classes: int) -> tuple[float, float]:
 def workflow_runs(raw: dict, readings: list[str] | None = None) -> list[tuple[str, str, float]]:
     """(data set, setting, training fraction) of every training run the workflow block asks for, once per
     seed (the readings comparison with workflow.readings_seeds); `readings` replaces workflow.readings."""
-    from mitp.config import expand_grid, reading_setting
+    from mitp.config import expand_grid, reading_setting, run_seeds
 
     workflow = raw["workflow"]
     grid = list(expand_grid(raw.get("grid") or []))
     readings = workflow.get("readings", []) if readings is None else readings
-    reading_runs = {"mitp", "mlp-interaction", "prompts-only", *(reading_setting(r) for r in readings)}
-    seeds, reading_seeds = workflow["seeds"], list(dict.fromkeys([*workflow["seeds"], *(workflow.get("readings_seeds") or [])]))
     runs = []
     for dataset in workflow["datasets"]:
         settings = list(workflow["settings"]) + [reading_setting(r) for r in readings]
         settings += [s for s in grid if s not in settings] if dataset in workflow["grid_datasets"] else []
-        runs += [(dataset, setting, 1.0) for setting in settings for _ in (reading_seeds if setting in reading_runs else seeds)]
+        runs += [(dataset, setting, 1.0) for setting in settings for _ in run_seeds(setting, workflow, readings)]
         if dataset in workflow["fractions"]["datasets"]:
-            runs += [(dataset, "mitp", p / 100) for p in workflow["fractions"]["percents"] for _ in seeds]
+            runs += [(dataset, "mitp", p / 100) for p in workflow["fractions"]["percents"] for _ in workflow["seeds"]]
     return runs
 
 

@@ -127,12 +127,11 @@ def info(
     """Trainable and backbone parameter counts, built on the backbone's architecture with no download."""
     _require(*TRAINING_LIBRARIES)
     from .budget import parameter_budget
-    from .config import load_config
+    from .config import load_config, resolve_run
 
-    config = _config_path(config)
-    project = load_config(config)
+    project = load_config(_config_path(config))  # read once for every setting
     names = [setting] if setting else list(project.settings)
-    rows = [parameter_budget(_resolve(config, dataset, name, backbone)) for name in names]
+    rows = [parameter_budget(resolve_run(project, dataset, name, backbone=backbone)) for name in names]
     if as_json:
         stdout.print_json(json.dumps(rows[0] if setting else rows))
         return

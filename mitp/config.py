@@ -286,6 +286,20 @@ def reading_setting(reading: str) -> str:
     return f"{READING_BASE}-{reading}"
 
 
+COMPARED_WITH_READINGS = ("mitp", "mlp-interaction", "prompts-only")  # the exchanges the readings are compared with
+
+
+def run_seeds(run: str, workflow: dict[str, Any], readings: list[str] | None = None) -> list[int]:
+    """The seeds the workflow trains `run` with: workflow.seeds, plus workflow.readings_seeds for the
+    readings comparison (MITP under each reading in `readings`, default workflow.readings, and the
+    exchanges it is compared with), so that its spread over seeds is measured. Used by the Snakefile and
+    the cost model alike."""
+    readings = workflow.get("readings", []) if readings is None else readings
+    compared = {*COMPARED_WITH_READINGS, *(reading_setting(r) for r in readings)}
+    extra = workflow.get("readings_seeds") or []
+    return list(dict.fromkeys([*workflow["seeds"], *extra])) if run in compared else list(workflow["seeds"])
+
+
 def expand_readings(readings: dict[str, ReadingConfig], settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Every reading becomes a setting `mitp-<reading>`: MITP-base's layers and similarity, read that way."""
     if not readings:

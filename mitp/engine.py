@@ -82,11 +82,12 @@ def low_spread_gates(summary: dict[str, dict[str, float]]) -> list[str]:
 
 
 def memory_ablation(
-    model, loader: DataLoader, accelerator: Accelerator, task: str, gate_means: dict[str, list], logits: np.ndarray, labels: np.ndarray
+    model, loader: DataLoader, accelerator: Accelerator, task: str, gate_means: dict[str, list], logits: np.ndarray, labels: np.ndarray,
+    live: dict[str, Any],
 ) -> dict[str, Any]:
     """The memory strategy's contribution: the same checkpoint with every gate frozen at its training mean,
-    against its live `logits` on the same loader. Returns the primary metric both ways, their difference
-    and the share of samples whose decision stays the same."""
+    against its live `logits` and metrics `live` on the same loader. Returns the primary metric both ways,
+    their difference and the share of samples whose decision stays the same."""
     hub = accelerator.unwrap_model(model).hub
     hub.freeze_gates(gate_means)
     try:
@@ -98,7 +99,7 @@ def memory_ablation(
     else:
         same = logits.argmax(1) == frozen_logits.argmax(1)
     metric = PRIMARY_METRIC[task]
-    live, frozen = classification_metrics(task, logits, labels), classification_metrics(task, frozen_logits, labels)
+    frozen = classification_metrics(task, frozen_logits, labels)
     return {
         "metric": metric,
         "live": live[metric],

@@ -40,7 +40,7 @@ def evaluate_checkpoint(checkpoint: str | Path, split: str = "test", batch_size:
     metrics = classification_metrics(run.dataset.task, logits, labels)
     ablation = None
     if has_gates(core) and state.get("gate_means"):
-        ablation = memory_ablation(model, loader, accelerator, run.dataset.task, state["gate_means"], logits, labels)
+        ablation = memory_ablation(model, loader, accelerator, run.dataset.task, state["gate_means"], logits, labels, metrics)
     return {
         "dataset": run.dataset_name,
         "setting": run.setting_name,

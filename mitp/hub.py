@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .config import ModelConfig
 from .similarity import Similarity
 
 LEARNED_SCALE_INIT = 1 / 0.07  # hub.scale: learned starts where CLIP's logit scale starts
@@ -141,7 +142,7 @@ class MemoryHub(Exchange):
         self.frozen = None if means is None else {key: torch.tensor(value, dtype=torch.float32) for key, value in means.items()}
 
 
-def build_exchange(model_config, text_dim: int, vision_dim: int) -> Exchange | None:
+def build_exchange(model_config: ModelConfig, text_dim: int, vision_dim: int) -> Exchange | None:
     """The exchange of a run's variant (None for the variants without interaction layers)."""
     hub = model_config.hub
     if model_config.variant == "mitp":

@@ -176,10 +176,7 @@ def build_tables(records: list[dict[str, Any]], paper: dict[str, Any], datasets:
 
 def _fmt_contribution(records: list[dict[str, Any]], dataset: str, run: str) -> str:
     values = [100 * r["ablation"]["contribution"] for r in records if r["dataset"] == dataset and r["run"] == run and r.get("ablation")]
-    if not values:
-        return "-"
-    spread = f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else ""
-    return f"{statistics.fmean(values):+.2f}{spread}"
+    return _with_sd(_mean(values), _sd(values), sign=True)
 
 
 READING_VARIANTS = ("mitp", "mlp-interaction", "prompts-only")  # the exchanges compared in readings.md
@@ -237,22 +234,24 @@ def _sd(values: list[float]) -> float | None:
     return statistics.stdev(values) if len(values) > 1 else None
 
 
+def _num(value: float | None, digits: int = 2, sign: bool = False) -> str:
+    return "-" if value is None else f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
+
+
+def _with_sd(mean: float | None, sd: float | None, sign: bool = False) -> str:
+    """`85.00 ± 7.07` (mean ± standard deviation over seeds), `85.00` for one seed, `-` for none."""
+    return _num(mean, sign=sign) + ("" if sd is None or mean is None else f" ± {sd:.2f}")
+
+
 def readings_markdown(rows: list[dict[str, Any]]) -> str:
     """readings.md: the numeric rows, formatted (mean ± sd over seeds; '-' where a run has no gates)."""
-
-    def num(value: float | None, digits: int = 2, sign: bool = False) -> str:
-        return "-" if value is None else f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
-
-    def with_sd(mean: float | None, sd: float | None, sign: bool = False) -> str:
-        return num(mean, sign=sign) + ("" if sd is None else f" ± {sd:.2f}")
-
     shown = [{
         "data set": r["dataset"], "run": r["run"], "reading": r["reading"], "seeds": str(r["seeds"]),
-        "score": with_sd(r["score"], r["score sd"]),
-        "memory contribution (points)": with_sd(r["memory contribution"], r["memory contribution sd"], sign=True),
-        "decisions unchanged (%)": num(r["decisions unchanged (%)"], 1),
+        "score": _with_sd(r["score"], r["score sd"]),
+        "memory contribution (points)": _with_sd(r["memory contribution"], r["memory contribution sd"], sign=True),
+        "decisions unchanged (%)": _num(r["decisions unchanged (%)"], 1),
         "gate spread mean / min": "-" if r["gate spread (mean)"] is None else f"{r['gate spread (mean)']:.3f} / {r['gate spread (min)']:.3f}",
-        "all-zero maps (%)": num(r["all-zero maps (%)"], 1),
+        "all-zero maps (%)": _num(r["all-zero maps (%)"], 1),
         "near-constant gates": "-" if r["near-constant gates"] is None else str(r["near-constant gates"]),
     } for r in rows]
     return _markdown(shown) + READINGS_NOTE
@@ -335,7 +334,7 @@ def _number(text: str) -> int | float:
 
 def numeric_row(row: dict[str, str]) -> dict[str, Any]:
     """{"demo-mmimdb (ours)": "60.00 / 50.00", "x": "+1.00 ± 1.41", "n": "12,208"} ->
-    {"demo-mmimdb (ours)": 60.0, "demo-mmimdb (ours) F1-macro": 50.0, "x": 1.0, "x sd": 1.41, "n": 12208.0}."""
+    {"demo-mmimdb (ours)": 60.0, "demo-mmimdb (ours) F1-macro": 50.0, "x": 1.0, "x sd": 1.41, "n": 12208}."""
     out: dict[str, Any] = {}
     for column, text in row.items():
         value, _, spread = text.partition(" ± ")
@@ -408,8 +407,9 @@ def plot_fig3(records: list[dict[str, Any]], path: Path, datasets: list[str]) ->
     fig, axes = plt.subplots(
         grid_rows * len(rows), columns, figsize=(6.4 * columns, 4.4 * grid_rows * len(rows)), squeeze=False, dpi=DPI
     )
-    for axis in axes.flat[len(shown) * len(rows):]:
-        axis.set_visible(False)
+    for block in range(len(rows)):  # an odd number of data sets leaves one panel per row of panels empty
+        for index in range(len(shown), grid_rows * columns):
+            axes[block * grid_rows + index // columns][index % columns].set_visible(False)
     for row, (key, label, records_here) in enumerate(rows):
         for index, dataset in enumerate(shown):
             axis = axes[row * grid_rows + index // columns][index % columns]

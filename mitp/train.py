@@ -184,17 +184,17 @@ class Trainer:
                 with accelerator.autocast():
                     logits = model(pixel_values(batch), batch["input_ids"], batch["attention_mask"])
                 loss = classification_loss(run.dataset.task, logits, batch["labels"])
-                if not torch.isfinite(loss):
-                    raise TrainingError(
-                        f"the loss became {float(loss)} at epoch {epoch}, step {step + 1}: training stopped "
-                        f"(lower the learning rate, now {run.lr:g}, or check the data)"
-                    )
                 accelerator.backward(loss)
                 if run.train.grad_clip is not None:
                     accelerator.clip_grad_norm_(model.parameters(), run.train.grad_clip)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 losses.append(accelerator.reduce(loss.detach(), reduction="mean").item())  # over all processes
+                if not math.isfinite(losses[-1]):  # the mean over processes: every process stops at the same step
+                    raise TrainingError(
+                        f"the loss became {losses[-1]} at epoch {epoch}, step {step + 1}: training stopped "
+                        f"(lower the learning rate, now {run.lr:g}, or check the data)"
+                    )
                 samples += len(batch["labels"]) * accelerator.num_processes
                 state.global_step += 1
                 bar.update(task, advance=1, description=f"epoch {epoch}/{run.epochs} loss {np.mean(losses[-20:]):.4f}")

@@ -122,46 +122,22 @@ def _phrase(rng: np.random.Generator, words: tuple[str, ...], key: str) -> str:
     return " ".join(filler)
 
 
-def _write_food101(out: Path, seed: int, sizes: dict[str, int]) -> dict[str, int]:
-    """Food101 layout: images/<split>/<class>/<class>_<n>.jpg, texts/<split>_titles.csv (no header).
+def _write_food101_layout(
+    out: Path, seed: int, sizes: dict[str, int], twin: int, pair: Callable[[np.random.Generator, str, str], tuple[np.ndarray, str]]
+) -> dict[str, int]:
+    """Food101 layout: images/<split>/<class>/<class>_<n>.jpg, texts/<split>_titles.csv (no header), with the
+    class `<colour>_<pattern>` and `pair(rng, colour, pattern)` giving each sample's image and caption.
 
     The twin's validation pairs are part of train, as upstream: `mitp data prepare` carves val."""
     counts = {}
     for split, size in (("train", sizes["train"] + sizes["val"]), ("test", sizes["test"])):
-        rng = _rng(seed, split, 0)
+        rng = _rng(seed, split, twin)
         rows = []
         for n in range(size):
             colour, pattern = COLOURS[rng.integers(4)], PATTERNS[rng.integers(4)]
             label = f"{colour}_{pattern}"
             filename = f"{label}_{n}.jpg"
-            _save(render([pattern], GREY, rng), out / "images" / split / label / filename)
-            rows.append([filename, _phrase(rng, FOOD_WORDS, colour), label])
-        (out / "texts").mkdir(parents=True, exist_ok=True)
-        with open(out / "texts" / f"{split}_titles.csv", "w", newline="") as f:
-            csv.writer(f).writerows(rows)
-        counts[split] = size
-    return counts
-
-
-def _write_cue(out: Path, seed: int, sizes: dict[str, int]) -> dict[str, int]:
-    """demo-cue in the Food101 layout; each pair's case is drawn from CUE_CASES."""
-    counts = {}
-    cases, weights = list(CUE_CASES), list(CUE_CASES.values())
-    for split, size in (("train", sizes["train"] + sizes["val"]), ("test", sizes["test"])):
-        rng = _rng(seed, split, 3)
-        rows = []
-        for n in range(size):
-            colour, pattern = COLOURS[rng.integers(4)], PATTERNS[rng.integers(4)]
-            case = cases[rng.choice(len(cases), p=weights)]
-            label = f"{colour}_{pattern}"
-            filename = f"{label}_{n}.jpg"
-            if case == "caption-decides":
-                image, caption = render([pattern], GREY, rng), _phrase(rng, FOOD_WORDS, colour)
-            elif case == "caption-misleads":
-                distractor = rng.choice([c for c in COLOURS if c != colour])
-                image, caption = render([pattern], colour, rng), _phrase(rng, FOOD_WORDS, str(distractor))
-            else:
-                image, caption = render([pattern], colour, rng), " ".join(rng.choice(FOOD_WORDS, rng.integers(3, 6)))
+            image, caption = pair(rng, colour, pattern)
             _save(image, out / "images" / split / label / filename)
             rows.append([filename, caption, label])
         (out / "texts").mkdir(parents=True, exist_ok=True)
@@ -169,6 +145,27 @@ def _write_cue(out: Path, seed: int, sizes: dict[str, int]) -> dict[str, int]:
             csv.writer(f).writerows(rows)
         counts[split] = size
     return counts
+
+
+def _write_food101(out: Path, seed: int, sizes: dict[str, int]) -> dict[str, int]:
+    """demo-food101: a grey pattern and a caption naming the colour."""
+    return _write_food101_layout(out, seed, sizes, 0, lambda rng, colour, pattern: (render([pattern], GREY, rng), _phrase(rng, FOOD_WORDS, colour)))
+
+
+def _write_cue(out: Path, seed: int, sizes: dict[str, int]) -> dict[str, int]:
+    """demo-cue: each pair's case is drawn from CUE_CASES."""
+    cases, weights = list(CUE_CASES), list(CUE_CASES.values())
+
+    def pair(rng: np.random.Generator, colour: str, pattern: str) -> tuple[np.ndarray, str]:
+        case = cases[rng.choice(len(cases), p=weights)]
+        if case == "caption-decides":
+            return render([pattern], GREY, rng), _phrase(rng, FOOD_WORDS, colour)
+        if case == "caption-misleads":
+            distractor = rng.choice([c for c in COLOURS if c != colour])
+            return render([pattern], colour, rng), _phrase(rng, FOOD_WORDS, str(distractor))
+        return render([pattern], colour, rng), " ".join(rng.choice(FOOD_WORDS, rng.integers(3, 6)))
+
+    return _write_food101_layout(out, seed, sizes, 3, pair)
 
 
 def _write_mmimdb(out: Path, seed: int, sizes: dict[str, int]) -> dict[str, int]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 
 from mitp.atomic import atomic_write_text
-from mitp.config import expand_grid, reading_setting
+from mitp.config import expand_grid, reading_setting, run_seeds
 from mitp.gpus import ENV_DIR, ENV_SLOTS, slots_spec, visible_gpus
 from mitp.presets import known_image_size
 
@@ -130,15 +130,8 @@ def runs_for(dataset):
     return names
 
 
-READING_RUNS = {"mitp", "mlp-interaction", "prompts-only"} | {reading_setting(r) for r in W.get("readings", [])}
-
-
 def seeds_for(run):
-    """The seeds of one run: the readings comparison (MITP under each reading, the MLP exchange and
-    prompts-only) has its own (workflow.readings_seeds) so that its spread over seeds is measured."""
-    if run in READING_RUNS and W.get("readings_seeds"):
-        return list(dict.fromkeys([*W["seeds"], *W["readings_seeds"]]))
-    return W["seeds"]
+    return run_seeds(run, W)
 
 
 def run_dirs(dataset):
