@@ -9,7 +9,9 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
+# The schema is generated from mitp's config models (mitp/config.py); defaults stay out of `config` so
+# that its hash, which decides reruns, changes only with what the user wrote.
+validate(config, "workflow/schemas/config.schema.yaml", set_default=False)
 
 
 include: "workflow/rules/common.smk"

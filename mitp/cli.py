@@ -10,7 +10,6 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -28,7 +27,7 @@ class _CommandGroup(TyperGroup):
     """Every command runs inside this: an error the user can act on (mitp.errors.MitpError) becomes one
     line on stderr and its exit code, never a traceback."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]  # typer's Context subclasses its click one
         try:
             return super().invoke(ctx)
         except MitpError as err:
@@ -130,7 +129,7 @@ def info(
     from .config import load_config, resolve_run
 
     project = load_config(_config_path(config))  # read once for every setting
-    names = [setting] if setting else list(project.settings)
+    names = [setting] if setting else list(project.runs)
     rows = [parameter_budget(resolve_run(project, dataset, name, backbone=backbone)) for name in names]
     if as_json:
         stdout.print_json(json.dumps(rows[0] if setting else rows))
@@ -276,6 +275,7 @@ def predict(
     if batch is not None:
         failed = _predict_batch(predictor, batch, out, model, top_k)
         raise typer.Exit(1 if failed else 0)
+    assert image is not None and text is not None  # checked above, before the bundle loaded
     result = predictor.predict([image], [text])[0]
     if result.truncated:
         console.print(f"[yellow]note:[/] the caption was truncated to {predictor.info.tokenizer['max_length']} tokens")

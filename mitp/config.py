@@ -1,116 +1,370 @@
-"""Typed, frozen configuration for mitp, loaded from YAML and checked before any work starts.
+"""Typed, frozen configuration for mitp, defined once and checked before any work starts.
 
 `config.yaml` holds the paper's whole setup: the backbone, per-data-set hyper-parameters, the training
-options and a grid of named settings. `resolve_run` turns one (data set, setting) pair into a `RunConfig`,
-the single object that the model, trainer and evaluator read. Every bad value raises `ConfigError` with
-the key that holds it and the values that would be allowed.
+options, a grid of named settings and the workflow's runs. The pydantic models below are its only
+definition: validation is strict (a YAML string is never quietly read as a number, unknown keys are
+refused), the Snakemake schema `workflow/schemas/config.schema.yaml` is generated from them
+(`python -m mitp.config > workflow/schemas/config.schema.yaml`; a test keeps the two equal), and every bad
+value raises `ConfigError` with one line naming the key, the value and what is allowed. `resolve_run`
+turns one (data set, setting) pair into a `RunConfig`, the single object the model, trainer and evaluator read.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
-from dataclasses import dataclass, field
+import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PrivateAttr,
+    Tag,
+    ValidationError,
+    model_validator,
+)
 
 from .errors import MitpError
 
-VARIANTS = ("mitp", "prompts-only", "mlp-interaction", "p-clip", "linear-probe")
-SIMILARITIES = ("cos", "mmd", "cov-pearson")
-GATES = ("softmax", "sigmoid")
-HUB_MAPS = ("token", "pairwise")  # what the hub's similarity compares: matching tokens, or every token pair
-HUB_SCALES = ("fixed", "learned")  # the similarity maps as they are (paper), or times a learned scale
+# ---------------------------------------------------------------------------------------------------
+# the choices
+
+Variant = Literal["mitp", "prompts-only", "mlp-interaction", "p-clip", "linear-probe"]
+SimilarityKind = Literal["cos", "mmd", "cov-pearson"]
+Gate = Literal["softmax", "sigmoid"]
+HubMap = Literal["token", "pairwise"]  # what the hub's similarity compares: matching tokens, or every token pair
+HubScale = Literal["fixed", "learned"]  # the similarity maps as they are (paper), or times a learned scale
 # How logits are read (docs/decisions.md): image + caption embeddings (fused), the image embedding alone,
 # or the text tower once per class on the caption plus the class prompt (per-class).
-HEADS = ("fused", "image", "per-class")
-READING_NAME = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
-TASKS = ("single-label", "multi-label")
-SOURCES = ("prepared", "synthetic")
-PRECISIONS = ("auto", "bf16", "fp32")
-LAYER_ALIASES = ("best", "best-small", "all")
+HeadKind = Literal["fused", "image", "per-class"]
+Task = Literal["single-label", "multi-label"]
+Source = Literal["prepared", "synthetic"]
+Precision = Literal["auto", "bf16", "fp32"]
+LayerAlias = Literal["best", "best-small", "all"]
+
+VARIANTS: tuple[str, ...] = get_args(Variant)
+HEADS: tuple[str, ...] = get_args(HeadKind)
 VARIANTS_WITHOUT_LAYERS = ("linear-probe",)
+READING_NAME = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
+MAX_LAYER = 1000  # no CLIP has more blocks; bounds what a config can ask the model to build
 
 
 class ConfigError(MitpError, ValueError):
     """A configuration value is missing, unknown or out of range; the message names the key."""
 
 
-@dataclass(frozen=True)
-class HubConfig:
-    width: int = 168  # hidden width of every hub MLP; 168 puts MITP-base at ~2.0M params on ViT-L/14
-    map: str = "token"  # token: one score per prompt token; pairwise: an L x L map between the tokens
-    gate: str = "softmax"  # paper Eq. 5 (softmax over the L prompt tokens) or per-element sigmoid
-    scale: str = "fixed"  # fixed: the paper's maps; learned: maps times exp(s), s learned from 0
-    mmd_features: int = 64  # random Fourier features of the linear-time MMD estimator
-    mmd_bandwidth: float = 1.0  # Gaussian kernel bandwidth (sigma) of the MMD similarity
+class _KeyedValueError(ValueError):
+    """A cross-field rule's failure, naming the field (under the model being validated) it is about."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    optimizer: str = "adam"
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    epochs: int = 10
-    eval_batch_size: int = 64
-    num_workers: int = 4
-    precision: str = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
-    max_steps_per_epoch: int | None = None  # cap for smoke runs and benchmarks; None = whole epoch
-    fraction: float = 1.0  # stratified share of the training split to keep (paper Table 3)
-    grad_clip: float | None = None
-    keep_checkpoints: int = 1  # epoch checkpoints kept besides the best one
+# ---------------------------------------------------------------------------------------------------
+# value types shared by the models
+
+
+def _strictly_increasing(layers: tuple[int, ...]) -> tuple[int, ...]:
+    if list(layers) != sorted(set(layers)):
+        raise ValueError(f"layer numbers must be strictly increasing, got {list(layers)}")
+    return layers
+
+
+def _a_backbone(name: str) -> str:
+    if not name:
+        raise ValueError("must be a Hugging Face CLIP name, a local path or 'preset:<name>'")
+    return name
+
+
+def _a_reading_name(name: str) -> str:
+    if not READING_NAME.match(name) or "frac" in name:
+        raise ValueError(f"a reading name is lower-case words joined by '-' (and never 'frac'), got {name!r}")
+    return name
+
+
+def _a_fraction(share: float) -> float:
+    if not 0 < share <= 1:
+        raise ValueError(f"must be in (0, 1], got {share}")
+    return share
+
+
+def _a_template(template: str) -> str:
+    if "{}" not in template:
+        raise ValueError(f"each template must contain '{{}}' for the class name, got {template!r}")
+    try:
+        template.format("class name")
+    except (ValueError, IndexError, KeyError) as err:
+        raise ValueError(f"{template!r} is not a valid template ({err}); write literal braces as '{{{{' and '}}}}'") from err
+    return template
+
+
+PositiveInt = Annotated[int, Field(ge=1)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+Seed = Annotated[int, Field(ge=0)]  # numpy's generators take no negative seed
+LayerNumber = Annotated[int, Field(ge=1, le=MAX_LAYER)]  # 1 = the first transformer block, as in the paper
+# YAML gives lists where the models keep tuples (frozen, hashable): the container is lax, its items strict.
+Layers = Annotated[tuple[LayerNumber, ...], Field(strict=False, min_length=1), AfterValidator(_strictly_increasing)]
+ResolvedLayers = Annotated[tuple[LayerNumber, ...], Field(strict=False)]  # () = P-CLIP's `all`, or none
+LayersOrAlias = Annotated[
+    Annotated[Layers, Tag("list")] | Annotated[LayerAlias, Tag("alias")],
+    Discriminator(lambda value: "alias" if isinstance(value, str) else "list"),
+]
+Template = Annotated[str, AfterValidator(_a_template)]
+Fraction = Annotated[float, Field(json_schema_extra={"exclusiveMinimum": 0, "maximum": 1}), AfterValidator(_a_fraction)]
+Backbone = Annotated[str, AfterValidator(_a_backbone)]
+ReadingName = Annotated[str, Field(json_schema_extra={"pattern": READING_NAME.pattern}), AfterValidator(_a_reading_name)]
+
+
+class _Section(BaseModel):
+    """A block of config.yaml: strict types, no unknown keys, frozen once read."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, raw: Any) -> Any:
+        """Name the allowed keys next to an unknown one (pydantic alone says only 'extra input')."""
+        if isinstance(raw, dict):
+            unknown = sorted(str(key) for key in set(raw) - set(cls.model_fields))
+            if unknown:
+                raise ValueError(f"unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(cls.model_fields))}")
+        return raw
+
+
+# ---------------------------------------------------------------------------------------------------
+# the blocks of config.yaml
+
+
+class HubConfig(_Section):
+    width: PositiveInt = 168  # hidden width of every hub MLP; 168 puts MITP-base at ~2.0M params on ViT-L/14
+    map: HubMap = "token"  # token: one score per prompt token; pairwise: an L x L map between the tokens
+    gate: Gate = "softmax"  # paper Eq. 5 (softmax over the L prompt tokens) or per-element sigmoid
+    scale: HubScale = "fixed"  # fixed: the paper's maps; learned: maps times exp(s), s learned from 0
+    mmd_features: PositiveInt = 64  # random Fourier features of the linear-time MMD estimator
+    mmd_bandwidth: PositiveFloat = 1.0  # Gaussian kernel bandwidth (sigma) of the MMD similarity
+
+
+class HubOverrides(_Section):
+    """A reading's changes to the project's hub: only the keys it names."""
+
+    width: PositiveInt | None = None
+    map: HubMap | None = None
+    gate: Gate | None = None
+    scale: HubScale | None = None
+    mmd_features: PositiveInt | None = None
+    mmd_bandwidth: PositiveFloat | None = None
+
+
+class TrainConfig(_Section):
+    optimizer: Literal["adam"] = "adam"
+    lr: PositiveFloat = 2e-4
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    epochs: PositiveInt = 10
+    eval_batch_size: PositiveInt = 64
+    num_workers: NonNegativeInt = 4
+    precision: Precision = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+    max_steps_per_epoch: PositiveInt | None = None  # cap for smoke runs and benchmarks; None = whole epoch
+    fraction: Fraction = 1.0  # stratified share of the training split (paper Table 3)
+    grad_clip: PositiveFloat | None = None
+    keep_checkpoints: PositiveInt = 1  # epoch checkpoints kept besides the best one
     # Multi-label class bias: initialised from the training data, then trained at its own rate (at the
     # prompts' 2e-4 Adam moves it by ~1 in a whole MM-IMDB training; docs/decisions.md §7).
-    class_bias_lr: float = 1e-2
+    class_bias_lr: PositiveFloat = 1e-2
 
 
-@dataclass(frozen=True)
-class DatasetConfig:
-    task: str
-    source: str = "prepared"
+class SplitSizes(_Section):
+    train: PositiveInt = 512
+    val: PositiveInt = 128
+    test: PositiveInt = 128
+
+
+class SyntheticConfig(_Section):
+    """Options of the in-process synthetic task (`mitp.synthetic`), for tests and benchmarks."""
+
+    n_colours: Annotated[int, Field(ge=1, le=6)] = 4
+    n_words: Annotated[int, Field(ge=1, le=6)] = 4
+    noise: Annotated[float, Field(ge=0)] = 0.8
+    sizes: SplitSizes = SplitSizes()
+
+
+class DatasetConfig(_Section):
+    task: Task
+    source: Source = "prepared"
     data_dir: str = ""
-    batch_size: int = 32
-    prompt_length: int = 3
-    best_layers: tuple[int, ...] = (4, 5, 6)
-    small_layers: tuple[int, ...] = (5,)
-    templates: tuple[str, ...] = ("a photo of {}.",)
-    num_classes: int | None = None  # checked against classes.json; lets `mitp info` count without data
-    epochs: int | None = None  # overrides train.epochs for this data set
-    lr: float | None = None  # overrides train.lr for this data set
-    synthetic: dict[str, Any] = field(default_factory=dict)  # options of the in-process synthetic task
+    batch_size: PositiveInt = 32
+    prompt_length: PositiveInt = 3
+    best_layers: Layers = (4, 5, 6)
+    small_layers: Layers = (5,)
+    templates: Annotated[tuple[Template, ...], Field(strict=False, min_length=1)] = ("a photo of {}.",)
+    num_classes: PositiveInt | None = None  # checked against classes.json; lets `mitp info` count without data
+    epochs: PositiveInt | None = None  # overrides train.epochs for this data set
+    lr: PositiveFloat | None = None  # overrides train.lr for this data set
+    synthetic: SyntheticConfig = SyntheticConfig()
+
+    @model_validator(mode="after")
+    def _a_prepared_set_has_a_folder(self) -> DatasetConfig:
+        if self.source == "prepared" and not self.data_dir:
+            raise _KeyedValueError("data_dir", "required for a prepared data set")
+        if self.task == "single-label" and self.num_classes == 1:
+            raise _KeyedValueError("num_classes", "a single-label data set needs at least 2 classes, got 1")
+        return self
 
 
-@dataclass(frozen=True)
-class SettingConfig:
-    variant: str
-    layers: tuple[int, ...] | str = "best"
-    similarity: str = "cos"
-    head: str | None = None  # None: the project's `head`
+class SettingConfig(_Section):
+    variant: Variant
+    layers: LayersOrAlias = "best"
+    similarity: SimilarityKind = "cos"
+    head: HeadKind | None = None  # None: the project's `head`
     reading: str | None = None  # a named reading (config `readings`) applied over the project's hub and head
 
 
-@dataclass(frozen=True)
-class ReadingConfig:
+class ReadingConfig(_Section):
     """One reading of the paper's open points: overrides of the hub's keys and of the head."""
 
-    hub: dict[str, Any] = field(default_factory=dict)
-    head: str | None = None
+    hub: HubOverrides = HubOverrides()
+    head: HeadKind | None = None
 
 
-@dataclass(frozen=True)
-class ModelConfig:
+class GridBlock(_Section):
+    """The paper's Fig. 4 grid: every layer set x similarity becomes a setting named `l4-5-6-cos`."""
+
+    layer_sets: list[Layers] = []
+    similarities: list[SimilarityKind] = Field(default_factory=lambda: list[SimilarityKind](["cos"]))
+
+
+class JobResources(_Section):
+    threads: PositiveInt
+    mem_mb: Annotated[int, Field(ge=100)]
+    runtime: PositiveInt  # minutes
+
+
+class StageResources(_Section):
+    """What each job of a stage needs; executors map these (Slurm: --cpus-per-task, --mem, --time)."""
+
+    train: JobResources
+    evaluate: JobResources
+    export: JobResources
+    prepare: JobResources
+    light: JobResources
+
+
+class Fractions(_Section):
+    datasets: list[str]
+    percents: list[Annotated[int, Field(ge=1, le=99)]]
+
+
+class WorkflowConfig(_Section):
+    """The `workflow:` block: which runs the Snakefile makes and what each job needs (docs/workflow.md)."""
+
+    results: str
+    datasets: Annotated[list[str], Field(min_length=1)]
+    settings: list[str]
+    grid_datasets: list[str]
+    fractions: Fractions
+    seeds: Annotated[list[Seed], Field(min_length=1)]
+    readings: list[str] = []
+    readings_seeds: list[Seed] = []
+    export: list[str]
+    export_fp16: bool
+    export_int8: bool
+    gpus_per_run: NonNegativeInt
+    gpus: dict[str, PositiveInt] = {}
+    gpu_slots_per_gpu: PositiveInt = 1
+    image_size: PositiveInt | None = None
+    resources: StageResources
+    standin: str = ""
+    standin_steps: PositiveInt = 500
+    epochs: PositiveInt | None = None
+
+
+class ProjectConfig(_Section):
+    """The whole `config.yaml`: everything needed to resolve any (data set, setting) run."""
+
+    backbone: Backbone = "openai/clip-vit-large-patch14"
+    seed: Seed = 0
+    head: HeadKind = "fused"
+    hub: HubConfig = HubConfig()
+    train: TrainConfig = TrainConfig()
+    datasets: Annotated[dict[str, DatasetConfig], Field(min_length=1)]
+    settings: dict[str, SettingConfig] = {}
+    grid: list[GridBlock] = []
+    readings: dict[ReadingName, ReadingConfig] = {}
+    workflow: WorkflowConfig | None = None
+    _runs: dict[str, SettingConfig] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _settings_and_runs_agree(self) -> ProjectConfig:
+        """Grid and readings become settings; every name the workflow uses must exist."""
+        for name, setting in self.settings.items():
+            if setting.reading is not None and setting.reading not in self.readings:
+                allowed = ", ".join(self.readings) or "none are defined under readings"
+                raise _KeyedValueError(f"settings.{name}.reading", f"{setting.reading!r} is not a reading of this config; allowed: {allowed}")
+        runs = dict(self.settings)
+        for name, setting in {**expand_grid(self.grid), **expand_readings(self.readings, self.settings)}.items():
+            if name in runs:
+                raise _KeyedValueError("grid", f"setting {name!r} (from grid or readings) is also defined under settings")
+            runs[name] = setting
+        if not runs:
+            raise _KeyedValueError("settings", "at least one setting must be configured")
+        self._runs.update(runs)
+        if self.workflow is not None:
+            self._check_workflow(self.workflow)
+        return self
+
+    def _check_workflow(self, workflow: WorkflowConfig) -> None:
+        references: dict[str, tuple[list[str], str, dict[str, Any]]] = {
+            "datasets": (workflow.datasets, "datasets", self.datasets),
+            "grid_datasets": (workflow.grid_datasets, "datasets", self.datasets),
+            "fractions.datasets": (workflow.fractions.datasets, "datasets", self.datasets),
+            "settings": (workflow.settings, "settings", self._runs),
+            "export": (workflow.export, "settings", self._runs),
+            "gpus": (list(workflow.gpus), "settings", self._runs),
+            "readings": (workflow.readings, "readings", self.readings),
+        }
+        for key, (names, block, defined) in references.items():
+            missing = [name for name in names if name not in defined]
+            if missing:
+                raise _KeyedValueError(f"workflow.{key}", f"{', '.join(map(repr, missing))} not under {block}; defined: {', '.join(defined) or 'none'}")
+
+    @property
+    def runs(self) -> dict[str, SettingConfig]:
+        """Every setting a run can name: `settings`, the grid's and the readings'."""
+        return self._runs
+
+    def dataset(self, name: str) -> DatasetConfig:
+        if name not in self.datasets:
+            raise ConfigError(f"unknown data set {name!r}; allowed: {', '.join(self.datasets)}")
+        return self.datasets[name]
+
+    def setting(self, name: str) -> SettingConfig:
+        if name not in self._runs:
+            raise ConfigError(f"unknown setting {name!r}; allowed: {', '.join(self._runs)}")
+        return self._runs[name]
+
+
+# ---------------------------------------------------------------------------------------------------
+# what one run reads
+
+
+class ModelConfig(_Section):
     """What the model needs to build itself: one setting on one data set, layers resolved."""
 
-    variant: str
-    layers: tuple[int, ...]  # 1-based transformer block numbers, as in the paper
-    similarity: str
-    prompt_length: int
-    task: str
+    variant: Variant
+    layers: ResolvedLayers  # 1-based transformer block numbers, as in the paper
+    similarity: SimilarityKind
+    prompt_length: PositiveInt
+    task: Task
     hub: HubConfig = HubConfig()
-    head: str = "fused"  # how the logits are read (docs/decisions.md); linear-probe has its own head
+    head: HeadKind = "fused"  # how the logits are read (docs/decisions.md); linear-probe has its own head
 
     def reading(self) -> dict[str, Any]:
         """How this run reads the paper's open points, for result.json, the report and bundle.json."""
@@ -121,12 +375,11 @@ class ModelConfig:
         return reading
 
 
-@dataclass(frozen=True)
-class RunConfig:
+class RunConfig(_Section):
     """One (data set, setting) run, fully resolved; saved beside every checkpoint."""
 
-    backbone: str
-    seed: int
+    backbone: Backbone
+    seed: Seed
     dataset_name: str
     dataset: DatasetConfig
     setting_name: str
@@ -143,56 +396,18 @@ class RunConfig:
         return self.dataset.lr if self.dataset.lr is not None else self.train.lr
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return self.model_dump()
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> RunConfig:
-        dataset = _build(DatasetConfig, raw["dataset"], "dataset")
-        setting = _build(SettingConfig, raw["setting"], "setting")
-        model_raw = dict(raw["model"])
-        model_raw["hub"] = _build(HubConfig, model_raw.get("hub", {}), "model.hub")
-        model = _build(ModelConfig, model_raw, "model")
-        return cls(
-            backbone=raw["backbone"],
-            seed=int(raw["seed"]),
-            dataset_name=raw["dataset_name"],
-            dataset=dataset,
-            setting_name=raw["setting_name"],
-            setting=setting,
-            model=model,
-            train=_build(TrainConfig, raw["train"], "train"),
-        )
-
-
-@dataclass(frozen=True)
-class ProjectConfig:
-    """The whole `config.yaml`: everything needed to resolve any (data set, setting) run."""
-
-    backbone: str
-    seed: int
-    hub: HubConfig
-    train: TrainConfig
-    datasets: dict[str, DatasetConfig]
-    settings: dict[str, SettingConfig]
-    head: str = "fused"
-    readings: dict[str, ReadingConfig] = field(default_factory=dict)
-
-    def dataset(self, name: str) -> DatasetConfig:
-        if name not in self.datasets:
-            raise ConfigError(f"unknown data set {name!r}; allowed: {', '.join(self.datasets)}")
-        return self.datasets[name]
-
-    def setting(self, name: str) -> SettingConfig:
-        if name not in self.settings:
-            raise ConfigError(f"unknown setting {name!r}; allowed: {', '.join(self.settings)}")
-        return self.settings[name]
+        return validated(cls, raw)
 
 
 # ---------------------------------------------------------------------------------------------------
-# loading and validation
+# loading, and errors in one line
 
 
 class _Loader(yaml.SafeLoader):
@@ -217,7 +432,7 @@ def _mapping_without_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode,
     return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
 
 
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, lambda loader, node: _mapping_without_duplicates(loader, node))
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
 
 
 def read_yaml(text: str) -> Any:
@@ -239,54 +454,97 @@ def load_config(path: str | Path) -> ProjectConfig:
 
 
 def parse_config(raw: dict[str, Any]) -> ProjectConfig:
-    allowed = {"backbone", "seed", "head", "hub", "train", "datasets", "settings", "grid", "readings", "workflow"}
-    _reject_unknown(raw, allowed, "")
-    backbone = raw.get("backbone", "openai/clip-vit-large-patch14")
-    if not isinstance(backbone, str) or not backbone:
-        raise ConfigError("backbone: must be a Hugging Face CLIP name, a local path or 'preset:<name>'")
-    head = raw.get("head", "fused")
-    if head not in HEADS:
-        raise ConfigError(f"head: {head!r} is not one of {', '.join(HEADS)}")
-    hub = _build(HubConfig, raw.get("hub") or {}, "hub")
-    train = _build(TrainConfig, raw.get("train") or {}, "train")
-    _check_hub(hub, "hub")
-    _check_train(train, "train")
+    return validated(ProjectConfig, raw)
 
-    datasets_raw = raw.get("datasets") or {}
-    if not isinstance(datasets_raw, dict) or not datasets_raw:
-        raise ConfigError("datasets: at least one data set must be configured")
-    datasets = {name: _parse_dataset(name, value) for name, value in datasets_raw.items()}
 
-    readings = _parse_readings(raw.get("readings") or {}, hub)
-    settings_raw = dict(raw.get("settings") or {})
-    generated = {**expand_grid(raw.get("grid") or []), **expand_readings(readings, settings_raw)}
-    for name, value in generated.items():
-        if name in settings_raw:
-            raise ConfigError(f"grid/readings: setting {name!r} is also defined under settings")
-        settings_raw[name] = value
-    settings = {name: _parse_setting(name, value, readings) for name, value in settings_raw.items()}
-    if not settings:
-        raise ConfigError("settings: at least one setting must be configured")
-    return ProjectConfig(
-        backbone=backbone,
-        seed=_int(raw.get("seed", 0), "seed"),
-        hub=hub,
-        train=train,
-        datasets=datasets,
-        settings=settings,
-        head=head,
-        readings=readings,
-    )
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def validated(model: type[_M], raw: Any, key: str = "") -> _M:
+    """`model` from `raw`, or ConfigError with the first problem in one line: key, value, what is allowed."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_one_line(err.errors()[0], raw, key)) from None
+
+
+_MESSAGES = {
+    "float_type": "expected a number",
+    "int_type": "expected an integer",
+    "string_type": "expected a string",
+    "bool_type": "expected true or false",
+    "tuple_type": "expected a list",
+    "list_type": "expected a list",
+    "dict_type": "expected a mapping",
+    "model_type": "expected a mapping",
+    "missing": "missing required key",
+    "extra_forbidden": "unknown key",
+    "greater_than_equal": "must be >= {ge}",
+    "greater_than": "must be > {gt}",
+    "less_than_equal": "must be <= {le}",
+    "less_than": "must be < {lt}",
+    "too_short": "needs at least {min_length} item(s)",
+    "too_long": "allows at most {max_length} item(s)",
+    "finite_number": "must be a finite number",
+}
+
+
+def _one_line(error: Any, raw: Any, prefix: str) -> str:
+    kind, value, ctx = error["type"], error.get("input"), error.get("ctx") or {}
+    parts = _key_parts(error["loc"], raw)
+    if kind == "value_error":
+        cause = ctx.get("error")
+        if isinstance(cause, _KeyedValueError):
+            parts = [*parts, *cause.field.split(".")]
+        message = str(cause) if cause is not None else error["msg"]
+    elif kind == "literal_error":
+        allowed = ", ".join(re.findall(r"'([^']*)'", ctx.get("expected", ""))) or ctx.get("expected", "")
+        message = f"{_shown(value)} is not one of {allowed}"
+    elif kind in ("missing", "extra_forbidden"):
+        message = _MESSAGES[kind]
+    else:
+        bounds = {name: int(v) if isinstance(v, float) and v.is_integer() else v for name, v in ctx.items()}
+        message = _MESSAGES.get(kind, error["msg"]).format(**bounds) + f", got {_shown(value)}"
+    key = ".".join(p for p in [prefix, _join(parts)] if p).replace(".[", "[")
+    return f"{key}: {message}" if key else message
+
+
+def _key_parts(loc: Sequence[Any], raw: Any) -> list[str]:
+    """The config key of an error location, without pydantic's union tags ('list', 'alias') and '[key]'."""
+    parts: list[str] = []
+    value = raw
+    for part in loc:
+        if part == "[key]":
+            continue  # the error is about the key itself, already named
+        if isinstance(value, dict):
+            parts.append(str(part))
+            value = value.get(part)
+        elif isinstance(value, (list, tuple)) and isinstance(part, int):
+            parts.append(f"[{part}]")
+            value = value[part] if 0 <= part < len(value) else None
+        # anything else is a union member's tag, not a key of the config
+    return parts
+
+
+def _join(parts: list[str]) -> str:
+    return ".".join(parts).replace(".[", "[")
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ---------------------------------------------------------------------------------------------------
+# settings generated from the grid and the readings
 
 
 READING_BASE = "mitp"  # readings are compared on MITP-base: reading r becomes setting `mitp-<r>`
+COMPARED_WITH_READINGS = ("mitp", "mlp-interaction", "prompts-only")  # the exchanges the readings are compared with
 
 
 def reading_setting(reading: str) -> str:
     return f"{READING_BASE}-{reading}"
-
-
-COMPARED_WITH_READINGS = ("mitp", "mlp-interaction", "prompts-only")  # the exchanges the readings are compared with
 
 
 def run_seeds(run: str, workflow: dict[str, Any], readings: list[str] | None = None) -> list[int]:
@@ -300,54 +558,30 @@ def run_seeds(run: str, workflow: dict[str, Any], readings: list[str] | None = N
     return list(dict.fromkeys([*workflow["seeds"], *extra])) if run in compared else list(workflow["seeds"])
 
 
-def expand_readings(readings: dict[str, ReadingConfig], settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def expand_readings(readings: dict[str, ReadingConfig], settings: dict[str, SettingConfig]) -> dict[str, SettingConfig]:
     """Every reading becomes a setting `mitp-<reading>`: MITP-base's layers and similarity, read that way."""
     if not readings:
         return {}
     base = settings.get(READING_BASE)
-    if not isinstance(base, dict):
-        raise ConfigError(f"readings: the readings are applied to setting {READING_BASE!r}, which is not defined")
-    return {reading_setting(name): {**base, "reading": name} for name in readings}
+    if base is None:
+        raise _KeyedValueError("readings", f"the readings are applied to setting {READING_BASE!r}, which is not defined")
+    return {reading_setting(name): base.model_copy(update={"reading": name}) for name in readings}
 
 
-def _parse_readings(raw: Any, hub: HubConfig) -> dict[str, ReadingConfig]:
-    if not isinstance(raw, dict):
-        raise ConfigError("readings: must be a mapping of reading name -> {hub: {...}, head: ...}")
-    readings = {}
-    for name, value in raw.items():
-        key = f"readings.{name}"
-        if not isinstance(name, str) or not READING_NAME.match(name) or "frac" in name:
-            raise ConfigError(f"{key}: a reading name is lower-case words joined by '-' (and never 'frac'), got {name!r}")
-        reading = _build(ReadingConfig, value or {}, key)
-        if reading.head is not None and reading.head not in HEADS:
-            raise ConfigError(f"{key}.head: {reading.head!r} is not one of {', '.join(HEADS)}")
-        _check_hub(_build(HubConfig, {**dataclasses.asdict(hub), **reading.hub}, f"{key}.hub"), f"{key}.hub")
-        readings[name] = reading
-    return readings
-
-
-def expand_grid(grid: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def expand_grid(grid: Sequence[GridBlock | dict[str, Any]]) -> dict[str, SettingConfig]:
     """The paper's Fig. 4 grid: every layer set x similarity becomes a setting named `l4-5-6-cos`."""
-    if not isinstance(grid, list):
-        raise ConfigError("grid: must be a list of {layer_sets, similarities} blocks")
-    settings: dict[str, dict[str, Any]] = {}
+    settings: dict[str, SettingConfig] = {}
     for i, block in enumerate(grid):
-        key = f"grid[{i}]"
-        if not isinstance(block, dict):
-            raise ConfigError(f"{key}: must be a mapping with layer_sets and similarities")
-        _reject_unknown(block, {"layer_sets", "similarities"}, key)
-        layer_sets = block.get("layer_sets") or []
-        similarities = block.get("similarities") or ["cos"]
-        if not isinstance(layer_sets, list) or not all(isinstance(layers, list) for layers in layer_sets):
-            raise ConfigError(f"{key}.layer_sets: must be a list of layer lists, e.g. [[4, 5, 6], [6, 8, 10]]")
-        if not isinstance(similarities, list) or any(sim not in SIMILARITIES for sim in similarities):
-            raise ConfigError(f"{key}.similarities: must be a list drawn from {', '.join(SIMILARITIES)}, got {similarities!r}")
-        for layers in layer_sets:
-            _check_layer_list(tuple(layers), f"{key}.layer_sets")
-            for similarity in similarities:
+        block = block if isinstance(block, GridBlock) else validated(GridBlock, block, f"grid[{i}]")
+        for layers in block.layer_sets:
+            for similarity in block.similarities:
                 name = "l" + "-".join(str(n) for n in layers) + f"-{similarity}"
-                settings[name] = {"variant": "mitp", "layers": list(layers), "similarity": similarity}
+                settings[name] = SettingConfig(variant="mitp", layers=layers, similarity=similarity)
     return settings
+
+
+# ---------------------------------------------------------------------------------------------------
+# one run
 
 
 def resolve_run(
@@ -366,24 +600,15 @@ def resolve_run(
     dataset = project.dataset(dataset_name)
     setting = project.setting(setting_name)
     overrides = {k: v for k, v in train_overrides.items() if v is not None}
-    types = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
-    _reject_unknown(overrides, set(types), "train")
-    checked = {name: _coerce(value, types[name], f"train.{name}") for name, value in overrides.items()}
-    train = dataclasses.replace(project.train, **checked)
-    _check_train(train, "train")
-    if "epochs" in checked:
-        dataset = dataclasses.replace(dataset, epochs=None)
+    train = validated(TrainConfig, {**project.train.model_dump(), **overrides}, "train") if overrides else project.train
+    if "epochs" in overrides:
+        dataset = dataset.model_copy(update={"epochs": None})
     if lr is not None:
-        lr = _coerce(lr, "float", "lr")
-        if not lr > 0:
-            raise ConfigError(f"lr: must be > 0, got {lr}")
-        dataset = dataclasses.replace(dataset, lr=lr)
-    if backbone is not None and (not isinstance(backbone, str) or not backbone):
-        raise ConfigError("backbone: must be a Hugging Face CLIP name, a local path or 'preset:<name>'")
+        dataset = validated(DatasetConfig, {**dataset.model_dump(), "lr": lr})
     hub, head = project.hub, setting.head or project.head
     if setting.reading is not None:
         reading = project.readings[setting.reading]
-        hub = dataclasses.replace(hub, **reading.hub)
+        hub = hub.model_copy(update=reading.hub.model_dump(exclude_none=True))
         head = reading.head or head
     model = ModelConfig(
         variant=setting.variant,
@@ -394,16 +619,16 @@ def resolve_run(
         hub=hub,
         head=head,
     )
-    return RunConfig(
-        backbone=backbone or project.backbone,
-        seed=project.seed if seed is None else _int(seed, "seed"),
-        dataset_name=dataset_name,
-        dataset=dataset,
-        setting_name=setting_name,
-        setting=setting,
-        model=model,
-        train=train,
-    )
+    return validated(RunConfig, {
+        "backbone": project.backbone if backbone is None else backbone,
+        "seed": project.seed if seed is None else seed,
+        "dataset_name": dataset_name,
+        "dataset": dataset,
+        "setting_name": setting_name,
+        "setting": setting,
+        "model": model,
+        "train": train,
+    })
 
 
 def check_layers_fit(model: ModelConfig, text_layers: int, vision_layers: int) -> None:
@@ -421,87 +646,6 @@ def check_layers_fit(model: ModelConfig, text_layers: int, vision_layers: int) -
         )
 
 
-# ---------------------------------------------------------------------------------------------------
-# helpers
-
-
-def _parse_dataset(name: str, raw: Any) -> DatasetConfig:
-    key = f"datasets.{name}"
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{key}: must be a mapping")
-    ds = _build(DatasetConfig, dict(raw), key)
-    if ds.task not in TASKS:
-        raise ConfigError(f"{key}.task: {ds.task!r} is not one of {', '.join(TASKS)}")
-    if ds.source not in SOURCES:
-        raise ConfigError(f"{key}.source: {ds.source!r} is not one of {', '.join(SOURCES)}")
-    if ds.source == "prepared" and not ds.data_dir:
-        raise ConfigError(f"{key}.data_dir: required for a prepared data set")
-    _positive(ds.batch_size, f"{key}.batch_size")
-    _positive(ds.prompt_length, f"{key}.prompt_length")
-    _check_layer_list(ds.best_layers, f"{key}.best_layers")
-    _check_layer_list(ds.small_layers, f"{key}.small_layers")
-    if not ds.templates or any("{}" not in t for t in ds.templates):
-        raise ConfigError(f"{key}.templates: each template must contain '{{}}' for the class name")
-    for template in ds.templates:
-        try:
-            template.format("class name")
-        except (ValueError, IndexError, KeyError) as err:
-            raise ConfigError(f"{key}.templates: {template!r} is not a valid template ({err}); write literal braces as '{{{{' and '}}}}'") from err
-    if ds.epochs is not None:
-        _positive(ds.epochs, f"{key}.epochs")
-    if ds.lr is not None and not ds.lr > 0:
-        raise ConfigError(f"{key}.lr: must be > 0, got {ds.lr}")
-    if ds.num_classes is not None:
-        _positive(ds.num_classes, f"{key}.num_classes")
-    if ds.source == "synthetic":
-        _check_synthetic(ds.synthetic, f"{key}.synthetic")
-    return ds
-
-
-SYNTHETIC_OPTIONS = {"n_colours": int, "n_words": int, "noise": float, "sizes": dict}
-
-
-def _check_synthetic(options: dict[str, Any], key: str) -> None:
-    _reject_unknown(options, set(SYNTHETIC_OPTIONS), key)
-    for name, kind in SYNTHETIC_OPTIONS.items():
-        if name in options:
-            _coerce(options[name], kind.__name__ if kind is not dict else "dict", f"{key}.{name}")
-    for name in ("n_colours", "n_words"):
-        if name in options and not 1 <= options[name] <= 6:
-            raise ConfigError(f"{key}.{name}: must be 1..6, got {options[name]}")
-    sizes = options.get("sizes", {})
-    _reject_unknown(sizes, {"train", "val", "test"}, f"{key}.sizes")
-    for split, size in sizes.items():
-        _positive(size, f"{key}.sizes.{split}")
-
-
-def _parse_setting(name: str, raw: Any, readings: dict[str, ReadingConfig]) -> SettingConfig:
-    key = f"settings.{name}"
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{key}: must be a mapping")
-    setting = _build(SettingConfig, dict(raw), key)
-    if setting.variant not in VARIANTS:
-        raise ConfigError(f"{key}.variant: {setting.variant!r} is not one of {', '.join(VARIANTS)}")
-    if setting.head is not None and setting.head not in HEADS:
-        raise ConfigError(f"{key}.head: {setting.head!r} is not one of {', '.join(HEADS)}")
-    if setting.reading is not None and setting.reading not in readings:
-        allowed = ", ".join(readings) or "none are defined under readings"
-        raise ConfigError(f"{key}.reading: {setting.reading!r} is not a reading of this config; allowed: {allowed}")
-    if setting.similarity not in SIMILARITIES:
-        raise ConfigError(
-            f"{key}.similarity: {setting.similarity!r} is not one of {', '.join(SIMILARITIES)}"
-        )
-    if isinstance(setting.layers, str):
-        if setting.layers not in LAYER_ALIASES:
-            raise ConfigError(
-                f"{key}.layers: {setting.layers!r} is not a list of layer numbers nor one of "
-                f"{', '.join(LAYER_ALIASES)}"
-            )
-    else:
-        _check_layer_list(setting.layers, f"{key}.layers")
-    return setting
-
-
 def _resolve_layers(setting: SettingConfig, dataset: DatasetConfig, key: str) -> tuple[int, ...]:
     if setting.variant in VARIANTS_WITHOUT_LAYERS:
         return ()
@@ -516,117 +660,41 @@ def _resolve_layers(setting: SettingConfig, dataset: DatasetConfig, key: str) ->
     return tuple(setting.layers)
 
 
-def _check_layer_list(layers: tuple[int, ...], key: str) -> None:
-    if not layers:
-        raise ConfigError(f"{key}: at least one layer number is needed")
-    if any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in layers):
-        raise ConfigError(f"{key}: layer numbers are integers >= 1 (1 = first block), got {list(layers)}")
-    if list(layers) != sorted(set(layers)):
-        raise ConfigError(f"{key}: layer numbers must be strictly increasing, got {list(layers)}")
+# ---------------------------------------------------------------------------------------------------
+# the Snakemake schema, generated
 
 
-def _check_hub(hub: HubConfig, key: str) -> None:
-    _positive(hub.width, f"{key}.width")
-    _positive(hub.mmd_features, f"{key}.mmd_features")
-    if hub.gate not in GATES:
-        raise ConfigError(f"{key}.gate: {hub.gate!r} is not one of {', '.join(GATES)}")
-    if hub.map not in HUB_MAPS:
-        raise ConfigError(f"{key}.map: {hub.map!r} is not one of {', '.join(HUB_MAPS)}")
-    if hub.scale not in HUB_SCALES:
-        raise ConfigError(f"{key}.scale: {hub.scale!r} is not one of {', '.join(HUB_SCALES)}")
-    if not hub.mmd_bandwidth > 0:
-        raise ConfigError(f"{key}.mmd_bandwidth: must be > 0, got {hub.mmd_bandwidth}")
+def snakemake_schema() -> dict[str, Any]:
+    """The JSON schema Snakemake validates config.yaml with, generated from `ProjectConfig`: the same
+    keys, types, choices and bounds (cross-field rules are mitp's alone). The workflow needs its block."""
+    schema = _tidy(ProjectConfig.model_json_schema())
+    schema["properties"]["workflow"] = {"$ref": "#/$defs/WorkflowConfig"}
+    schema["required"] = sorted({*schema.get("required", []), "workflow"})
+    schema["description"] = (
+        "mitp project config (config.yaml). GENERATED from mitp/config.py by "
+        "`python -m mitp.config > workflow/schemas/config.schema.yaml`: edit the models, not this file."
+    )
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
 
 
-def _check_train(train: TrainConfig, key: str) -> None:
-    if train.optimizer != "adam":
-        raise ConfigError(f"{key}.optimizer: {train.optimizer!r} is not one of adam")
-    if not train.lr > 0:
-        raise ConfigError(f"{key}.lr: must be > 0, got {train.lr}")
-    if not train.class_bias_lr > 0:
-        raise ConfigError(f"{key}.class_bias_lr: must be > 0, got {train.class_bias_lr}")
-    _positive(train.epochs, f"{key}.epochs")
-    _positive(train.eval_batch_size, f"{key}.eval_batch_size")
-    _positive(train.keep_checkpoints, f"{key}.keep_checkpoints")
-    if train.num_workers < 0:
-        raise ConfigError(f"{key}.num_workers: must be >= 0, got {train.num_workers}")
-    if train.precision not in PRECISIONS:
-        raise ConfigError(f"{key}.precision: {train.precision!r} is not one of {', '.join(PRECISIONS)}")
-    if not 0 < train.fraction <= 1:
-        raise ConfigError(f"{key}.fraction: must be in (0, 1], got {train.fraction}")
-    if train.max_steps_per_epoch is not None:
-        _positive(train.max_steps_per_epoch, f"{key}.max_steps_per_epoch")
-    if train.grad_clip is not None and not train.grad_clip > 0:
-        raise ConfigError(f"{key}.grad_clip: must be > 0 (or null for none), got {train.grad_clip}")
-    if not train.weight_decay >= 0:
-        raise ConfigError(f"{key}.weight_decay: must be >= 0, got {train.weight_decay}")
+def _tidy(node: Any) -> Any:
+    """Drop pydantic's titles (the keys say it); a dict with a key pattern becomes propertyNames + additionalProperties
+    (patternProperties alone would let any other key through)."""
+    if isinstance(node, list):
+        return [_tidy(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    tidy = {key: _tidy(value) for key, value in node.items() if key != "title" or not isinstance(value, str)}
+    patterns = tidy.pop("patternProperties", None)
+    if patterns:
+        (pattern, values), = patterns.items()
+        tidy.update(propertyNames={"pattern": pattern}, additionalProperties=values)
+    return tidy
 
 
-def _build(cls: type, raw: Any, key: str) -> Any:
-    """Instantiate a config dataclass from a mapping, rejecting unknown keys and wrong types."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{key}: must be a mapping")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    _reject_unknown(raw, set(fields), key)
-    values = {}
-    for name, value in raw.items():
-        values[name] = _coerce(value, fields[name].type, f"{key}.{name}" if key else name)
-    try:
-        return cls(**values)
-    except TypeError as err:
-        missing = [f for f, spec in fields.items() if f not in raw and _required(spec)]
-        raise ConfigError(f"{key}: missing required key(s) {', '.join(missing)}") from err
+def schema_yaml() -> str:
+    return yaml.safe_dump(snakemake_schema(), sort_keys=False, width=120, default_flow_style=None)
 
 
-def _coerce(value: Any, type_name: Any, key: str) -> Any:
-    """Check one value against its field's declared type (YAML gives ints where floats are meant: accepted)."""
-    type_name = str(type_name)
-    if type_name.endswith(" | None"):
-        if value is None:
-            return None
-        type_name = type_name.removesuffix(" | None")
-    if type_name == "int":
-        return _int(value, key)
-    if type_name == "float":
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if type_name == "str":
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return value
-    if type_name == "tuple[int, ...] | str" and isinstance(value, str):
-        return value
-    if type_name.startswith("tuple[int"):
-        if not isinstance(value, list) or any(isinstance(v, bool) or not isinstance(v, int) for v in value):
-            raise ConfigError(f"{key}: expected a list of integers, e.g. [4, 5, 6], got {value!r}")
-        return tuple(value)
-    if type_name.startswith("tuple[str"):
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
-        return tuple(value)
-    if type_name.startswith("dict") and not isinstance(value, dict):
-        raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-    return value
-
-
-def _required(spec: dataclasses.Field) -> bool:
-    return spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING
-
-
-def _reject_unknown(raw: dict[str, Any], allowed: set[str], key: str) -> None:
-    unknown = sorted(set(raw) - allowed)
-    if unknown:
-        where = f"{key}: " if key else ""
-        raise ConfigError(f"{where}unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
-
-
-def _int(value: Any, key: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
-    return value
-
-
-def _positive(value: Any, key: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{key}: must be an integer >= 1, got {value!r}")
+if __name__ == "__main__":
+    sys.stdout.write(schema_yaml())

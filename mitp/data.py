@@ -81,10 +81,12 @@ class PairDataset(Dataset):
         item = {"input_ids": self.input_ids[index], "attention_mask": self.attention_mask[index], "labels": self.labels[index]}
         if self.images is not None:
             item["pixel_values"] = self.images[index]
-        elif self.cache is not None:
+        elif self.cache is not None and self.cache_rows is not None:
             item["pixels"] = torch.from_numpy(np.array(self.cache.pixels[self.cache_rows[index]]))  # (S, S, 3) uint8
-        else:
+        elif self.image_paths is not None:
             item["pixels"] = torch.from_numpy(clip_crop(load_image(self.image_paths[index]), self.image_size))
+        else:
+            raise RuntimeError("a PairDataset needs images, a cache or image paths")
         return item
 
     def check_images(self, workers: int = 8) -> None:
@@ -137,7 +139,7 @@ def num_classes(run: RunConfig) -> int:
     """How many classes the run's data set has, without loading it where the config says."""
     ds = run.dataset
     if ds.source == "synthetic":
-        return len(synthetic_classes(ds.task, ds.synthetic.get("n_colours", 4), ds.synthetic.get("n_words", 4)))
+        return len(synthetic_classes(ds.task, ds.synthetic.n_colours, ds.synthetic.n_words))
     return ds.num_classes if ds.num_classes is not None else len(read_classes(Path(ds.data_dir)))
 
 
@@ -153,12 +155,11 @@ def stratified_subset(strata: np.ndarray, fraction: float, seed: int) -> np.ndar
 
 
 def _synthetic_split(run: RunConfig, split: str, tokenizer: ClipTokenizer, image_size: int) -> PairDataset:
-    options = dict(run.dataset.synthetic)
-    sizes = options.pop("sizes", {"train": 512, "val": 128, "test": 128})
-    n_colours, n_words = options.get("n_colours", 4), options.get("n_words", 4)
-    raw = make_synthetic_split(split, run.dataset.task, sizes[split], image_size, seed=run.seed, **options)
+    task = run.dataset.synthetic
+    size = getattr(task.sizes, split)
+    raw = make_synthetic_split(split, run.dataset.task, size, image_size, task.n_colours, task.n_words, task.noise, seed=run.seed)
     ids, mask = tokenizer(raw["captions"])
-    classes = synthetic_classes(run.dataset.task, n_colours, n_words)
+    classes = synthetic_classes(run.dataset.task, task.n_colours, task.n_words)
     return PairDataset(classes, run.dataset.task, ids, mask, raw["labels"], images=raw["images"], image_size=image_size)
 
 

@@ -28,12 +28,12 @@ features + a linear head). docs/decisions.md says why each open point of the pap
 from __future__ import annotations
 
 import copy
-import dataclasses
 
 import torch
 from torch import nn
 from transformers import CLIPConfig, CLIPModel
 
+from .backbone import crop_size, text_eos_id, towers
 from .config import ModelConfig, check_layers_fit
 from .heads import NO_TEXT, PER_CLASS, build_head
 from .hub import build_exchange
@@ -51,7 +51,7 @@ class MITPModel(nn.Module):
         self.config = config
         self.num_classes = num_classes
         self.eos_token_id = eos_token_id
-        text_cfg, vision_cfg = clip.config.text_config, clip.config.vision_config
+        text_cfg, vision_cfg = towers(clip.config)
         self.n_text, self.n_vision = text_cfg.num_hidden_layers, vision_cfg.num_hidden_layers
         d_t, d_v, L = text_cfg.hidden_size, vision_cfg.hidden_size, config.prompt_length
         variant = config.variant
@@ -72,7 +72,7 @@ class MITPModel(nn.Module):
         if variant == "p-clip":
             self.deep_text_prompts = nn.Parameter(torch.randn(len(self.text_layer_ids), L, d_t) * PROMPT_INIT_STD)
             self.deep_vision_prompts = nn.Parameter(torch.randn(len(self.vision_layer_ids), L, d_v) * PROMPT_INIT_STD)
-        self.head = build_head(variant, config.head, clip.config.projection_dim, num_classes)
+        self.head = build_head(variant, config.head, int(clip.config.projection_dim or 0), num_classes)
         if config.task == "multi-label" and variant != "linear-probe":
             # per-class bias for BCE, initialised from the training data by the trainer (docs/decisions.md)
             self.class_bias = nn.Parameter(torch.zeros(num_classes))
@@ -214,6 +214,7 @@ class MITPModel(nn.Module):
             h_v = self.vision_layers[i](insert_prompts(h_v, p_v), None)  # (B, 1+L+patches, d_v)
             p_t_hat, h_t = split_prompts(h_t, self.prompt_length)  # acquiring: the block's output
             p_v_hat, h_v = split_prompts(h_v, self.prompt_length)
+            assert self.hub is not None  # an interaction variant always has its exchange
             p_t, p_v = self.hub(p_t_hat, p_v_hat, layer=i + 1)  # the exchange: consolidation and activation
 
         # The last hub output is carried to the end of both towers (docs/decisions.md §4).
@@ -302,6 +303,7 @@ class MITPModel(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Class logits (B, K), in fp32 whatever the autocast around the call."""
+        text: torch.Tensor | None
         if self.config.variant == "linear-probe":
             with torch.no_grad():
                 image = self.encode_image_frozen(pixel_values)
@@ -325,8 +327,8 @@ class MITPModel(nn.Module):
     def parameters_receiving_gradients(self) -> set[str]:
         """Names of the trainable parameters that one backward pass reaches (a hub input whose output
         nothing reads gets none)."""
-        vision = self.clip.config.vision_config
-        pixels = torch.zeros(2, 3, vision.image_size, vision.image_size)
+        size = crop_size(self.clip.config)
+        pixels = torch.zeros(2, 3, size, size)
         ids = torch.zeros(2, 77, dtype=torch.long)
         ids[:, 1] = self.eos_token_id
         mask = (torch.arange(77) < 2).long().expand(2, -1)  # SOT, EOS
@@ -365,13 +367,14 @@ def effective_parameter_names(config: ModelConfig, arch: CLIPConfig, num_classes
     gradient reaches depends on the wiring (layer counts, prompt slots, head), not on widths, so it is
     found on a width-8 twin of `arch` with the same layer counts: a tenth of a second even for ViT-L/14."""
     twin = copy.deepcopy(arch)
-    for tower in (twin.text_config, twin.vision_config):
+    text, vision = towers(twin)
+    for tower in (text, vision):
         tower.hidden_size, tower.intermediate_size, tower.num_attention_heads = 8, 8, 1
-    twin.vision_config.image_size = twin.vision_config.patch_size  # one patch
-    twin.projection_dim = twin.text_config.projection_dim = twin.vision_config.projection_dim = 8
+    vision.image_size = vision.patch_size  # one patch
+    twin.projection_dim = text.projection_dim = vision.projection_dim = 8
     twin._attn_implementation = "sdpa"
-    config = dataclasses.replace(config, hub=dataclasses.replace(config.hub, width=2, mmd_features=2))
-    model = MITPModel(CLIPModel(twin).requires_grad_(False), config, num_classes, arch.text_config.eos_token_id)
+    config = config.model_copy(update={"hub": config.hub.model_copy(update={"width": 2, "mmd_features": 2})})
+    model = MITPModel(CLIPModel(twin).requires_grad_(False), config, num_classes, text_eos_id(arch))
     model.class_embeddings = nn.functional.normalize(torch.randn(num_classes, 8), dim=-1)
     model.class_prompt_ids = torch.zeros(num_classes, 1, dtype=torch.long)  # one token per class prompt
     model.class_prompt_lengths = torch.ones(num_classes, dtype=torch.long)

@@ -1,12 +1,13 @@
 import copy
 import json
 
+import jsonschema
 import pytest
 import yaml
 
-from mitp.config import ConfigError, RunConfig, check_layers_fit, load_config, parse_config, resolve_run
+from mitp.config import ConfigError, RunConfig, check_layers_fit, load_config, parse_config, resolve_run, schema_yaml
 
-from .conftest import PROJECT_CONFIG
+from .conftest import PROJECT_CONFIG, ROOT
 
 PAPER_DATASETS = ("food101", "mmimdb", "snlive")
 REQUIRED_SETTINGS = ("mitp", "mitp-small", "prompts-only", "mlp-interaction", "p-clip", "linear-probe")
@@ -90,3 +91,102 @@ def test_missing_or_broken_config_file(tmp_path):
 def test_run_config_round_trips_through_json():
     run = resolve_run(load_config(PROJECT_CONFIG), "mmimdb", "l6-8-10-mmd")
     assert RunConfig.from_dict(json.loads(run.to_json())) == run
+
+
+# ------------------------------------------------------------------------------ one definition, two checkers
+
+
+SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+OVERLAYS = {
+    "paper": ["config.yaml"],
+    "demo": ["config.yaml", "workflow/profiles/demo/demo.yaml"],
+    "ci demo": ["config.yaml", "workflow/profiles/demo/demo.yaml", ".test/config.yaml"],
+    "slurm demo": ["config.yaml", "workflow/profiles/demo/demo.yaml", ".test/slurm.yaml"],
+}
+
+
+def merged(*paths: str) -> dict:
+    """What Snakemake hands the workflow: each --configfile merged key by key over the last."""
+
+    def merge(base: dict, update: dict) -> dict:
+        out = dict(base)
+        for key, value in update.items():
+            out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        return out
+
+    raw: dict = {}
+    for path in paths:
+        raw = merge(raw, yaml.safe_load((ROOT / path).read_text()))
+    return raw
+
+
+def schema_errors(raw: dict) -> list[str]:
+    validator = jsonschema.Draft202012Validator(yaml.safe_load(SCHEMA.read_text()))
+    return [error.message for error in validator.iter_errors(raw)]
+
+
+def test_the_snakemake_schema_is_the_one_generated_from_the_models():
+    assert SCHEMA.read_text() == schema_yaml(), "regenerate it: python -m mitp.config > workflow/schemas/config.schema.yaml"
+
+
+@pytest.mark.parametrize("name", OVERLAYS)
+def test_every_shipped_config_passes_both_checkers(name):
+    raw = merged(*OVERLAYS[name])
+    assert schema_errors(raw) == []
+    assert parse_config(raw).workflow is not None
+
+
+@pytest.mark.parametrize(
+    "mutate, key",
+    [
+        (lambda r: r.update(seed=-1), "seed: must be >= 0"),
+        (lambda r: r["datasets"]["food101"].update(num_classes=0), "datasets.food101.num_classes: must be >= 1"),
+        (lambda r: r["datasets"]["food101"].update(colour="red"), "datasets.food101: unknown key(s) colour"),
+        (lambda r: r["train"].update(lr="2e-4"), "train.lr: expected a number, got '2e-4'"),
+        (lambda r: r["train"].update(epochs="3"), "train.epochs: expected an integer, got '3'"),
+        (lambda r: r["train"].update(epochs=True), "train.epochs: expected an integer, got True"),
+        (lambda r: r["train"].update(epochs=2.5), "train.epochs: expected an integer, got 2.5"),
+        (lambda r: r["settings"]["mitp"].update(layers="bestest"), "settings.mitp.layers: 'bestest' is not one of best, best-small, all"),
+        (lambda r: r["settings"]["mitp"].update(layers=[0, 2]), "settings.mitp.layers[0]: must be >= 1, got 0"),
+        (lambda r: r["hub"].update(map=None), "hub.map: None is not one of token, pairwise"),
+        (lambda r: r["readings"].update(Pairwise={"hub": {"map": "pairwise"}}), "readings.Pairwise: a reading name is lower-case"),
+        (lambda r: r["readings"].update(pairwise={"hub": {"map": "pear"}}), "readings.pairwise.hub.map: 'pear' is not one of token, pairwise"),
+        (lambda r: r["workflow"].update(export_fp16="yes"), "workflow.export_fp16: expected true or false, got 'yes'"),
+        (lambda r: r["workflow"]["resources"]["train"].update(gpus=1), "workflow.resources.train: unknown key(s) gpus"),
+        (lambda r: r["workflow"].update(seeds=[]), "workflow.seeds: needs at least 1 item(s), got []"),
+    ],
+)
+def test_both_checkers_refuse_the_same_values(mutate, key):
+    """The code's one-line message names the key and value; the generated schema refuses the value too."""
+    raw = copy.deepcopy(merged("config.yaml"))
+    raw.setdefault("readings", {})
+    mutate(raw)
+    with pytest.raises(ConfigError) as err:
+        parse_config(raw)
+    assert key in str(err.value)
+    assert schema_errors(raw), f"the schema accepts what mitp refuses: {key}"
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda r: r["workflow"].update(datasets=["food101", "imagenet"]), "workflow.datasets: 'imagenet' not under datasets"),
+        (lambda r: r["workflow"].update(export=["mitp-huge"]), "workflow.export: 'mitp-huge' not under settings"),
+        (lambda r: r["workflow"].update(readings=["diagonal"]), "workflow.readings: 'diagonal' not under readings; defined: token, pairwise"),
+        (lambda r: r["datasets"]["food101"].update(task="single-label", num_classes=1), "datasets.food101.num_classes: a single-label data set needs at least 2"),
+        (lambda r: r["settings"]["mitp-small"].update(reading="diagonal"), "settings.mitp-small.reading: 'diagonal' is not a reading"),
+    ],
+)
+def test_cross_field_rules_are_the_codes_and_name_their_key(mutate, message):
+    raw = copy.deepcopy(merged("config.yaml"))
+    mutate(raw)
+    with pytest.raises(ConfigError) as err:
+        parse_config(raw)
+    assert message in str(err.value)
+
+
+def test_numbers_stay_numbers_and_tuples_stay_hashable():
+    project = load_config(PROJECT_CONFIG)
+    run = resolve_run(project, "food101", "mitp", epochs=3, lr=1e-3)
+    assert (run.train.epochs, run.epochs, run.lr, isinstance(run.train.fraction, float)) == (3, 3, 1e-3, True)
+    assert hash(run.model.layers) == hash((4, 5, 6)) and isinstance(run.dataset.templates, tuple)

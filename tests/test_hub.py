@@ -189,7 +189,7 @@ def test_a_learned_scale_multiplies_the_maps_from_clips_initial_value_and_trains
 
 def test_each_variant_gets_its_exchange():
     def config(variant):
-        return ModelConfig(variant, (2, 3), "cos", 2, "single-label", HubConfig(width=4))
+        return ModelConfig(variant=variant, layers=(2, 3), similarity="cos", prompt_length=2, task="single-label", hub=HubConfig(width=4))
 
     assert isinstance(build_exchange(config("mitp"), 8, 8), MemoryHub)
     assert isinstance(build_exchange(config("mlp-interaction"), 8, 8), MLPExchange)

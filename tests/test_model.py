@@ -16,7 +16,9 @@ CAPTIONS = ["a photo of red alpha", "the caption says blue beta and some very ol
 
 
 def make_model(backbone, variant="mitp", layers=(2, 3), similarity="cos", task="single-label", classes=4, length=2, head="fused", map="token"):
-    config = ModelConfig(variant, layers, similarity, length, task, HubConfig(width=16, map=map), head=head)
+    config = ModelConfig(
+        variant=variant, layers=layers, similarity=similarity, prompt_length=length, task=task, hub=HubConfig(width=16, map=map), head=head
+    )
     torch.manual_seed(0)
     model = MITPModel(backbone.clip, config, classes, backbone.tokenizer.info.eos_token_id)
     ids, mask = backbone.tokenizer([f"a photo of class {k}" for k in ("one", "two", "three", "four")[:classes]])

@@ -1,4 +1,3 @@
-import dataclasses
 import json
 import math
 
@@ -100,7 +99,7 @@ def test_initialised_bias_trains_at_least_as_well_as_a_zero_bias(write_config, t
     new = train_run(run, tmp_path / "new", progress=False)
     assert json.loads((tmp_path / "new" / "checkpoints" / "epoch-0003" / "state.json").read_text())["class_bias_init"]["samples"] == 512
     monkeypatch.setattr(train_module, "init_class_bias", lambda *args: {"samples": 0, "min": 0.0, "max": 0.0})  # zero bias
-    old_run = dataclasses.replace(run, train=dataclasses.replace(run.train, class_bias_lr=run.lr))  # at the prompts' lr
+    old_run = run.model_copy(update={"train": run.train.model_copy(update={"class_bias_lr": run.lr})})  # at the prompts' lr
     old = train_run(old_run, tmp_path / "old", progress=False)
     assert new.best_metric >= old.best_metric
 

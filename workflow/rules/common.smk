@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 
 from mitp.atomic import atomic_write_text
-from mitp.config import expand_grid, reading_setting, run_seeds
+from mitp.config import expand_grid, parse_config, reading_setting, run_seeds
 from mitp.gpus import ENV_DIR, ENV_SLOTS, slots_spec, visible_gpus
 from mitp.presets import known_image_size
 
@@ -38,13 +38,11 @@ if workflow.is_main_process and not workflow.dryrun:
     if not Path(MITP_CONFIG).is_file() or Path(MITP_CONFIG).read_text() != _text:
         atomic_write_text(Path(MITP_CONFIG), _text)
 
-for _reading in W.get("readings", []):
-    if _reading not in (config.get("readings") or {}):
-        raise ValueError(f"workflow.readings: {_reading!r} is not under readings")
+# The schema checked types and bounds; mitp's own models check the rest (names the workflow uses exist,
+# templates, layer order) before any job starts, with the message `mitp` itself would give.
+parse_config(config)
 
 for _name in W["datasets"]:
-    if _name not in config["datasets"]:
-        raise ValueError(f"workflow.datasets: {_name!r} is not under datasets")
     if config["datasets"][_name]["data_dir"] != f"data/{_name}":
         raise ValueError(f"datasets.{_name}.data_dir must be data/{_name} for the workflow")
 
