@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import CLIPConfig, CLIPModel
+from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
 
 from .config import ConfigError
 from .presets import HUB_PRESETS, PRESET_PREFIX, preset_dict
@@ -57,8 +57,30 @@ def architecture_config(spec: str) -> CLIPConfig:
     return CLIPConfig.from_pretrained(spec)
 
 
+def towers(arch: CLIPConfig) -> tuple[CLIPTextConfig, CLIPVisionConfig]:
+    """The text and vision towers' configs, typed (transformers declares them `dict | config | None`)."""
+    text, vision = arch.text_config, arch.vision_config
+    if not isinstance(text, CLIPTextConfig) or not isinstance(vision, CLIPVisionConfig):
+        raise ConfigError("backbone: its config has no text and vision tower configs; is it a CLIP model?")
+    return text, vision
+
+
+def crop_size(arch: CLIPConfig) -> int:
+    """The vision tower's square input size in pixels."""
+    size = towers(arch)[1].image_size
+    if not isinstance(size, int):
+        raise ConfigError(f"backbone: the vision tower's image_size is {size!r}; mitp needs one square size")
+    return size
+
+
+def text_eos_id(arch: CLIPConfig) -> int:
+    """The text config's eos id (OpenAI's real configs carry a legacy 2 there; the tokenizer's is used to read)."""
+    eos = towers(arch)[0].eos_token_id
+    return eos if isinstance(eos, int) else 2
+
+
 def image_size_of(spec: str) -> int:
-    return architecture_config(spec).vision_config.image_size
+    return crop_size(architecture_config(spec))
 
 
 def ensure_hub_backbone(name: str) -> None:
@@ -124,11 +146,9 @@ def load_backbone(spec: str, seed: int = 0) -> Backbone:
     else:
         architecture_config(spec)  # clear errors for a bad folder or an unreachable hub name
         clip = CLIPModel.from_pretrained(spec, attn_implementation="sdpa")
-    if tokenizer.vocab_size > clip.config.text_config.vocab_size:
-        raise ConfigError(
-            f"backbone: the tokenizer has {tokenizer.vocab_size} tokens but the text tower only "
-            f"{clip.config.text_config.vocab_size}"
-        )
+    text_tower = towers(clip.config)[0]
+    if tokenizer.vocab_size > text_tower.vocab_size:
+        raise ConfigError(f"backbone: the tokenizer has {tokenizer.vocab_size} tokens but the text tower only {text_tower.vocab_size}")
     return Backbone(freeze(clip), tokenizer, spec)
 
 

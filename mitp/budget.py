@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from transformers import CLIPModel
 
-from .backbone import architecture_config
+from .backbone import architecture_config, text_eos_id
 from .config import RunConfig
 from .data import num_classes
 from .model import MITPModel, effective_parameter_names
@@ -21,7 +21,7 @@ def parameter_budget(run: RunConfig) -> dict[str, Any]:
     arch._attn_implementation = "sdpa"
     with torch.device("meta"):
         clip = CLIPModel(arch).requires_grad_(False)
-        model = MITPModel(clip, run.model, num_classes(run), arch.text_config.eos_token_id)
+        model = MITPModel(clip, run.model, num_classes(run), text_eos_id(arch))
     effective = effective_parameter_names(run.model, arch, num_classes(run))
     by_module: dict[str, int] = {}
     for name, param in model.trainable_parameters().items():

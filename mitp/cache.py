@@ -46,7 +46,7 @@ def decode_all(
         index, path = index_path
         try:
             image = load_image(path)
-            if pixels is not None:
+            if pixels is not None and size is not None:
                 pixels[index] = clip_crop(image, size)
         except ImageError as err:
             return path, err
@@ -89,7 +89,7 @@ def build_cache(data_dir: Path, size: int, workers: int = 8, progress: Callable 
     import pyarrow.parquet as pq
 
     data_dir = Path(data_dir)
-    images = set()
+    images: set[Path] = set()
     for split in ("train", "val", "test"):
         path = data_dir / f"{split}.parquet"
         if not path.is_file():

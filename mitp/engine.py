@@ -67,10 +67,11 @@ def has_gates(model: MITPModel) -> bool:
 
 def observe_gates(model: MITPModel) -> GateStatistics | None:
     """Start collecting gate statistics (None for a run without a memory hub)."""
-    if not has_gates(model):
+    hub = model.hub
+    if hub is None or not hub.has_gates:
         return None
-    model.hub.observer = GateStatistics()
-    return model.hub.observer
+    hub.observer = GateStatistics()
+    return hub.observer
 
 
 def low_spread_gates(summary: dict[str, dict[str, float]]) -> list[str]:

@@ -98,11 +98,12 @@ def export_bundle(
             "export_seconds": round(export_seconds, 2),
             "fp32": verify(graph, tmp / MODEL_FILE, inputs, tolerance),
         }
-        reference = _run_torch(graph, inputs) if writers else None  # (N, K), shared by the variants' checks
-        for variant, write in writers.items():
-            write(tmp / MODEL_FILE, tmp / VARIANT_FILES[variant])
-            finish_model(tmp / VARIANT_FILES[variant], metadata_props(contract, variant), check=False)
-            report[variant] = verify_top1(reference, tmp / VARIANT_FILES[variant], inputs, run.dataset.task == "multi-label")
+        if writers:
+            reference = _run_torch(graph, inputs)  # (N, K), shared by the variants' checks
+            for variant, write in writers.items():
+                write(tmp / MODEL_FILE, tmp / VARIANT_FILES[variant])
+                finish_model(tmp / VARIANT_FILES[variant], metadata_props(contract, variant), check=False)
+                report[variant] = verify_top1(reference, tmp / VARIANT_FILES[variant], inputs, run.dataset.task == "multi-label")
         vectors = write_test_vectors(tmp, vector_sources(pairs, tmp / ".generated"), backbone.tokenizer, size, ["fp32", *writers])
         shutil.rmtree(tmp / ".generated", ignore_errors=True)
         atomic_write_json(tmp / CONTRACT_FILE, {**contract, "test_vectors": VECTORS_FILE})
@@ -193,6 +194,8 @@ def write_onnx(graph: torch.nn.Module, inputs: dict[str, np.ndarray], path: Path
         optimize=True,
         verbose=False,
     )
+    if program is None:
+        raise RuntimeError("torch.onnx.export returned no ONNX program")
     program.save(str(path))
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .backbone import Backbone, load_backbone
+from .backbone import Backbone, crop_size, load_backbone
 from .checkpoint import load_checkpoint, resolve_checkpoint
 from .config import RunConfig
 from .heads import PER_CLASS
@@ -44,4 +44,4 @@ def load_trained(checkpoint: str | Path) -> tuple[MITPModel, RunConfig, Backbone
 
 
 def image_size(backbone: Backbone) -> int:
-    return backbone.clip.config.vision_config.image_size
+    return crop_size(backbone.clip.config)

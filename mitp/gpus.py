@@ -14,6 +14,7 @@ import fcntl
 import os
 import shutil
 import subprocess
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import IO
 
@@ -46,7 +47,7 @@ def slots_spec(devices: list[str], per_gpu: int) -> str:
     return f"{','.join(devices)}:{per_gpu}"
 
 
-def claim_gpu_slot(environ: dict[str, str] | None = None) -> str | None:
+def claim_gpu_slot(environ: MutableMapping[str, str] | None = None) -> str | None:
     """Claim a free slot if the workflow asked for it; returns the GPU id now in CUDA_VISIBLE_DEVICES."""
     environ = os.environ if environ is None else environ
     spec = environ.get(ENV_SLOTS)

@@ -30,6 +30,7 @@ class Exchange(nn.Module):
     """The interface: (p_t_hat, p_v_hat) of interaction layer `layer` -> the next layer's (p_t, p_v)."""
 
     has_gates = False  # True for the memory hub: its gates can be observed and frozen
+    observer: GateStatistics | None = None  # the memory hub reports its gates here when set
 
     def forward(self, p_t: torch.Tensor, p_v: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError

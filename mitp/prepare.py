@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -170,7 +171,7 @@ def _carve_val(train: list[Pair]) -> tuple[list[Pair], list[Pair]]:
     rng = np.random.default_rng(0)
     by_class: dict[str, list[int]] = {}
     for i, pair in enumerate(train):
-        by_class.setdefault(pair.label, []).append(i)
+        by_class.setdefault(str(pair.label), []).append(i)  # single-label data sets: the label is a str
     val_index = set()
     for _, members in sorted(by_class.items()):
         if len(members) > 1:
@@ -191,7 +192,7 @@ def read_mmimdb(root: Path, report: Report, genres: tuple[str, ...] = MMIMDB_GEN
         splits = json.loads((base / "split.json").read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise PrepareError(f"cannot read {base / 'split.json'}: {err}") from err
-    known, removed, affected = set(genres), Counter(), 0
+    known, removed, affected = set(genres), Counter[str](), 0
     pairs: dict[str, list[Pair]] = {}
     for split, upstream in (("train", "train"), ("val", "dev"), ("test", "test")):
         if upstream not in splits:
@@ -278,7 +279,7 @@ def _twin_genres() -> tuple[str, ...]:
 
 
 def _train_labels(pairs: dict[str, list[Pair]]) -> list[str]:
-    return sorted({p.label for p in pairs["train"]})
+    return sorted({str(p.label) for p in pairs["train"]})  # single-label data sets: the label is a str
 
 
 _FOOD101 = Layout("food101", read_food101, "single-label", _train_labels)
@@ -298,7 +299,7 @@ LAYOUTS: dict[str, Layout] = {
 
 def prepare_dataset(
     name: str, raw: Path, out: Path, workers: int = 8, progress: Callable | None = None, cache_size: int | None = None
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """Read `raw` in the upstream layout of `name`, check every image, write the prepared folder `out`; with
     `cache_size`, the pass that decodes every image also fills the image cache of that size (mitp.cache)."""
     if name not in LAYOUTS:

@@ -82,6 +82,12 @@ def _score(record: dict[str, Any]) -> tuple[float, ...] | None:
     return (100 * test["f1_micro"], 100 * test["f1_macro"])
 
 
+def _primary(record: dict[str, Any]) -> float | None:
+    """The first test score (accuracy, or F1-micro) in percent; None before evaluation."""
+    score = _score(record)
+    return None if score is None else score[0]
+
+
 def _aggregate(records: list[dict[str, Any]]) -> tuple[float, ...] | None:
     """Mean over seeds of each score component (None when no run of this cell finished evaluation)."""
     scores = [s for s in (_score(r) for r in records) if s is not None]
@@ -107,9 +113,10 @@ def table1_average(scores: dict[str, tuple[float, ...] | None]) -> float | None:
     """Table 1's Avg.: the mean of Food101 accuracy, MM-IMDB (F1-micro + F1-macro) / 2 and SNLI-VE
     accuracy (None unless all three are there). The paper prints this mean cut to two decimals for every
     row but MITP-base, whose 76.17 is rounded (truncation gives 76.16)."""
-    if any(scores.get(d) is None for d in PAPER_DATASETS):
+    food, imdb, snli = (scores.get(d) for d in PAPER_DATASETS)
+    if food is None or imdb is None or snli is None:
         return None
-    return statistics.fmean([scores["food101"][0], statistics.fmean(scores["mmimdb"]), scores["snlive"][0]])
+    return statistics.fmean([food[0], statistics.fmean(imdb), snli[0]])
 
 
 def build_tables(records: list[dict[str, Any]], paper: dict[str, Any], datasets: list[str]) -> dict[str, list[dict[str, str]]]:
@@ -126,8 +133,8 @@ def build_tables(records: list[dict[str, Any]], paper: dict[str, Any], datasets:
             if dataset in columns:
                 row[f"{columns[dataset]} (paper)"] = _fmt(values.get(columns[dataset]))
         if len(columns) == len(PAPER_DATASETS):
-            ours = {columns[d]: _cell(records, d, ours_setting) for d in columns} if ours_setting else None
-            average = table1_average(ours) if ours else None
+            by_dataset = {columns[d]: _cell(records, d, ours_setting) for d in columns} if ours_setting else None
+            average = table1_average(by_dataset) if by_dataset else None
             row["Avg. (ours)"] = "-" if not ours_setting else _fmt((average,) if average is not None else None)
             row["Avg. (paper)"] = _fmt((values["avg"],)) if "avg" in values else "-"
         table1.append(row)
@@ -143,13 +150,13 @@ def build_tables(records: list[dict[str, Any]], paper: dict[str, Any], datasets:
         table2.append(row)
     table3 = []
     food = next((d for d in datasets if paper_column(d) == "food101"), None)
-    full = _cell(records, food, "mitp") if food else None
+    all_data = _cell(records, food, "mitp") if food else None
     for percent, paper_acc in paper["table3"].items():
         ours = _cell(records, food, f"mitp-frac{percent}") if food else None
         table3.append({
             "training data (%)": str(percent),
             "ours acc (%)": _fmt(ours),
-            "ours degradation (%)": _fmt((full[0] - ours[0],)) if ours and full else MISSING,
+            "ours degradation (%)": _fmt((all_data[0] - ours[0],)) if ours and all_data else MISSING,
             "paper acc (%)": _fmt((paper_acc,)),
             "paper degradation (%)": _fmt((paper["table1"]["MITP-base"]["food101"][0] - paper_acc,)),
         })
@@ -186,7 +193,7 @@ def describe_reading(reading: dict[str, Any] | None) -> str:
     """`memory hub: pairwise map, softmax gate, learned scale, cos; fused head`."""
     if not reading:
         return "unrecorded"
-    exchange = {"memory-hub": "memory hub", "mlp": "MLP exchange", "none": "no exchange"}.get(reading.get("exchange"), "?")
+    exchange = {"memory-hub": "memory hub", "mlp": "MLP exchange", "none": "no exchange"}.get(str(reading.get("exchange")), "?")
     if reading.get("exchange") == "memory-hub":
         exchange += f": {reading['map']} map, {reading['gate']} gate, {reading['scale']} scale, {reading['similarity']}"
     return f"{exchange}; {reading.get('head', '?')} head"
@@ -202,7 +209,7 @@ def reading_rows(records: list[dict[str, Any]], datasets: list[str]) -> list[dic
             groups[(r["dataset"], r["run"])].append(r)
     rows = []
     for (dataset, run), members in sorted(groups.items(), key=lambda item: (datasets.index(item[0][0]), item[0][1])):
-        scores = [_score(r)[0] for r in members if _score(r)]
+        scores = [s for s in map(_primary, members) if s is not None]
         contributions = [100 * r["ablation"]["contribution"] for r in members if r.get("ablation")]
         unchanged = [100 * r["ablation"]["predictions_unchanged"] for r in members if r.get("ablation")]
         spreads = [row[f"{g}_spread"] for r in members for row in (r.get("gates") or {}).values() for g in ("z", "r")]
@@ -220,7 +227,7 @@ def reading_rows(records: list[dict[str, Any]], datasets: list[str]) -> list[dic
             "decisions unchanged (%)": _mean(unchanged),
             "gate spread (mean)": _mean(spreads),
             "gate spread (min)": min(spreads) if spreads else None,
-            "all-zero maps (%)": 100 * _mean(zeros) if zeros else None,
+            "all-zero maps (%)": _mean([100 * z for z in zeros]),
             "near-constant gates": len(flagged) if spreads else None,
         })
     return rows
@@ -438,7 +445,12 @@ def _mean_by_run(rows: list[dict[str, Any]], key: str) -> list[tuple[str, float,
     by_run: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         by_run[r["run"]].append(r)
-    return [(run, statistics.fmean(r[key] for r in rs), statistics.fmean(_score(r)[0] for r in rs)) for run, rs in sorted(by_run.items())]
+    means = []
+    for run, rs in sorted(by_run.items()):
+        scores = [s for s in map(_primary, rs) if s is not None]
+        if scores:
+            means.append((run, statistics.fmean(r[key] for r in rs), statistics.fmean(scores)))
+    return means
 
 
 def _place_labels(axis, points: list[tuple[str, float, float]]) -> None:
@@ -506,11 +518,11 @@ def plot_fig4(records: list[dict[str, Any]], path: Path, datasets: list[str]) ->
     plt = _pyplot()
     points: dict[str, dict[tuple[str, str], dict[tuple[int, ...], list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for r in records:
-        point = grid_point(r["run"])
-        if point and _score(r) and r["dataset"] in datasets:
+        point, score = grid_point(r["run"]), _primary(r)
+        if point and score is not None and r["dataset"] in datasets:
             layers, similarity = point
             key = tuple(int(n) for n in layers.split("-"))
-            points[fig4_panel(layers)][(r["dataset"], similarity)][key].append(_score(r)[0])
+            points[fig4_panel(layers)][(r["dataset"], similarity)][key].append(score)
     panels = [p for p in FIG4_PANELS if p in points] + sorted(p for p in points if p not in FIG4_PANELS)
     fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5 * max(1, len(panels)), 4.2), squeeze=False)
     for axis, panel in zip(axes[0], panels, strict=False):

@@ -67,6 +67,8 @@ class MMDSimilarity(nn.Module):
     def __init__(self, num_features: int = 64, bandwidth: float = 1.0, seed: int = 0):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
+        self.freq: torch.Tensor  # (D,) frequencies w
+        self.phase: torch.Tensor  # (D,) phases u
         self.register_buffer("freq", torch.randn(num_features, generator=g) / bandwidth, persistent=False)
         self.register_buffer("phase", torch.rand(num_features, generator=g) * 2 * math.pi, persistent=False)
         self.scale = math.sqrt(2.0 / num_features)
@@ -102,7 +104,7 @@ class Similarity(nn.Module):
             a, b = a.float(), b.float()
             if self.kind == "cos":
                 return cosine(a, b, self.pairwise)
-            if self.kind == "mmd":
+            if self.mmd is not None:
                 return self.mmd(a, b, self.pairwise)
             return covariance(a, b, self.pairwise) if within_modality else pearson(a, b, self.pairwise)
 

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from .atomic import build_directory
-from .backbone import preset_config
+from .backbone import crop_size, preset_config
 from .outputs import claim, mark
 from .runtime.preprocess import preprocess_image
 from .runtime.tokenizer import ClipTokenizer, build_word_tokenizer
@@ -101,7 +101,7 @@ def pretrain_standin(out: Path, config: StandinConfig = StandinConfig(), log=pri
     arch = preset_config(config.preset)
     arch._attn_implementation = "sdpa"
     clip = CLIPModel(arch).train()
-    image_size = arch.vision_config.image_size
+    image_size = crop_size(arch)
     optimizer = torch.optim.AdamW(clip.parameters(), lr=config.lr, weight_decay=0.05)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, config))
     start, losses = time.perf_counter(), []

@@ -8,6 +8,8 @@ deterministically from a seed in well under a second; used by tests, smoke runs 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 COLOURS = ("red", "green", "blue", "yellow", "purple", "orange")
@@ -36,7 +38,7 @@ def make_synthetic_split(
     n_words: int = 4,
     noise: float = 0.8,
     seed: int = 0,
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """Images (N, 3, H, W) float32, captions (N,) and labels: int (N,) or multi-hot float (N, K)."""
     if not 1 <= n_colours <= len(COLOURS) or not 1 <= n_words <= len(WORDS):
         raise ValueError(f"synthetic task supports 1..{len(COLOURS)} colours and 1..{len(WORDS)} words")

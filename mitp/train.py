@@ -201,7 +201,7 @@ class Trainer:
         seconds = time.perf_counter() - started
         record = {"epoch": epoch, "train_loss": float(np.mean(losses)), "train_seconds": seconds, "train_samples_per_s": samples / seconds}
         record.update(_peak_memory())  # the training steps' peak, before validation allocates its own
-        if gates is not None:
+        if gates is not None and core.hub is not None:
             core.hub.observer = None
             gates.reduce(lambda t: accelerator.reduce(t.to(accelerator.device), reduction="sum").cpu())
         return record, gates

@@ -27,7 +27,7 @@ from ..errors import MitpError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-MAX_PIXELS = Image.MAX_IMAGE_PIXELS  # Pillow's decompression-bomb limit: 89,478,485 pixels
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485  # Pillow's decompression-bomb limit: 89,478,485 pixels
 MAX_ASPECT_RATIO = 64  # a 100000 x 1 image would resize to 22.4M x 224 pixels (15 GB) before the crop
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 RULE_VERSION = 1  # bump when the rule changes what any image becomes: stored caches and bundles say which they follow
@@ -63,7 +63,7 @@ def load_image(path: str | Path) -> Image.Image:
             check_image_size(img.width, img.height, f"image {path}")
             img.load()
             if img.getexif().get(EXIF_ORIENTATION, 1) != 1:
-                img = ImageOps.exif_transpose(img)
+                return to_rgb(ImageOps.exif_transpose(img))
             return to_rgb(img)
     except ImageError:
         raise
@@ -101,8 +101,8 @@ def clip_crop(image: Image.Image, size: int) -> np.ndarray:
 
 def normalize(crop: np.ndarray, mean: tuple[float, ...] = CLIP_MEAN, std: tuple[float, ...] = CLIP_STD) -> np.ndarray:
     """uint8 (..., H, W, 3) -> float32 (..., 3, H, W): (x / 255 - mean) / std, every step in float32."""
-    pixels = crop.astype(np.float32) / np.float32(255)
-    pixels = (pixels - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
+    scaled = crop.astype(np.float32) / np.float32(255)
+    pixels = (scaled - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
     return np.moveaxis(pixels, -1, -3).copy()
 
 

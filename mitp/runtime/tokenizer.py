@@ -55,10 +55,10 @@ class ClipTokenizer:
 
     def __init__(self, tokenizer: Tokenizer, bos: str, eos: str, pad: str, max_length: int = CONTEXT_LENGTH):
         self.tokenizer = tokenizer
-        ids = {name: tokenizer.token_to_id(name) for name in (bos, eos, pad)}
-        missing = [name for name, i in ids.items() if i is None]
-        if missing:
-            raise ValueError(f"tokenizer has no special token(s) {missing}")
+        found = {name: tokenizer.token_to_id(name) for name in (bos, eos, pad)}
+        ids = {name: i for name, i in found.items() if i is not None}
+        if len(ids) < len(found):
+            raise ValueError(f"tokenizer has no special token(s) {sorted(set(found) - set(ids))}")
         self.info = TokenizerInfo(max_length, ids[bos], ids[eos], ids[pad])
         tokenizer.enable_truncation(max_length)
         tokenizer.enable_padding(length=max_length, pad_id=ids[pad], pad_token=pad)
