@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,8 @@ from mitp.backbone import load_backbone
 from mitp.cli import app
 from mitp.prepare import prepare_dataset
 from mitp.twins import make_twin
+
+from .loopback import Loopback
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT_CONFIG = ROOT / "config.yaml"
@@ -79,11 +82,56 @@ def write_config(tmp_path):
     return write
 
 
+TWIN_SIZES = {"train": 24, "val": 8, "test": 8}  # the suite's standard small twin
+
+
+@pytest.fixture(scope="session")
+def twin_store(tmp_path_factory):
+    """Twins generated and prepared once per session, keyed by what made them; tests get copies."""
+    return tmp_path_factory.mktemp("twins"), {}
+
+
+@pytest.fixture
+def prepared_twin(twin_store, tmp_path):
+    """A factory: `prepared_twin(name, sizes, cache_size=, into=, raw=, prepared=)` copies a twin generated
+    into `<into>/<raw>` and prepared into `<into>/<prepared>` (made once per session) and returns the
+    prepared folder. Each call gets its own copy, which the test may damage."""
+    store, built = twin_store
+
+    def make(name="demo-food101", sizes=None, *, cache_size=None, into=None, raw="raw", prepared="prepared") -> Path:
+        sizes = sizes or TWIN_SIZES
+        key = (name, tuple(sorted(sizes.items())), cache_size, raw, prepared)
+        if key not in built:
+            root = store / f"twin{len(built)}"
+            make_twin(name, root / raw, sizes=sizes)
+            prepare_dataset(name, root / raw, root / prepared, cache_size=cache_size)
+            built[key] = root
+        into = into or tmp_path / f"twin-{name}-{len(list(tmp_path.glob('twin-*')))}"
+        shutil.copytree(built[key], into, symlinks=True, dirs_exist_ok=True)
+        return into / prepared
+
+    return make
+
+
+@pytest.fixture
+def loopback():
+    """A factory of loopback HTTP servers (tests.loopback.Loopback), each closed after the test."""
+    started: list[Loopback] = []
+
+    def start() -> Loopback:
+        started.append(Loopback())
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.close()
+
+
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory):
     """A tiny MITP trained one short epoch on a small prepared food twin, and its exported bundle."""
     root = tmp_path_factory.mktemp("export")
-    make_twin("demo-food101", root / "raw", sizes={"train": 60, "val": 20, "test": 12})
+    make_twin("demo-food101", root / "raw", sizes={"train": 60, "val": 20, "test": 12})  # session-wide: built once
     prepare_dataset("demo-food101", root / "raw", root / "food")
     config = {
         "backbone": "preset:tiny",

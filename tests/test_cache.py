@@ -20,7 +20,9 @@ from mitp.runtime.preprocess import load_image, preprocess_image
 from mitp.runtime.tokenizer import build_word_tokenizer
 from mitp.twins import make_twin
 
-SIZES = {"train": 24, "val": 8, "test": 8}
+from .conftest import TWIN_SIZES
+
+SIZES = TWIN_SIZES
 
 
 def food_run(data_dir):
@@ -32,10 +34,9 @@ def food_run(data_dir):
     return resolve_run(parse_config(config), "food", "mitp")
 
 
-def test_cached_and_decoded_pixels_are_identical_and_match_predict(tmp_path):
-    make_twin("demo-food101", tmp_path / "raw", sizes=SIZES)
+def test_cached_and_decoded_pixels_are_identical_and_match_predict(tmp_path, prepared_twin):
+    prepared_twin(into=tmp_path, prepared="plain")  # raw/ comes with it
     report = prepare_dataset("demo-food101", tmp_path / "raw", tmp_path / "cached", cache_size=32)
-    prepare_dataset("demo-food101", tmp_path / "raw", tmp_path / "plain")
     cache = report["image_cache"]
     assert cache["size"] == 32 and cache["images"] == sum(report["counts"].values())  # one image per twin pair
     assert cache["bytes_on_disk"] >= cache["rows"] * 32 * 32 * 3  # the report states the size on disk
@@ -63,9 +64,8 @@ def test_an_image_shared_by_many_pairs_is_cached_once(tmp_path):
     assert report["image_cache"]["rows"] == 3 and sum(report["counts"].values()) == sum(SIZES.values())
 
 
-def test_a_cache_of_another_size_or_rule_is_not_used_and_one_can_be_added(tmp_path):
-    make_twin("demo-food101", tmp_path / "raw", sizes=SIZES)
-    prepare_dataset("demo-food101", tmp_path / "raw", tmp_path / "food", cache_size=32)
+def test_a_cache_of_another_size_or_rule_is_not_used_and_one_can_be_added(tmp_path, prepared_twin):
+    prepared_twin(into=tmp_path, prepared="food", cache_size=32)
     assert ImageCache.open(tmp_path / "food", 48) is None
     info = tmp_path / "food" / CACHE_DIR / "32" / "cache.json"
     stale = json.loads(info.read_text())

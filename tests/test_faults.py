@@ -159,13 +159,12 @@ def test_twin_download_killed_at_every_write_completes_on_rerun(tmp_path):
 
 
 @pytest.mark.slow
-def test_export_killed_at_every_write_keeps_a_whole_bundle(tmp_path, monkeypatch):
+def test_export_killed_at_every_write_keeps_a_whole_bundle(tmp_path, monkeypatch, prepared_twin):
     """A bundle already there stays whole (old or new) whatever instant the export is killed at."""
     from mitp import export
     from mitp.export import export_bundle
 
-    make_twin("demo-food101", tmp_path / "raw", sizes={"train": 24, "val": 8, "test": 8})
-    prepare_dataset("demo-food101", tmp_path / "raw", tmp_path / "food")
+    prepared_twin(into=tmp_path, prepared="food")
     config = synthetic_config(epochs=1)
     config["datasets"] = {"food": {
         "task": "single-label", "data_dir": str(tmp_path / "food"), "batch_size": 16, "prompt_length": 2,

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import http.server
 import json
 import tarfile
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +17,8 @@ from mitp.cli import app
 from mitp.download import DownloadError, extract, fetch
 from mitp.prepare import prepare_dataset
 from mitp.twins import COLOURS, PATTERNS, make_twin
+
+from .loopback import Route
 
 SMALL = {"train": 48, "val": 16, "test": 16}
 
@@ -95,53 +95,18 @@ def test_standin_pretrains_saves_and_loads_as_a_backbone(tmp_path):
 # --------------------------------------------------------------------------------------------- downloads
 
 
-class _RangeHandler(http.server.BaseHTTPRequestHandler):
-    """Serves `payload` with Range support; `cut` closes the connection after that many bytes."""
-
-    payload = b""
-    cut: int | None = None
-
-    def do_GET(self):  # noqa: N802 (http.server's name)
-        start = 0
-        if "Range" in self.headers:
-            start = int(self.headers["Range"].split("=")[1].split("-")[0])
-            self.send_response(206)
-        else:
-            self.send_response(200)
-        body = self.payload[start:]
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.cut is not None:
-            self.wfile.write(body[: self.cut])
-            self.wfile.flush()
-            self.connection.close()
-            return
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def server():
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RangeHandler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield httpd, f"http://127.0.0.1:{httpd.server_address[1]}/file.bin"
-    httpd.shutdown()
-
-
-def test_fetch_resumes_an_interrupted_download_and_checks_the_checksum(tmp_path, server):
-    httpd, url = server
+def test_fetch_resumes_an_interrupted_download_and_checks_the_checksum(tmp_path, loopback):
+    server = loopback()
+    url = server.url("/file.bin")
     payload = bytes(range(256)) * 4096  # 1 MiB
-    _RangeHandler.payload, _RangeHandler.cut = payload, 300_000
+    server.routes["/file.bin"] = Route(payload, cut=300_000)
     dest = tmp_path / "file.bin"
     with pytest.raises(DownloadError, match="run again to resume"):
         fetch(url, dest)
     part = tmp_path / "file.bin.part"
     assert not dest.exists() and 0 < part.stat().st_size < len(payload)  # never under the final name
 
-    _RangeHandler.cut = None
+    server.routes["/file.bin"].cut = None
     seen = []
     fetch(url, dest, sha256=hashlib.sha256(payload).hexdigest(), progress=lambda done, total: seen.append((done, total)))
     assert dest.read_bytes() == payload and not part.exists()
@@ -190,7 +155,7 @@ def test_data_cli_generates_and_prepares_a_twin(tmp_path):
     assert bad.exit_code == 2 and "does not hold the snlive layout" in bad.output
 
 
-def test_food101_download_with_kaggle_credentials_unpacks_a_nested_layout(tmp_path, server, monkeypatch):
+def test_food101_download_with_kaggle_credentials_unpacks_a_nested_layout(tmp_path, loopback, monkeypatch):
     """The Kaggle path end to end against a loopback server: basic auth, zip, nested folder, prepare."""
     import io
     import zipfile
@@ -204,44 +169,37 @@ def test_food101_download_with_kaggle_credentials_unpacks_a_nested_layout(tmp_pa
         for path in sorted(twin.rglob("*")):
             if path.is_file():
                 zf.write(path, Path("UPMC_Food101") / path.relative_to(twin))
-    _RangeHandler.payload, _RangeHandler.cut = archive.getvalue(), None
-    httpd, url = server
-    seen_auth = []
-    original = _RangeHandler.do_GET
-
-    def checking_get(self):
-        seen_auth.append(self.headers.get("Authorization"))
-        original(self)
-
-    monkeypatch.setattr(_RangeHandler, "do_GET", checking_get)
-    monkeypatch.setattr(download, "KAGGLE_FOOD101", url)
+    server = loopback()
+    server.routes["/food101.zip"] = Route(archive.getvalue())
+    monkeypatch.setattr(download, "KAGGLE_FOOD101", server.url("/food101.zip"))
     monkeypatch.setenv("KAGGLE_USERNAME", "someone")
     monkeypatch.setenv("KAGGLE_KEY", "secret")
 
     root = download.download_dataset("food101", tmp_path / "raw")
 
     assert root == tmp_path / "raw" / "UPMC_Food101"
-    assert seen_auth == ["Basic c29tZW9uZTpzZWNyZXQ="]  # base64 of someone:secret
+    assert server.seen("Authorization") == [("/food101.zip", "Basic c29tZW9uZTpzZWNyZXQ=")]  # base64 of someone:secret
     report = prepare_dataset("food101", tmp_path / "raw", tmp_path / "prepared")
     assert report["counts"]["train"] + report["counts"]["val"] == SMALL["train"] + SMALL["val"]
     assert download.download_dataset("food101", tmp_path / "raw") == root  # in place: nothing fetched again
-    assert len(seen_auth) == 1
+    assert len(server.requests) == 1
 
 
-def test_download_resumes_interruptions_itself_and_says_permanent_failures_at_once(tmp_path, server, monkeypatch):
+def test_download_resumes_interruptions_itself_and_says_permanent_failures_at_once(tmp_path, loopback, monkeypatch):
     """An interrupted body is resumed by `mitp data download` (exit 0); with no retries left it exits 75
     (EX_TEMPFAIL), while a refusal exits 2 at once."""
     import mitp.download as download
 
-    httpd, url = server
+    server = loopback()
+    url = server.url("/file.gz")
     payload = b"\x1f\x8b" + bytes(range(256)) * 1024
-    _RangeHandler.payload, _RangeHandler.cut = payload, 100_000
+    server.routes["/file.gz"] = Route(payload, cut=100_000)
     calls = []
 
     def fake_dataset(name, raw, progress=None, seed=0):
         calls.append(1)
         if len(calls) == 2:
-            _RangeHandler.cut = None  # the link comes back
+            server.routes["/file.gz"].cut = None  # the link comes back
         download.fetch(url, raw / "file.gz", progress=progress)
         return raw
 
@@ -252,6 +210,6 @@ def test_download_resumes_interruptions_itself_and_says_permanent_failures_at_on
     assert result.exit_code == 0, result.output
     assert len(calls) == 2 and "resuming, try 2 of 3" in result.output
     assert (tmp_path / "raw" / "file.gz").read_bytes() == payload
-    _RangeHandler.cut, calls[:] = 50_000, []
+    server.routes["/file.gz"].cut, calls[:] = 50_000, []
     result = runner.invoke(app, ["data", "download", "mmimdb", "--raw", str(tmp_path / "raw2"), "--retries", "0"])
     assert result.exit_code == 75 and "run again to resume" in result.output and len(calls) == 1
