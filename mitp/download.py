@@ -2,13 +2,17 @@
 
 A download goes to `<name>.part` and resumes there with an HTTP Range request after an interruption;
 only a complete (and, where a checksum is known, verified) file is renamed to its final name. An
-archive is extracted into a temporary folder that is renamed when extraction has finished, so a
-killed extraction is simply redone. The offline twins are "downloaded" by generating them.
+archive is extracted into a hidden temporary folder that is renamed when extraction has finished, so a
+killed extraction is simply redone; `.extracted-<file>` then records that file as unpacked. A data set is
+ready only when every one of its files is unpacked, its completion record (`.mitp-download.json`, written
+last) lists them, and its layout holds every path the preparation reads. The offline twins are
+"downloaded" by generating them.
 """
 
 from __future__ import annotations
 
 import base64
+import errno
 import gzip
 import hashlib
 import http.client
@@ -20,11 +24,12 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .atomic import build_directory
+from .atomic import atomic_write_json, build_directory
 from .errors import MitpError
 from .outputs import claim, mark, marker_kind
 
@@ -69,6 +74,14 @@ MARKERS = {
     "mmimdb": "mmimdb/split.json",
     "snlive": "snli_ve_train.jsonl",
 }
+# Every path (under the layout's root) that preparation reads: a layout missing one is not complete.
+REQUIRED = {
+    "food101": ("texts/train_titles.csv", "texts/test_titles.csv", "images/train", "images/test"),
+    "mmimdb": ("mmimdb/split.json", "mmimdb/dataset"),
+    "snlive": ("snli_ve_train.jsonl", "snli_ve_dev.jsonl", "snli_ve_test.jsonl", "flickr30k_images"),
+}
+RECORD = ".mitp-download.json"  # written last: the data set's files, each fetched whole and unpacked
+TWIN_RECORD = ".complete"  # a twin's: its name and seed
 MANUAL_FOOD101 = (
     "UPMC-Food101 needs Kaggle credentials (KAGGLE_USERNAME and KAGGLE_KEY, or ~/.kaggle/kaggle.json), "
     "or a manual download: get https://www.kaggle.com/datasets/gianmarco96/upmcfood101, unpack it into {raw} "
@@ -77,13 +90,35 @@ MANUAL_FOOD101 = (
 
 
 def find_layout_root(raw: Path, marker: str, depth: int = 3) -> Path | None:
-    """The folder under `raw` (itself or up to `depth` levels down) that holds `marker` (file or folder)."""
+    """The folder under `raw` (itself or up to `depth` levels down) that holds `marker` (file or folder).
+    Hidden folders (a killed unpack's `.extracting-*`) are never searched."""
     frontier = [raw]
     for _ in range(depth + 1):
         for folder in frontier:
             if (folder / marker).exists():
                 return folder
-        frontier = [child for folder in frontier if folder.is_dir() for child in sorted(folder.iterdir()) if child.is_dir()]
+        frontier = [
+            child for folder in frontier if folder.is_dir() for child in sorted(folder.iterdir())
+            if child.is_dir() and not child.name.startswith(".")
+        ]
+    return None
+
+
+def layout_problem(name: str, raw: Path) -> str | None:
+    """Why `raw` does not hold data set `name` (an upstream name) ready to prepare, or None when it does:
+    a download of mitp's not finished (a file missing from its record, a `.part` left), or a path the
+    preparation reads missing from the layout."""
+    raw = Path(raw)
+    if marker_kind(raw) == "raw" and not (raw / RECORD).is_file() and not (raw / TWIN_RECORD).is_file():
+        parts = sorted(p.name for p in (raw / "downloads").glob("*.part")) if (raw / "downloads").is_dir() else []
+        unfinished = f" ({', '.join(parts)} not finished)" if parts else ""
+        return f"the download of {name} into {raw} is not complete{unfinished}: run `mitp data download {name}` again"
+    root = find_layout_root(raw, MARKERS[name])
+    if root is None:
+        return f"{raw} does not hold the {name} layout (no {MARKERS[name]})"
+    missing = [path for path in REQUIRED[name] if find_layout_root(root, path, depth=2) is None]
+    if missing:
+        return f"the {name} layout in {root} lacks {', '.join(missing)}"
     return None
 
 
@@ -104,23 +139,31 @@ def download_dataset(name: str, raw: Path, progress: Callable | None = None, see
         return raw
     if name not in MARKERS:
         raise DownloadError(f"unknown data set {name!r}; allowed: {', '.join([*MARKERS, *TWINS])}")
-    found = find_layout_root(raw, MARKERS[name])
-    if found is not None:
-        return found  # in place already (downloaded, or unpacked by hand): nothing is written
+    problem = layout_problem(name, raw)
+    if problem is None:
+        return find_layout_root(raw, MARKERS[name]) or raw  # complete (downloaded, or unpacked by hand): nothing written
+    if raw.is_dir() and any(raw.iterdir()) and marker_kind(raw) != "raw":
+        raise DownloadError(f"{problem}; complete it by hand, or give an empty --raw folder for mitp to download into")
     claim(raw, "raw", option="--raw")
     raw.mkdir(parents=True, exist_ok=True)
     mark(raw, "raw")
+    (raw / RECORD).unlink(missing_ok=True)  # rewritten once every file is in
     if name == "food101":
         sources, headers = [Source(KAGGLE_FOOD101, "upmcfood101.zip")], _kaggle_headers(raw)
     else:
         sources, headers = SOURCES[name], {}
+    files = {}
     for source in sources:
-        archive = fetch(source.url, raw / "downloads" / source.filename, source.sha256, headers, progress)
-        extract(archive, raw)  # every upstream file is an archive or a gzip
-    found = find_layout_root(raw, MARKERS[name])
-    if found is None:
-        raise DownloadError(f"downloaded {name} but found no {MARKERS[name]} under {raw}: the upstream layout changed?")
-    return found
+        archive = raw / "downloads" / source.filename
+        if not (raw / f".extracted-{source.filename}").is_file():  # fetched whole and unpacked already: skipped
+            archive = fetch(source.url, archive, source.sha256, headers, progress)
+            extract(archive, raw)  # every upstream file is an archive or a gzip
+        files[source.filename] = {"url": source.url, "bytes": archive.stat().st_size if archive.is_file() else None, "sha256": source.sha256, "unpacked": True}
+    atomic_write_json(raw / RECORD, {"dataset": name, "files": files})
+    problem = layout_problem(name, raw)
+    if problem is not None:
+        raise DownloadError(f"downloaded every file of {name}, but {problem}: the upstream layout changed?")
+    return find_layout_root(raw, MARKERS[name]) or raw
 
 
 def _kaggle_headers(raw: Path) -> dict[str, str]:
@@ -172,12 +215,16 @@ def fetch(
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     done = part.stat().st_size if part.exists() else 0
-    request = urllib.request.Request(url, headers={"User-Agent": "mitp", **(headers or {})})
+    # The bytes are stored as sent, and resumed by byte offset: only an unencoded body can be.
+    request = urllib.request.Request(url, headers={"User-Agent": "mitp", "Accept-Encoding": "identity", **(headers or {})})
     if done:
         request.add_header("Range", f"bytes={done}-")
     host = urllib.parse.urlsplit(url).hostname
     try:
         with _opener.open(request, timeout=60) as response:
+            encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+            if encoding not in ("identity", ""):
+                raise DownloadError(f"download of {url} refused: the server sent a {encoding}-encoded body although asked for none; nothing was kept")
             if done and response.status != 206:  # the server ignored Range: start over
                 done = 0
             length = response.headers.get("Content-Length")
@@ -230,6 +277,20 @@ def archive_problem(path: Path, name: str) -> str | None:
     return None
 
 
+class _NotJsonLines(ValueError):
+    """A .jsonl that is not JSON lines (an error page, gzipped)."""
+
+
+def _check_json_lines(path: Path) -> None:
+    with open(path, "rb") as f:
+        first = next((line for line in f if line.strip()), b"")
+    try:
+        if not isinstance(json.loads(first), dict):
+            raise ValueError("not an object")
+    except (ValueError, UnicodeDecodeError) as err:
+        raise _NotJsonLines(f"{path.name} is not JSON lines: its first line starts {first[:40]!r}") from err
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -239,7 +300,8 @@ def file_sha256(path: Path) -> str:
 
 
 def extract(archive: Path, into: Path) -> None:
-    """Unpack a .tar(.gz)/.zip archive, or gunzip a single .gz file, into `into` (atomically per archive)."""
+    """Unpack a .tar(.gz)/.zip archive, or gunzip a single .gz file, into `into` (atomically per archive).
+    A damaged archive is removed (the rerun fetches it again); one that fails for want of space is kept."""
     marker = into / f".extracted-{archive.name}"
     if marker.is_file():
         return
@@ -256,12 +318,23 @@ def extract(archive: Path, into: Path) -> None:
         elif archive.suffix == ".gz":
             with gzip.open(archive, "rb") as src, open(tmp / archive.stem, "wb") as dst:
                 shutil.copyfileobj(src, dst, CHUNK)
+            if archive.stem.endswith(".jsonl"):
+                _check_json_lines(tmp / archive.stem)
         else:
             raise DownloadError(f"{archive}: not a tar, zip or gzip file")
-    except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError) as err:
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, gzip.BadGzipFile, _NotJsonLines) as err:
         shutil.rmtree(tmp, ignore_errors=True)
         archive.unlink(missing_ok=True)  # damaged: the next run downloads it again instead of failing here forever
         raise DownloadError(f"cannot extract {archive} ({err}); it was removed: run the command again to download it again") from err
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)  # the archive is whole: kept, so that nothing is fetched again
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            free = shutil.disk_usage(into).free
+            raise DownloadError(
+                f"no space left to unpack {archive} ({archive.stat().st_size / 1e9:.1f} GB packed; {free / 1e9:.1f} GB free "
+                f"under {into}); the archive was kept: free space (unpacked it needs more than its packed size), then run again"
+            ) from err
+        raise DownloadError(f"cannot unpack {archive} into {into} ({err}); the archive was kept: fix that, then run again") from err
     for child in tmp.iterdir():
         target = into / child.name
         if target.exists():

@@ -23,7 +23,7 @@ import numpy as np
 
 from .atomic import atomic_write_json, build_directory
 from .cache import CACHE_DIR, decode_all, write_cache
-from .download import MARKERS, find_layout_root
+from .download import MARKERS, find_layout_root, layout_problem
 from .errors import MitpError
 from .outputs import claim, mark
 from .runtime.preprocess import ImageError, ImageTooLarge
@@ -306,10 +306,10 @@ def prepare_dataset(
         raise PrepareError(f"unknown data set {name!r}; allowed: {', '.join(LAYOUTS)}")
     layout = LAYOUTS[name]
     claim(Path(out), "prepared", inputs=(Path(raw),))
-    marker = MARKERS[layout.raw]
-    root = find_layout_root(Path(raw), marker)
-    if root is None:
-        raise PrepareError(f"{raw} does not hold the {layout.raw} layout (no {marker}); run `mitp data download {name}` first")
+    problem = layout_problem(layout.raw, Path(raw))
+    if problem is not None:
+        raise PrepareError(f"{problem}; run `mitp data download {name}` first" if "mitp data download" not in problem else problem)
+    root = find_layout_root(Path(raw), MARKERS[layout.raw]) or Path(raw)
     report = Report(dataset=name, raw=str(Path(raw)))
     pairs = layout.reader(root, report)
     report.notes["captions_cleaned"] = clean_captions(pairs)
@@ -327,6 +327,10 @@ def prepare_dataset(
         else:
             problems = decode_all(images, None, workers, progress)
         pairs = _drop_bad_images(pairs, problems, report)
+        empty = [split for split, rows in pairs.items() if not rows]
+        if empty:
+            dropped = {split: dict(reasons) for split, reasons in report.dropped.items()}
+            raise PrepareError(f"{raw}: no usable pair in the {', '.join(empty)} split(s) (dropped: {json.dumps(dropped)}); nothing was written")
         for split, rows in pairs.items():
             _write_parquet(tmp / f"{split}.parquet", rows, label_key, out)
             report.counts[split] = len(rows)
