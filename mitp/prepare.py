@@ -41,6 +41,7 @@ VAL_FRACTION = 0.1  # Food101 has no validation split: this share of train, stra
 MISSING_IMAGE, UNREADABLE_IMAGE, MISSING_TEXT = "missing image", "unreadable image", "missing text"
 MALFORMED_LINE, UNKNOWN_LABEL = "malformed line", "unknown label"
 IMAGE_TOO_LARGE = "image too large"
+IMAGE_OUTSIDE = "image path outside the data set"  # `../../etc/x.png` in a CSV, an absolute path in a jsonl
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 
 
@@ -315,7 +316,7 @@ def prepare_dataset(
     report.notes["captions_cleaned"] = clean_captions(pairs)
     classes = layout.classes(pairs)
     for split in ("train", "val", "test"):
-        pairs[split] = _drop_unusable(pairs[split], set(classes), split, report)
+        pairs[split] = _drop_unusable(pairs[split], set(classes), split, report, root)
     out = Path(out)
     label_key = "labels" if layout.task == "multi-label" else "label"
     with build_directory(out) as tmp:
@@ -358,10 +359,16 @@ def clean_captions(pairs: dict[str, list[Pair]]) -> dict[str, int]:
     return changed
 
 
-def _drop_unusable(rows: list[Pair], classes: set[str], split: str, report: Report) -> list[Pair]:
-    """Drop pairs with no text or with a label outside the classes (counted, never silent)."""
+def _drop_unusable(rows: list[Pair], classes: set[str], split: str, report: Report, root: Path) -> list[Pair]:
+    """Drop pairs whose image path leaves the data set's folder, with no text, or with a label outside the
+    classes (counted, never silent). The path is judged as written (`..` and absolute parts), so that a
+    data set whose image folder is a link to another disk still works."""
     kept = []
+    inside = os.path.normpath(root) + os.sep
     for pair in rows:
+        if not os.path.normpath(pair.image).startswith(inside):
+            report.drop(split, pair.id, IMAGE_OUTSIDE, str(pair.image))
+            continue
         if not pair.text:
             report.drop(split, pair.id, MISSING_TEXT, "empty text")
             continue

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import time
 import zipfile
 from pathlib import Path
@@ -12,12 +13,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from PIL import Image
 from typer.testing import CliRunner
 
 from mitp import train as train_module
 from mitp.cli import app
 from mitp.config import ConfigError, load_config, parse_config
 from mitp.download import DownloadError, fetch
+from mitp.prepare import prepare_dataset
+from mitp.twins import make_twin
 
 from .conftest import PROJECT_CONFIG, synthetic_config
 from .loopback import Route
@@ -273,7 +277,8 @@ def test_a_bundle_with_an_unknown_or_mismatched_decision_rule_is_refused():
     from mitp.runtime.bundle import BundleError, _info
 
     base = {
-        "mitp_bundle_format": 2, "mitp_version": "0.1.0", "labels": ["a", "b"], "task": "single-label", "image": {},
+        "mitp_bundle_format": 2, "mitp_version": "0.1.0", "labels": ["a", "b"], "task": "single-label",
+        "image": {"size": 32, "normalize": {"mean": [0.5] * 3, "std": [0.5] * 3}},
         "tokenizer": {}, "dataset": "d", "setting": "s", "decision": {"rule": "softmax-argmax"},
     }
     assert _info(base, "b").decision == {"rule": "softmax-argmax"}
@@ -289,3 +294,59 @@ def test_a_twin_of_another_seed_is_generated_anew_not_reported_ready(tmp_path):
     first = (raw / "snli_ve_test.jsonl").read_text()
     assert runner.invoke(app, ["data", "download", "demo-snlive", "--raw", str(raw), "--seed", "7"]).exit_code == 0
     assert (raw / "snli_ve_test.jsonl").read_text() != first and "seed 7" in (raw / ".complete").read_text()
+
+
+# ------------------------------------------------------------------------------ paths that leave their folder
+
+
+def test_an_image_path_that_leaves_the_data_set_is_dropped_not_prepared(tmp_path):
+    raw = tmp_path / "raw"
+    make_twin("demo-food101", raw, sizes=SMALL)
+    Image.new("RGB", (40, 40), "red").save(tmp_path / "secret.png")
+    absolute = tmp_path / "secret.png"
+    with open(raw / "texts" / "train_titles.csv", "a") as f:
+        f.write("../../../../secret.png,red served,red_stripes\n")
+        f.write(f"{absolute},red served,red_stripes\n")
+    report = prepare_dataset("demo-food101", raw, tmp_path / "food")
+    dropped = [reasons.get("image path outside the data set", 0) for reasons in report["dropped"].values()]
+    assert sum(dropped) == 2
+    for split in ("train", "val", "test"):
+        assert not any("secret" in path for path in pq.read_table(tmp_path / "food" / f"{split}.parquet").column("image").to_pylist())
+
+
+@pytest.fixture
+def bundle_copy(trained, tmp_path):
+    copy = tmp_path / "bundle"
+    shutil.copytree(trained / "bundle", copy)
+    return copy
+
+
+def _edit_json(path: Path, edit) -> None:
+    value = json.loads(path.read_text())
+    edit(value)
+    path.write_text(json.dumps(value))
+
+
+@pytest.mark.parametrize(
+    "tamper, message",
+    [
+        (lambda b: _edit_json(b / "bundle.json", lambda c: c["tokenizer"].update(file="../../../../etc/passwd")), "is not a relative path inside the bundle"),
+        (lambda b: _edit_json(b / "test_vectors" / "vectors.json", lambda v: v["vectors"][0].update(crop="/dev/zero")), "is not a relative path inside the bundle"),
+        (lambda b: _edit_json(b / "test_vectors" / "vectors.json", lambda v: v["vectors"][0].update(crop_shape=[60000, 60000, 3])), "is not [32, 32, 3]"),
+        (lambda b: _edit_json(b / "bundle.json", lambda c: c["image"].update(size=60000)), "image size 60000 is not a whole number of pixels in 1..1024"),
+        (lambda b: (b / "tokenizer.json").unlink() or (b / "tokenizer.json").symlink_to("/etc/hostname"), "leads out of the bundle"),
+        (lambda b: _edit_json(b / "test_vectors" / "vectors.json", lambda v: v["vectors"][0].update(image="test_vectors")), "is not a file in the bundle"),
+    ],
+)
+def test_a_bundle_naming_files_outside_itself_or_huge_sizes_is_refused_before_reading(bundle_copy, tamper, message):
+    tamper(bundle_copy)
+    fails(["bundle", "verify", str(bundle_copy), "--variant", "fp32"], message)
+
+
+def test_predict_refuses_a_bundle_whose_files_link_out_of_it(bundle_copy, tmp_path):
+    outside = tmp_path / "elsewhere.json"
+    shutil.copyfile(bundle_copy / "tokenizer.json", outside)
+    (bundle_copy / "tokenizer.json").unlink()
+    (bundle_copy / "tokenizer.json").symlink_to(outside)
+    image = next((bundle_copy / "test_vectors").glob("*.jpg"))
+    fails(["predict", str(image), "red", "--model", str(bundle_copy)], "leads out of the bundle")

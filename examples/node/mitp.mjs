@@ -2,8 +2,8 @@
 // Every step follows a field of bundle.json: the image rule (EXIF, alpha, 16-bit, Pillow's bicubic
 // resize, centre crop, float32 normalisation), the caption rule (clean, tokenize, pad, mask) and the
 // decision rule. verify.mjs checks this file against the bundle's test vectors.
-import { readFileSync } from "node:fs";
-import { join } from "node:path";
+import { readFileSync, realpathSync, statSync } from "node:fs";
+import { isAbsolute, join, relative } from "node:path";
 import { createRequire } from "node:module";
 import ort from "onnxruntime-node";
 import sharp from "sharp";
@@ -12,13 +12,27 @@ import { decodeHTML } from "entities";
 const require = createRequire(import.meta.url);
 const { Tokenizer } = require("tokenizers");
 
+// A file that bundle.json or vectors.json names: a relative path inside the bundle, to a regular file
+// (no "..", no absolute path, no link out of the folder); anything else is refused before it is read.
+export function bundleFile(folder, name, what) {
+  const bad = typeof name !== "string" || !name || name.includes("\0") || isAbsolute(name) || name.split(/[\\/]/).includes("..");
+  if (bad) throw new Error(`${folder}: ${what} ${JSON.stringify(name)} is not a relative path inside the bundle`);
+  const path = join(folder, name);
+  const inside = relative(realpathSync(folder), realpathSync(path));
+  if (inside.startsWith("..") || isAbsolute(inside)) throw new Error(`${folder}: ${what} ${JSON.stringify(name)} leads out of the bundle`);
+  if (!statSync(path).isFile()) throw new Error(`${folder}: ${what} ${JSON.stringify(name)} is not a file in the bundle`);
+  return path;
+}
+
 export async function loadBundle(folder, variant = "fp32") {
   const contract = JSON.parse(readFileSync(join(folder, "bundle.json"), "utf8"));
-  const tokenizer = Tokenizer.fromFile(join(folder, contract.tokenizer.file));
+  const size = contract.image.size;
+  if (!Number.isInteger(size) || size < 1 || size > 1024) throw new Error(`${folder}: image size ${size} is not in 1..1024`);
+  const tokenizer = Tokenizer.fromFile(bundleFile(folder, contract.tokenizer.file, "tokenizer file"));
   const rules = contract.tokenizer;
   tokenizer.setTruncation(rules.max_length); // keeps the end token: the post-processor adds it after cutting
   tokenizer.setPadding({ maxLength: rules.max_length, padId: rules.pad_token_id, direction: rules.padding.side });
-  const session = await ort.InferenceSession.create(join(folder, contract.models[variant].file));
+  const session = await ort.InferenceSession.create(bundleFile(folder, contract.models[variant].file, "model"));
   return { folder, contract, tokenizer, session };
 }
 

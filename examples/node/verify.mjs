@@ -3,7 +3,7 @@
 import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { clipCrop, decodeImage, loadBundle, logits, normalize, tokenize } from "./mitp.mjs";
+import { bundleFile, clipCrop, decodeImage, loadBundle, logits, normalize, tokenize } from "./mitp.mjs";
 
 const sha256 = (bytes) => createHash("sha256").update(bytes).digest("hex");
 let failures = 0;
@@ -22,7 +22,7 @@ for (const folder of process.argv.slice(2)) {
     const name = `${folder} vector ${i} (${v.name})`;
     const { ids, mask } = await tokenize(fp32, v.text);
     check(JSON.stringify(ids) === JSON.stringify(v.input_ids) && JSON.stringify(mask) === JSON.stringify(v.attention_mask), `${name}: token ids and attention mask`);
-    const crop = clipCrop(await decodeImage(join(folder, v.image), decode), size);
+    const crop = clipCrop(await decodeImage(bundleFile(folder, v.image, `vector ${i}'s image`), decode), size);
     const pixels = normalize(crop, size, norm);
     check(sha256(crop) === v.crop_sha256, `${name}: crop`);
     check(sha256(Buffer.from(pixels.buffer)) === v.pixels_sha256, `${name}: pixels`);

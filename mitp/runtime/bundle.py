@@ -20,6 +20,7 @@ This module imports neither torch nor onnx: the exporter writes the contract, pr
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,9 @@ VARIANT_PRECISION = {
 }
 # The oldest onnxruntime that loads the bundle: the graphs are saved as ONNX IR version 9, opset 18.
 ONNX_IR_VERSION, ONNX_OPSET, MIN_ONNXRUNTIME = 9, 18, "1.17"
+# Bounds on what a bundle's metadata and files may ask for, checked before anything is allocated: the largest
+# CLIP crop is 336 px, a tokenizer.json is about 3.6 MB and vectors.json under 1 MB.
+MAX_IMAGE_SIZE, MAX_TOKENIZER_BYTES, MAX_VECTORS_BYTES = 1024, 64 << 20, 64 << 20
 REQUIRED_KEYS = ("mitp_bundle_format", "mitp_version", "labels", "task", "decision", "image", "tokenizer", "dataset", "setting")
 
 
@@ -63,7 +67,7 @@ class BundleInfo:
     bundle_format: int
 
     @property
-    def image_size(self) -> int:
+    def image_size(self) -> int:  # checked in 1..MAX_IMAGE_SIZE when the contract was read
         return int(self.image["size"])
 
     @property
@@ -91,6 +95,36 @@ def parse_metadata(props: dict[str, str], source: str) -> BundleInfo:
     except json.JSONDecodeError as err:
         raise BundleError(f"{source}: metadata is not valid JSON ({err})") from err
     return _info(values, source)
+
+
+def _check_image_rule(image: Any, source: str) -> None:
+    """The image rule's size and normalisation, bounded and typed before a crop of that size is allocated."""
+    size = image.get("size") if isinstance(image, dict) else None
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_IMAGE_SIZE:
+        raise BundleError(f"{source}: image size {size!r} is not a whole number of pixels in 1..{MAX_IMAGE_SIZE}")
+    norm = image.get("normalize")
+    mean, std = (norm.get("mean"), norm.get("std")) if isinstance(norm, dict) else (None, None)
+    for stat in (mean, std):
+        if not isinstance(stat, list) or len(stat) != 3 or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in stat):
+            raise BundleError(f"{source}: image normalize must hold mean and std, three numbers each")
+    if not all(v > 0 for v in std or []):
+        raise BundleError(f"{source}: image normalize std must be positive, got {std}")
+
+
+def bundle_file(bundle: Path, name: Any, what: str, max_bytes: int | None = None) -> Path:
+    """The file that bundle.json or vectors.json names, which must be a relative path inside the bundle (no
+    `..`, no absolute path, no link out of it) to a regular file of at most `max_bytes`; else BundleError."""
+    bundle = Path(bundle)
+    if not isinstance(name, str) or not name or "\0" in name or os.path.isabs(name) or ".." in Path(name).parts:
+        raise BundleError(f"{bundle}: {what} {name!r} is not a relative path inside the bundle")
+    path = bundle / name
+    if not path.resolve().is_relative_to(bundle.resolve()):
+        raise BundleError(f"{bundle}: {what} {name!r} leads out of the bundle")
+    if not path.is_file():
+        raise BundleError(f"{bundle}: {what} {name!r} is not a file in the bundle")
+    if max_bytes is not None and path.stat().st_size > max_bytes:
+        raise BundleError(f"{bundle}: {what} {name!r} is {path.stat().st_size:,} bytes, more than the {max_bytes:,} allowed")
+    return path
 
 
 def read_contract(bundle: Path) -> dict[str, Any]:
@@ -121,6 +155,7 @@ def _info(values: dict[str, Any], source: str) -> BundleInfo:
     if not isinstance(decision, dict) or decision.get("rule") != expected:
         rule = decision.get("rule") if isinstance(decision, dict) else decision
         raise BundleError(f"{source}: decision rule {rule!r} is not this mitp's rule for a {values['task']} task ({expected!r})")
+    _check_image_rule(values["image"], source)
     threshold = decision.get("threshold", 0.5)
     if expected == SIGMOID_THRESHOLD and (isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 < threshold < 1):
         raise BundleError(f"{source}: decision threshold {threshold!r} is not a number between 0 and 1")

@@ -15,7 +15,16 @@ from typing import Any
 import numpy as np
 
 from ..errors import MitpError
-from .bundle import MODEL_FILE, TOKENIZER_FILE, VARIANT_FILES, BundleError, BundleInfo, parse_metadata
+from .bundle import (
+    MAX_TOKENIZER_BYTES,
+    MODEL_FILE,
+    TOKENIZER_FILE,
+    VARIANT_FILES,
+    BundleError,
+    BundleInfo,
+    bundle_file,
+    parse_metadata,
+)
 from .decision import MULTILABEL_THRESHOLD, SIGMOID_THRESHOLD, sigmoid, softmax
 from .preprocess import ImageError, load_image, preprocess_image
 from .tokenizer import load_tokenizer_file
@@ -51,9 +60,10 @@ class Predictor:
                 raise BundleError(f"{path} not found: is {bundle} a bundle written by `mitp export`?")
         if not model_path.is_file():
             raise BundleError(f"{bundle} has no {variant} variant ({model_path.name}): export it with `mitp export --{variant}`")
+        model_path = bundle_file(bundle, VARIANT_FILES[variant], "model")  # a link out of the bundle is refused
         self.session, self.provider, self.note = open_session(model_path, provider)
         self.info: BundleInfo = parse_metadata(self.session.get_modelmeta().custom_metadata_map, str(model_path))
-        self.tokenizer = load_tokenizer_file(bundle / TOKENIZER_FILE)
+        self.tokenizer = load_tokenizer_file(bundle_file(bundle, TOKENIZER_FILE, "tokenizer file", MAX_TOKENIZER_BYTES))
         expected = self.info.tokenizer["max_length"]
         if self.tokenizer.info.max_length != expected:
             raise BundleError(f"{bundle}: tokenizer length {self.tokenizer.info.max_length} but metadata says {expected}")

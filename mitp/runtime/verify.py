@@ -23,7 +23,17 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .bundle import CONTRACT_FILE, VARIANT_FILES, VECTORS_DIR, VECTORS_FILE, BundleError, read_contract
+from .bundle import (
+    CONTRACT_FILE,
+    MAX_TOKENIZER_BYTES,
+    MAX_VECTORS_BYTES,
+    VARIANT_FILES,
+    VECTORS_DIR,
+    VECTORS_FILE,
+    BundleError,
+    bundle_file,
+    read_contract,
+)
 from .preprocess import clip_crop, load_image, normalize
 from .tokenizer import ClipTokenizer, load_tokenizer_file
 
@@ -128,10 +138,13 @@ def verify_bundle(bundle: Path, variants: list[str] | None = None, provider: str
     chosen = variants or present
     checks = [Check("files", not set(contract.get("models", {})) - set(present), _missing_models(contract, present))]
     try:
-        vectors = json.loads((bundle / VECTORS_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise BundleError(f"{bundle / VECTORS_FILE} is missing or unreadable ({err})") from err
-    tokenizer = load_tokenizer_file(bundle / contract["tokenizer"]["file"])
+        vectors = json.loads(bundle_file(bundle, VECTORS_FILE, "test vectors", MAX_VECTORS_BYTES).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BundleError(f"{bundle / VECTORS_FILE} is unreadable ({err})") from err
+    if not isinstance(vectors, dict) or not isinstance(vectors.get("vectors"), list) or not isinstance(vectors.get("tolerance"), dict):
+        raise BundleError(f"{bundle / VECTORS_FILE} lacks its vectors and tolerances")
+    tokenizer_file = contract["tokenizer"].get("file") if isinstance(contract["tokenizer"], dict) else None
+    tokenizer = load_tokenizer_file(bundle_file(bundle, tokenizer_file, "tokenizer file", MAX_TOKENIZER_BYTES))
     checks.append(_check_tokenizer(tokenizer, vectors["vectors"]))
     checks.append(_check_images(bundle, contract, vectors["vectors"]))
     for variant in chosen:
@@ -141,6 +154,17 @@ def verify_bundle(bundle: Path, variants: list[str] | None = None, provider: str
         checks.append(_check_metadata(session, contract, variant))
         checks.append(_check_model(session, bundle, contract, variant, vectors))
     return checks
+
+
+def read_crop(bundle: Path, vector: dict[str, Any], index: int, size: int) -> np.ndarray:
+    """A vector's expected crop (size, size, 3) uint8, its file inside the bundle and of exactly that many bytes."""
+    if vector.get("crop_shape") != [size, size, 3]:
+        raise BundleError(f"{bundle}: vector {index}'s crop_shape {vector.get('crop_shape')!r} is not [{size}, {size}, 3] (the image rule's size)")
+    path = bundle_file(bundle, vector.get("crop"), f"vector {index}'s crop", size * size * 3)
+    data = path.read_bytes()
+    if len(data) != size * size * 3:
+        raise BundleError(f"{bundle}: vector {index}'s crop has {len(data):,} bytes, not {size * size * 3:,}")
+    return np.frombuffer(data, dtype=np.uint8).reshape(size, size, 3)
 
 
 def _missing_models(contract: dict[str, Any], present: list[str]) -> str:
@@ -162,9 +186,9 @@ def _check_images(bundle: Path, contract: dict[str, Any], vectors: list[dict]) -
     size = contract["image"]["size"]
     mean, std = contract["image"]["normalize"]["mean"], contract["image"]["normalize"]["std"]
     for i, vector in enumerate(vectors):
-        crop = clip_crop(load_image(bundle / vector["image"]), size)
+        crop = clip_crop(load_image(bundle_file(bundle, vector["image"], f"vector {i}'s image")), size)
         if sha256(crop) != vector["crop_sha256"]:
-            expected = np.frombuffer((bundle / vector["crop"]).read_bytes(), dtype=np.uint8).reshape(vector["crop_shape"])
+            expected = read_crop(bundle, vector, i, size)
             diff = np.abs(crop.astype(int) - expected.astype(int)) if crop.shape == expected.shape else None
             detail = f"max |diff| {diff.max()} levels on {int((diff > 0).sum())} of {diff.size} values" if diff is not None else f"shape {crop.shape} instead of {expected.shape}"
             return Check("image preprocessing", False, f"vector {i} ({vector['name']}, {vector['image']}): the crop differs from the expected ({detail})")
@@ -190,7 +214,7 @@ def _check_model(session, bundle: Path, contract: dict[str, Any], variant: str, 
     tolerance = vectors["tolerance"][variant]
     worst = 0.0
     for i, vector in enumerate(vectors["vectors"]):
-        crop = np.frombuffer((bundle / vector["crop"]).read_bytes(), dtype=np.uint8).reshape(vector["crop_shape"])
+        crop = read_crop(bundle, vector, i, contract["image"]["size"])
         feeds = {
             "pixel_values": normalize(crop, mean, std)[None],
             "input_ids": np.array([vector["input_ids"]], dtype=np.int64),
