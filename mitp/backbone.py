@@ -157,16 +157,14 @@ def fetch_backbone(name: str, out: Path) -> Path:
     so that machines without internet load it with HF_HUB_OFFLINE=1. Written aside and swapped in."""
     from huggingface_hub import hf_hub_download
 
-    from .atomic import build_directory
-    from .outputs import claim, mark
+    from .outputs import build_output, claim
 
     claim(Path(out), "backbone", inputs=(Path(name),) if _is_local(name) else ())
     if not _is_local(name):
         ensure_hub_backbone(name)
     tokenizer = Path(name) / TOKENIZER_FILE if _is_local(name) else Path(hf_hub_download(name, TOKENIZER_FILE))
     load_tokenizer_file(tokenizer)  # a tokenizer mitp can use, before the weights are copied
-    with build_directory(Path(out)) as tmp:
-        mark(tmp, "backbone")
+    with build_output(Path(out), "backbone", inputs=(Path(name),) if _is_local(name) else ()) as tmp:
         CLIPModel.from_pretrained(name).save_pretrained(tmp)
         shutil.copyfile(tokenizer, tmp / TOKENIZER_FILE)
     return Path(out)

@@ -23,6 +23,7 @@ import numpy as np
 
 from .atomic import atomic_write_json, build_directory
 from .errors import MitpError
+from .outputs import add_entries
 from .runtime.preprocess import RULE_VERSION, ImageError, clip_crop, load_image
 
 CACHE_DIR = "image-cache"
@@ -100,6 +101,7 @@ def build_cache(data_dir: Path, size: int, workers: int = 8, progress: Callable 
         if problems:
             first, err = next(iter(problems.items()))
             raise CacheError(f"{len(problems)} image(s) cannot be decoded, e.g. {first}: {err}; prepare the data set again")
+    add_entries(data_dir, [CACHE_DIR])  # part of the prepared folder now: a later prepare may replace it
     return summary
 
 

@@ -317,12 +317,12 @@ def _predict_batch(predictor, batch: Path, out: Path | None, bundle: Path, top_k
     from .atomic import atomic_writer
     from .outputs import claim_file
     from .progress import progress_bar
-    from .runtime.predict import InputError, predict_batch_file
+    from .runtime.predict import InputError, is_predictions_file, predict_batch_file
 
     if not batch.is_file():
         raise InputError(f"batch file not found: {batch}")
     if out is not None:
-        claim_file(out, inputs=(batch, *bundle.iterdir()))
+        claim_file(out, inputs=(batch,), within=(bundle,), ours=is_predictions_file)
     lines = batch.read_bytes().splitlines()
     total = sum(1 for line in lines if line.strip())
     with atomic_writer(out) if out else contextlib.nullcontext(sys.stdout) as sink, progress_bar(console) as bar:

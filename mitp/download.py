@@ -29,9 +29,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .atomic import atomic_write_json, build_directory
+from .atomic import atomic_write_json
 from .errors import MitpError
-from .outputs import claim, mark, marker_kind
+from .outputs import build_output, claim, mark, marker_kind
 
 CHUNK = 1 << 20
 
@@ -131,9 +131,7 @@ def download_dataset(name: str, raw: Path, progress: Callable | None = None, see
         stamp = f"generated {name} seed {seed}\n"  # a twin of another name or seed is generated anew
         complete = raw / ".complete"
         if marker_kind(raw) != "raw" or not complete.is_file() or complete.read_text() != stamp:
-            claim(raw, "raw", option="--raw")
-            with build_directory(raw) as tmp:
-                mark(tmp, "raw")
+            with build_output(raw, "raw", option="--raw") as tmp:
                 make_twin(name, tmp, seed=seed)
                 (tmp / ".complete").write_text(stamp)
         return raw

@@ -21,11 +21,11 @@ import numpy as np
 import torch
 
 from . import __version__
-from .atomic import atomic_write_json, build_directory
+from .atomic import atomic_write_json
 from .download import file_sha256
 from .errors import MitpError
 from .factory import image_size, load_trained
-from .outputs import claim, mark
+from .outputs import build_output, claim
 from .runtime.bundle import (
     BUNDLE_FORMAT,
     CONTRACT_FILE,
@@ -76,8 +76,7 @@ def export_bundle(
     graph = ExportGraph(model).eval()
     writers = {name: writer for name, writer, wanted in (("fp16", write_fp16, fp16), ("int8", write_int8, int8)) if wanted}
 
-    with build_directory(out) as tmp:
-        mark(tmp, "bundle")
+    with build_output(out, "bundle", inputs=(Path(checkpoint),)) as tmp:
         pairs, source = verification_pairs(run, size, VARIANT_SAMPLES, tmp / ".generated")
         inputs = runtime_inputs(pairs, backbone.tokenizer, size)
         started = time.perf_counter()

@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import atomic_write_json, build_directory
+from .atomic import atomic_write_json
 from .cache import CACHE_DIR, decode_all, write_cache
 from .download import MARKERS, find_layout_root, layout_problem
 from .errors import MitpError
-from .outputs import claim, mark
+from .outputs import build_output, claim
 from .runtime.preprocess import ImageError, ImageTooLarge
 from .runtime.tokenizer import clean_caption
 
@@ -319,8 +319,7 @@ def prepare_dataset(
         pairs[split] = _drop_unusable(pairs[split], set(classes), split, report, root)
     out = Path(out)
     label_key = "labels" if layout.task == "multi-label" else "label"
-    with build_directory(out) as tmp:
-        mark(tmp, "prepared")
+    with build_output(out, "prepared", inputs=(Path(raw),)) as tmp:
         images = sorted({pair.image for rows in pairs.values() for pair in rows})
         if cache_size:
             cache, problems = write_cache(tmp / CACHE_DIR / str(cache_size), out, images, cache_size, workers, progress)

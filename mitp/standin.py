@@ -20,9 +20,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .atomic import build_directory
 from .backbone import crop_size, preset_config
-from .outputs import claim, mark
+from .outputs import build_output, claim
 from .runtime.preprocess import preprocess_image
 from .runtime.tokenizer import ClipTokenizer, build_word_tokenizer
 from .twins import COLOURS, FOOD_WORDS, GREY, MOVIE_WORDS, NLI_WORDS, PATTERNS, render, vocabulary
@@ -136,7 +135,6 @@ def _lr_factor(step: int, config: StandinConfig) -> float:
 
 def save_standin(clip, tokenizer: ClipTokenizer, out: Path) -> None:
     """save_pretrained + tokenizer.json into a temporary folder, then swap it in (never half-written)."""
-    with build_directory(out) as tmp:
-        mark(tmp, "standin")
+    with build_output(out, "standin") as tmp:
         clip.save_pretrained(tmp)
         tokenizer.save(tmp / "tokenizer.json")

@@ -70,6 +70,35 @@ def test_outputs_that_belong_to_someone_else_are_refused(prepared_food, tmp_path
     assert result.exit_code == 0, result.output
 
 
+def test_prepare_never_deletes_another_output_or_a_users_file_inside_its_folder(prepared_twin, tmp_path):
+    prepared = prepared_twin(into=tmp_path, prepared="food")
+    raw = tmp_path / "raw"
+    (prepared / "myrun").mkdir()
+    (prepared / "myrun" / ".mitp-output").write_text('{"kind": "run", "command": "mitp train"}')
+    (prepared / "myrun" / "result.json").write_text("{}")
+    fails(["data", "prepare", "demo-food101", "--raw", str(raw), "--out", str(prepared)], "myrun")
+    assert (prepared / "myrun" / "result.json").is_file()
+    shutil.rmtree(prepared / "myrun")
+    (prepared / "notes.md").write_text("mine")
+    fails(["data", "prepare", "demo-food101", "--raw", str(raw), "--out", str(prepared)], "holds notes.md, which mitp data prepare did not write")
+    (prepared / "notes.md").unlink()
+    assert runner.invoke(app, ["data", "prepare", "demo-food101", "--raw", str(raw), "--out", str(prepared)]).exit_code == 0
+
+
+def test_out_through_a_symlink_replaces_the_folder_it_points_to_and_a_mount_point_is_refused(prepared_twin, tmp_path, monkeypatch):
+    prepared = prepared_twin(into=tmp_path, prepared="food")
+    link = tmp_path / "link"
+    link.symlink_to(prepared)
+    result = runner.invoke(app, ["data", "prepare", "demo-food101", "--raw", str(tmp_path / "raw"), "--out", str(link)])
+    assert result.exit_code == 0, result.output
+    assert link.is_symlink() and (link / "train.parquet").is_file() and (prepared / "train.parquet").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no hidden half-built folder left
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    monkeypatch.setattr(Path, "is_mount", lambda self: self == mount)
+    fails(["data", "prepare", "demo-food101", "--raw", str(tmp_path / "raw"), "--out", str(mount)], "is a mount point")
+
+
 def test_export_refuses_a_run_folder_as_its_output(tmp_path, write_config):
     config = write_config(synthetic_config(epochs=1, sizes=SMALL))
     run = tmp_path / "run"

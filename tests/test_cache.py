@@ -75,6 +75,7 @@ def test_a_cache_of_another_size_or_rule_is_not_used_and_one_can_be_added(tmp_pa
     assert result.exit_code == 0, result.output
     dataset = build_split(food_run(tmp_path / "food"), "test", build_word_tokenizer(), 48)
     assert dataset.cache is not None and dataset[0]["pixels"].shape == (48, 48, 3)
+    prepare_dataset("demo-food101", tmp_path / "raw", tmp_path / "food", cache_size=32)  # the added cache is the folder's: replaceable
 
 
 def test_a_damaged_image_found_while_caching_is_dropped_like_at_preparation(tmp_path):

@@ -315,15 +315,36 @@ def test_predict_without_model_takes_the_newest_bundle_under_results_and_says_so
     assert "CUDA provider" not in result.output  # no GPU on this machine: running on the CPU is no news
 
 
-def test_batch_out_never_replaces_an_input_or_a_folder(trained, tmp_path):
+def test_batch_out_never_replaces_an_input_a_file_of_the_bundle_or_a_folder(trained, tmp_path):
     (image,), (text,) = _test_pairs(trained, 1)
+    shutil.copyfile(image, tmp_path / "photo.jpg")
     batch = tmp_path / "pairs.jsonl"
-    batch.write_text(json.dumps({"image": str(image), "text": text}) + "\n")
-    before = batch.read_bytes()
-    for out, message in ((batch, "would overwrite an input"), (trained / "bundle" / "bundle.json", "would overwrite an input"), (tmp_path, "is a folder")):
+    batch.write_text(json.dumps({"image": str(tmp_path / "photo.jpg"), "text": text}) + "\n")
+    protected = [batch, tmp_path / "photo.jpg", trained / "bundle" / "bundle.json", trained / "bundle" / "test_vectors" / "vectors.json"]
+    before = [path.read_bytes() for path in protected]
+    for out, message in (
+        (batch, "would overwrite an input"),
+        (tmp_path / "photo.jpg", "is not a file this command wrote"),  # an image the batch names
+        (trained / "bundle" / "bundle.json", "is inside"),
+        (trained / "bundle" / "test_vectors" / "vectors.json", "is inside"),
+        (tmp_path, "is a folder"),
+    ):
         result = runner.invoke(app, ["predict", "--batch", str(batch), "--out", str(out), "--model", str(trained / "bundle")])
-        assert result.exit_code == 2 and message in result.output, result.output
-    assert batch.read_bytes() == before
+        assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
+    assert [path.read_bytes() for path in protected] == before
+    out = tmp_path / "predictions.jsonl"
+    for _ in range(2):  # its own earlier output is replaced
+        result = runner.invoke(app, ["predict", "--batch", str(batch), "--out", str(out), "--model", str(trained / "bundle")])
+        assert result.exit_code == 0 and len(out.read_text().splitlines()) == 1, result.output
+
+
+def test_export_never_deletes_what_a_user_put_in_a_bundle_folder(trained, tmp_path):
+    bundle = tmp_path / "bundle"
+    assert runner.invoke(app, ["export", "--checkpoint", str(trained / "run"), "--out", str(bundle)]).exit_code == 0
+    (bundle / "my-predictions.jsonl").write_text("{}\n")
+    result = runner.invoke(app, ["export", "--checkpoint", str(trained / "run"), "--out", str(bundle)])
+    assert result.exit_code == 2 and "my-predictions.jsonl" in result.output and "move it out" in " ".join(result.output.split())
+    assert (bundle / "my-predictions.jsonl").read_text() == "{}\n"
 
 
 def test_models_carry_no_path_of_the_exporting_machine(trained):

@@ -180,6 +180,18 @@ def preload_cuda_libraries(ort) -> None:
         ort.preload_dlls()
 
 
+def is_predictions_file(path: Path) -> bool:
+    """Whether `path` is empty or holds what `predict --batch --out` writes (its first line a prediction
+    record), so that --out replaces only its own kind of file, never an image or a data file."""
+    try:
+        with open(path, "rb") as f:
+            first = f.readline(1 << 20).strip()
+        record = json.loads(first) if first else {}
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and (not first or {"line", "image", "labels", "scores"} <= set(record))
+
+
 def read_batch_line(line: bytes, base: Path) -> tuple[Path, str]:
     """(image path, text) of one JSON line of a batch file; relative image paths are taken from `base`."""
     try:
