@@ -435,8 +435,41 @@ def _mapping_without_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode,
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
 
 
+MAX_CONFIG_BYTES = 4 << 20  # config.yaml is a few kB
+MAX_YAML_VALUES = 200_000  # values once aliases (*name) are expanded: the paper's config has about 1,000
+
+
 def read_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+    """Parse YAML with the project's loader, refusing documents whose aliases expand beyond MAX_YAML_VALUES
+    (a "billion laughs" config would otherwise take all memory before any key is checked)."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"the config has {len(text):,} characters; a config holds at most {MAX_CONFIG_BYTES:,}")
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        size = _expanded_size(node, {})
+        if size > MAX_YAML_VALUES:
+            raise ConfigError(f"the config's aliases (*name) expand it to {size:,} values; a config holds at most {MAX_YAML_VALUES:,}")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(node: yaml.Node, seen: dict[int, int]) -> int:
+    """How many values `node` becomes once every alias is expanded (aliases share node objects: memoised)."""
+    if id(node) in seen:
+        return seen[id(node)]
+    seen[id(node)] = 1  # a recursive alias counts once while its size is computed
+    if isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(child, seen) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(key, seen) + _expanded_size(value, seen) for key, value in node.value)
+    else:
+        size = 1
+    seen[id(node)] = size
+    return size
 
 
 def load_config(path: str | Path) -> ProjectConfig:
@@ -444,6 +477,8 @@ def load_config(path: str | Path) -> ProjectConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path} has {path.stat().st_size:,} bytes; a config holds at most {MAX_CONFIG_BYTES:,}")
     try:
         raw = read_yaml(path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as err:

@@ -27,7 +27,7 @@ from .download import MARKERS, find_layout_root, layout_problem
 from .errors import MitpError
 from .outputs import build_output, claim
 from .runtime.preprocess import ImageError, ImageTooLarge
-from .runtime.tokenizer import clean_caption
+from .runtime.tokenizer import MAX_CAPTION_CHARS, clean_caption, clean_head
 
 MMIMDB_GENRES = (
     "Drama", "Comedy", "Romance", "Thriller", "Crime", "Action", "Adventure", "Horror", "Documentary", "Mystery",
@@ -41,7 +41,8 @@ VAL_FRACTION = 0.1  # Food101 has no validation split: this share of train, stra
 MISSING_IMAGE, UNREADABLE_IMAGE, MISSING_TEXT = "missing image", "unreadable image", "missing text"
 MALFORMED_LINE, UNKNOWN_LABEL = "malformed line", "unknown label"
 IMAGE_TOO_LARGE = "image too large"
-IMAGE_OUTSIDE = "image path outside the data set"  # `../../etc/x.png` in a CSV, an absolute path in a jsonl
+IMAGE_OUTSIDE = "image path outside the data set"
+CAPTION_TOO_LONG = "caption too long"  # its first 77 words hold more than MAX_CAPTION_CHARS characters  # `../../etc/x.png` in a CSV, an absolute path in a jsonl
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 
 
@@ -200,21 +201,33 @@ def read_mmimdb(root: Path, report: Report, genres: tuple[str, ...] = MMIMDB_GEN
             raise PrepareError(f"{base / 'split.json'} has no {upstream!r} list")
         pairs[split] = []
         for movie_id in map(str, splits[upstream]):
+            if not movie_id or movie_id in (".", "..") or "/" in movie_id or "\\" in movie_id or "\0" in movie_id:
+                report.drop(split, movie_id[:100], MALFORMED_LINE, "a movie id that is not a plain file name")
+                continue
             record_path = base / "dataset" / f"{movie_id}.json"
             try:
                 record = json.loads(record_path.read_text(encoding="utf-8"))
             except FileNotFoundError:
                 report.drop(split, movie_id, MISSING_TEXT, f"{record_path.name} not found")
                 continue
-            except (json.JSONDecodeError, UnicodeDecodeError) as err:
-                report.drop(split, movie_id, MALFORMED_LINE, f"{record_path.name}: {err}")
+            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+                report.drop(split, movie_id, MALFORMED_LINE, f"{record_path.name}: {type(err).__name__}: {str(err)[:200]}")
                 continue
-            plots = [p for p in record.get("plot") or [] if isinstance(p, str) and p.strip()]
+            if not isinstance(record, dict):
+                report.drop(split, movie_id, MALFORMED_LINE, f"{record_path.name}: not a JSON object")
+                continue
+            plot, tags = record.get("plot"), record.get("genres")
+            plot = [plot] if isinstance(plot, str) else plot  # one plot given as a string, not a list of them
+            tags = [tags] if isinstance(tags, str) else tags
+            if not isinstance(plot, list | type(None)) or not isinstance(tags, list | type(None)):
+                report.drop(split, movie_id, MALFORMED_LINE, f"{record_path.name}: plot and genres must be lists of strings")
+                continue
+            plots = [p for p in plot or [] if isinstance(p, str) and p.strip()]
             if not plots:
                 report.drop(split, movie_id, MISSING_TEXT, "no plot")
                 continue
-            labels = [g for g in record.get("genres") or [] if g in known]
-            extra = [g for g in record.get("genres") or [] if g not in known]
+            labels = [g for g in tags or [] if isinstance(g, str) and g in known]
+            extra = [g for g in tags or [] if isinstance(g, str) and g not in known]
             removed.update(extra)
             affected += bool(extra)
             if not labels:
@@ -248,8 +261,8 @@ def read_snlive(root: Path, report: Report) -> dict[str, list[Pair]]:
             try:
                 record = json.loads(line)
                 image_id, text, label = str(record["Flickr30K_ID"]), record["sentence2"], record["gold_label"]
-            except (json.JSONDecodeError, KeyError, TypeError) as err:
-                report.drop(split, line_id, MALFORMED_LINE, f"{type(err).__name__}: {err}")
+            except (json.JSONDecodeError, KeyError, TypeError, RecursionError) as err:
+                report.drop(split, line_id, MALFORMED_LINE, f"{type(err).__name__}: {str(err)[:200]}")
                 continue
             pair_id = str(record.get("pairID") or line_id)
             if label not in SNLIVE_LABELS:
@@ -370,6 +383,9 @@ def _drop_unusable(rows: list[Pair], classes: set[str], split: str, report: Repo
             continue
         if not pair.text:
             report.drop(split, pair.id, MISSING_TEXT, "empty text")
+            continue
+        if len(clean_head(pair.text)) > MAX_CAPTION_CHARS:
+            report.drop(split, pair.id, CAPTION_TOO_LONG, f"{len(pair.text):,} characters, words up to thousands of characters long")
             continue
         labels = pair.label if isinstance(pair.label, list) else [pair.label]
         unknown = [label for label in labels if label not in classes]

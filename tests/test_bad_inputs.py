@@ -222,6 +222,52 @@ def test_batch_lines_that_are_not_utf8_cost_only_their_line(trained, tmp_path):
     assert [json.loads(line)["line"] for line in out.read_text().splitlines()] == [1, 3]
 
 
+def test_each_kind_of_bad_batch_line_costs_only_its_line(trained, tmp_path):
+    """A caption of 5 MB is read as its first 77 words (at once, truncated); a line over the size bound, JSON
+    nested 200,000 deep, a 5,000-character path and a caption that is empty once cleaned each cost their line."""
+    image = trained / "food" / pq.read_table(trained / "food" / "test.parquet").to_pydict()["image"][0]
+
+    def line(text, path=str(image)):
+        return json.dumps({"image": path, "text": text}).encode()
+
+    lines = [
+        line("red " * 1_250_000),  # 5 MB
+        line("red"),
+        b'{"image": "x.jpg", "text": "' + b"r" * (9 << 20) + b'"}',
+        b"[" * 200_000,
+        line("red", "a/" * 2_500),
+        line("&nbsp; &amp;nbsp;"),
+        line("red"),
+    ]
+    (tmp_path / "pairs.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    out = tmp_path / "out.jsonl"
+    result = runner.invoke(app, ["predict", "--batch", str(tmp_path / "pairs.jsonl"), "--out", str(out), "--model", str(trained / "bundle")])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 1 and "Traceback" not in said, result.output
+    for number, reason in ((3, "the line has 9,437,214 bytes"), (4, "not a batch record: its JSON is nested too deeply"),
+                           (5, "the image path has 5,000 characters"), (6, "the caption is empty once cleaned")):
+        assert f"line {number}: {reason}" in said, (number, said)
+    records = [json.loads(text) for text in out.read_text().splitlines()]
+    assert [r["line"] for r in records] == [1, 2, 7] and records[0]["truncated"] is True
+
+
+def test_the_tokenizer_reads_only_a_captions_head_and_gets_the_same_ids(tiny):
+    """Words past the 77th are cut before tokenization; the ids and the truncated flag are those of the
+    whole caption, for captions built to stress cleaning (entities that vanish, that become spaces)."""
+    import random
+
+    from mitp.runtime.tokenizer import clean_caption
+
+    tokenizer = tiny.tokenizer
+    rng = random.Random(0)
+    pieces = ["red", "&nbsp;", "&amp;nbsp;", "a&#32;b", "  ", "\t", "photo,", "x" * 30, "&lt;", "1234", "\u00a0", "\u001c", "!!"]
+    for _ in range(500):
+        text = "".join(rng.choice(pieces) + rng.choice([" ", "", "\n"]) for _ in range(rng.randint(0, 300)))
+        whole = tokenizer.tokenizer.encode_batch([clean_caption(text)])[0]
+        ids, _, truncated = tokenizer.encode([text])
+        assert ids[0].tolist() == whole.ids and bool(truncated[0]) == bool(whole.overflowing), text[:120]
+
+
 def test_a_caption_that_is_not_utf8_is_refused():
     from mitp.runtime.predict import InputError, check_caption
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -254,3 +255,42 @@ def test_prepared_images_decode_at_the_backbone_size(tmp_path, tiny):
     item = dataset[0]
     assert item["pixels"].shape == (32, 32, 3) and item["pixels"].dtype == torch.uint8
     assert item["input_ids"].shape == (77,)
+
+
+def test_mmimdb_records_of_the_wrong_shape_are_read_or_dropped_never_misread(tmp_path):
+    """A plot given as one string is that plot (not its first letter); ids that are paths and JSON nested
+    too deeply are dropped as malformed; a caption whose words run to thousands of characters is dropped."""
+    raw, out = tmp_path / "raw", tmp_path / "mmimdb"
+    base = raw / "mmimdb"
+    (base / "dataset").mkdir(parents=True)
+    _movie(base, "001", {"plot": "A whole plot given as one string.", "genres": "Drama"})
+    _movie(base, "002", {"plot": ["fine"], "genres": ["Comedy"]})
+    _movie(base, "003", "[" * 100_000 + "]" * 100_000)
+    _movie(base, "004", ["not", "a", "record"])
+    _movie(base, "005", {"plot": ["x" * 20_000], "genres": ["War"]})
+    _movie(base, "006", {"plot": ["dev"], "genres": ["War"]})
+    _movie(base, "007", {"plot": ["test"], "genres": ["War"]})
+    (tmp_path / "outside.json").write_text(json.dumps({"plot": ["a secret file"], "genres": ["War"]}))
+    split = {"train": ["001", "002", "003", "004", "005", "../../../outside"], "dev": ["006"], "test": ["007"]}
+    (base / "split.json").write_text(json.dumps(split))
+
+    report = prepare_dataset("mmimdb", raw, out)
+
+    train = _read(out, "train")
+    assert train["id"] == ["001", "002"] and train["text"][0] == "A whole plot given as one string."
+    assert train["labels"][0] == ["Drama"]
+    assert report["dropped"]["train"] == {"caption too long": 1, "malformed line": 3}
+
+
+def test_a_yaml_alias_bomb_is_refused_before_it_expands(tmp_path):
+    from mitp.config import ConfigError, load_config
+
+    levels = ["a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    levels += [f"{c}: &{c} [{', '.join([f'*{p}'] * 9)}]" for p, c in zip("abcdefgh", "bcdefghi", strict=True)]
+    (tmp_path / "config.yaml").write_text("\n".join(levels) + "\ndatasets: {food: {task: single-label, data_dir: x, templates: *i}}\n")
+    started = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"aliases \(\*name\) expand it to [\d,]{11} values"):
+        load_config(tmp_path / "config.yaml")
+    assert time.perf_counter() - started < 5  # refused from the node graph, never expanded
+    (tmp_path / "shared.yaml").write_text("datasets: {food: &b {task: single-label, data_dir: x}, again: *b}\nsettings: {m: {variant: mitp}}\n")
+    assert load_config(tmp_path / "shared.yaml").datasets["again"].data_dir == "x"  # a few aliases are fine

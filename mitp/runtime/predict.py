@@ -27,7 +27,7 @@ from .bundle import (
 )
 from .decision import MULTILABEL_THRESHOLD, SIGMOID_THRESHOLD, sigmoid, softmax
 from .preprocess import ImageError, load_image, preprocess_image
-from .tokenizer import load_tokenizer_file
+from .tokenizer import MAX_CAPTION_CHARS, clean_head, load_tokenizer_file
 
 PROVIDERS = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
 
@@ -107,10 +107,17 @@ class Predictor:
 
 
 def check_caption(caption: object) -> None:
+    """A caption mitp can read: text, valid UTF-8, not empty once cleaned (`&nbsp;` alone is empty), and
+    its first 77 words of reasonable length (what the tokenizer sees; the rest is cut before it, at no cost)."""
     if not isinstance(caption, str) or not caption.strip():
         raise InputError("the caption is empty: give the text that goes with the image")
-    if any("\ud800" <= ch <= "\udfff" for ch in caption):  # bytes that were not UTF-8 (surrogate escapes)
+    head = clean_head(caption)
+    if any("\ud800" <= ch <= "\udfff" for ch in head):  # bytes that were not UTF-8 (surrogate escapes)
         raise InputError("the caption is not valid UTF-8 text")
+    if not head:
+        raise InputError(f"the caption is empty once cleaned ({caption[:40]!r} is only entities and whitespace): give the text that goes with the image")
+    if len(head) > MAX_CAPTION_CHARS:
+        raise InputError(f"the caption's first words run to {len(head):,} characters without spaces; mitp reads at most {MAX_CAPTION_CHARS:,}")
 
 
 def open_session(model_path: Path, provider: str = "auto"):
@@ -192,8 +199,15 @@ def is_predictions_file(path: Path) -> bool:
     return isinstance(record, dict) and (not first or {"line", "image", "labels", "scores"} <= set(record))
 
 
+MAX_LINE_BYTES = 8 << 20  # a batch line: a path and a caption, of which the tokenizer reads 77 words
+MAX_PATH_CHARS = 4096  # PATH_MAX on Linux
+
+
 def read_batch_line(line: bytes, base: Path) -> tuple[Path, str]:
-    """(image path, text) of one JSON line of a batch file; relative image paths are taken from `base`."""
+    """(image path, text) of one JSON line of a batch file; relative image paths are taken from `base`.
+    Every way a line can be bad (size, encoding, JSON, nesting, shape, path) is an InputError for that line."""
+    if len(line) > MAX_LINE_BYTES:
+        raise InputError(f"the line has {len(line):,} bytes; a batch line holds at most {MAX_LINE_BYTES:,}")
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -202,8 +216,12 @@ def read_batch_line(line: bytes, base: Path) -> tuple[Path, str]:
         record = json.loads(text)
     except json.JSONDecodeError as err:
         raise InputError(f"not valid JSON ({err.msg})") from err
+    except RecursionError as err:
+        raise InputError("not a batch record: its JSON is nested too deeply") from err
     if not isinstance(record, dict) or not isinstance(record.get("image"), str) or not isinstance(record.get("text"), str):
         raise InputError('expected {"image": "<path>", "text": "<caption>"}')
+    if len(record["image"]) > MAX_PATH_CHARS or "\0" in record["image"]:
+        raise InputError(f"the image path has {len(record['image']):,} characters or a NUL byte; a path holds at most {MAX_PATH_CHARS:,}")
     image = Path(record["image"])
     return (image if image.is_absolute() else base / image), record["text"]
 

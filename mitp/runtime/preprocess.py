@@ -56,7 +56,11 @@ def check_image_size(width: int, height: int, source: str = "image") -> None:
 def load_image(path: str | Path) -> Image.Image:
     """Open, check and fully decode an image as 8-bit RGB by the rule above, or raise ImageError."""
     path = Path(path)
-    if not path.is_file():
+    try:
+        found = path.is_file()
+    except OSError as err:  # a name too long, a path through a file
+        raise ImageError(f"cannot open image {str(path)[:200]}: {err.strerror}") from err
+    if not found:
         raise ImageError(f"image not found: {path}")
     try:
         with Image.open(path) as img:

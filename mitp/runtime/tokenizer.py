@@ -34,10 +34,34 @@ BASIC_WORDS = tuple(
 )
 
 
+# A caption whose first 77 words still hold more characters than this is refused by predict and dropped by
+# prepare: BPE's cost grows with a word's length squared, and no caption of the data sets comes near it.
+MAX_CAPTION_CHARS = 16_384
+
+
 def clean_caption(text: str) -> str:
     """OpenAI CLIP's basic_clean + whitespace_clean, without ftfy: unescape HTML twice, collapse whitespace."""
     text = html.unescape(html.unescape(text))
     return re.sub(r"\s+", " ", text).strip()
+
+
+def clean_head(text: str, words: int = CONTEXT_LENGTH) -> str:
+    """The cleaned caption cut after its first `words` space-separated words, computed from the head of
+    the text only: what the tokenizer sees, whatever the caption's length.
+
+    Why the ids stay identical: every word of a cleaned caption yields at least one token (the pre-tokenizers
+    split only at whitespace, punctuation and digits, and cleaning has replaced every character that Python or
+    the tokenizer counts as whitespace by one space), so words past the 77th only ever land after the cut at
+    77 ids, and a caption that had more than 77 words still has more tokens than fit, so its `truncated` flag
+    is kept. Cleaning is local to each raw word (an HTML entity holds no whitespace), so cleaning a head of
+    raw words gives the head of the cleaned caption; the head grows until it holds enough words."""
+    take = 4 * words
+    while True:
+        raw = text.split(None, take)  # the first `take` raw words, then the rest as one string
+        head = clean_caption(" ".join(raw[:take])).split(" ", words)
+        if len(raw) <= take or len(head) > words:
+            return " ".join(head[:words])
+        take *= 4  # words vanished in cleaning (`&nbsp;` alone): read further
 
 
 @dataclass(frozen=True)
@@ -74,7 +98,7 @@ class ClipTokenizer:
 
     def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Like __call__, plus a bool per text that says whether it was truncated."""
-        encodings = self.tokenizer.encode_batch([clean_caption(text) for text in texts])
+        encodings = self.tokenizer.encode_batch([clean_head(text, self.info.max_length) for text in texts])
         ids = np.array([e.ids for e in encodings], dtype=np.int64)  # (B, 77)
         mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)  # (B, 77)
         truncated = np.array([bool(e.overflowing) for e in encodings])
