@@ -13,8 +13,10 @@ in the pass that checks every image anyway; `mitp data cache` adds one to a prep
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -68,7 +70,10 @@ def write_cache(folder: Path, data_dir: Path, images: Iterable[Path], size: int,
     its summary and the images that could not be cached (their rows are dropped from images.json)."""
     paths = sorted(set(images))
     folder.mkdir(parents=True, exist_ok=True)
-    pixels = np.lib.format.open_memmap(folder / PIXELS, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
+    sized = np.lib.format.open_memmap(folder / PIXELS, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
+    del sized  # the header written and the file sized (sparse) ...
+    reserve(folder / PIXELS)  # ... its blocks allocated now, or a message, before anything is mapped
+    pixels = np.load(folder / PIXELS, mmap_mode="r+")  # (N, S, S, 3) uint8
     problems = decode_all(paths, size, workers, progress, pixels)
     pixels.flush()
     del pixels
@@ -83,6 +88,25 @@ def write_cache(folder: Path, data_dir: Path, images: Iterable[Path], size: int,
     }
     atomic_write_json(folder / INFO, summary)
     return summary, problems
+
+
+def reserve(path: Path) -> None:
+    """Allocate the memory-mapped file's blocks now: writing into a sparse map on a full disk is a SIGBUS
+    that kills the process, while a failed allocation is an error with a message (and the build's folder
+    is removed)."""
+    needed = path.stat().st_size
+    free = shutil.disk_usage(path.parent).free
+    try:
+        with open(path, "r+b") as f:
+            os.posix_fallocate(f.fileno(), 0, needed)
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise CacheError(
+                f"the image cache needs {needed / 2**30:.2f} GiB and {path.parent} has {free / 2**30:.2f} GiB free: "
+                f"free space, or prepare without --cache-size (training then decodes JPEGs, slower)"
+            ) from err
+        if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system that cannot preallocate: write as before
+            raise
 
 
 def build_cache(data_dir: Path, size: int, workers: int = 8, progress: Callable | None = None) -> dict:

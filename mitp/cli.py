@@ -17,21 +17,26 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from . import __version__
-from .errors import MitpError
+from .errors import LIMIT_EXIT_CODE, MitpError, machine_limit
 
 console = Console(stderr=True)
 stdout = Console()
 
 
 class _CommandGroup(TyperGroup):
-    """Every command runs inside this: an error the user can act on (mitp.errors.MitpError) becomes one
-    line on stderr and its exit code, never a traceback."""
+    """Every command runs inside this: an error the user can act on (mitp.errors.MitpError) or the machine's
+    limits (a full disk, a read-only file system) become one line on stderr and an exit code, never a traceback."""
 
     def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]  # typer's Context subclasses its click one
         try:
             return super().invoke(ctx)
         except MitpError as err:
             _fail(str(err), err.exit_code)
+        except OSError as err:
+            limit = machine_limit(err)
+            if limit is None:
+                raise
+            _fail(limit, LIMIT_EXIT_CODE)
 
 
 app = typer.Typer(
