@@ -84,13 +84,27 @@ def load_checkpoint(directory: Path) -> tuple[dict[str, torch.Tensor], RunConfig
     except (ConfigError, KeyError, TypeError) as err:
         raise CheckpointError(f"{directory / CONFIG_FILE} does not hold a run config ({err}): the checkpoint is damaged") from err
     state = _read_json(directory / STATE_FILE)
-    if not isinstance(state, dict) or not isinstance(state.get("epoch"), int):
-        raise CheckpointError(f"{directory / STATE_FILE} holds no trainer state: the checkpoint is damaged")
+    problem = state_problem(state, run.epochs)
+    if problem:
+        raise CheckpointError(f"{directory / STATE_FILE} {problem}: the checkpoint is damaged")
     try:
         tensors = load_file(str(directory / MODEL_FILE))
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{directory / MODEL_FILE} is unreadable ({err}): the checkpoint is damaged") from err
     return tensors, run, state
+
+
+def state_problem(state: Any, epochs: int) -> str | None:
+    """Why a trainer state cannot be the state of a run of `epochs` epochs (None if it can): its epoch
+    and best epoch must be whole numbers within the run, the best no later than the epoch."""
+    if not isinstance(state, dict):
+        return "holds no trainer state"
+    epoch, best = state.get("epoch"), state.get("best_epoch", 0)
+    if not isinstance(epoch, int) or not isinstance(best, int) or isinstance(epoch, bool) or isinstance(best, bool):
+        return "holds no whole epoch numbers"
+    if not 1 <= epoch <= epochs or not 1 <= best <= epoch:
+        return f"says epoch {epoch}, best epoch {best}, which a run of {epochs} epochs cannot have"
+    return None
 
 
 def load_optimizer_state(directory: Path) -> dict[str, Any] | None:

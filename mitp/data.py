@@ -12,6 +12,7 @@ Captions are tokenized once, up front, to 77 ids.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -73,6 +74,15 @@ class PairDataset(Dataset):
         self.images = None if images is None else torch.from_numpy(images)  # (N, 3, H, W), synthetic
         self.image_paths = image_paths
         self.cache, self.cache_rows = cache, cache_rows  # uint8 crops (rows of a memory-mapped array)
+        self.no_cache_reason = ""  # why JPEGs are decoded although the split is prepared (for the log)
+
+    def image_source(self) -> str:
+        """Which path feeds this split's images to the model, in words for the log."""
+        if self.images is not None:
+            return "in-process tensors"
+        if self.cache is not None:
+            return f"the image cache ({self.image_size} px uint8 crops, memory-mapped)"
+        return f"JPEG decoding ({self.no_cache_reason or 'no image cache'})"
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -100,7 +110,7 @@ class PairDataset(Dataset):
             raise DataError(f"{len(problems)} image(s) of this split cannot be used: {'; '.join(problems[:3])}{more}; prepare the data set again")
 
     def subset(self, indices: np.ndarray) -> PairDataset:
-        return PairDataset(
+        part = PairDataset(
             self.classes,
             self.task,
             self.input_ids[indices].numpy(),
@@ -112,6 +122,8 @@ class PairDataset(Dataset):
             cache=self.cache,
             cache_rows=None if self.cache_rows is None else self.cache_rows[indices],
         )
+        part.no_cache_reason = self.no_cache_reason
+        return part
 
     def stratum(self) -> np.ndarray:
         """One stratum id per sample: the label, or the first positive label for multi-label."""
@@ -141,6 +153,22 @@ def num_classes(run: RunConfig) -> int:
     if ds.source == "synthetic":
         return len(synthetic_classes(ds.task, ds.synthetic.n_colours, ds.synthetic.n_words))
     return ds.num_classes if ds.num_classes is not None else len(read_classes(Path(ds.data_dir)))
+
+
+JPEG_SPLIT_WARNING = 10_000  # pairs: decoded from JPEG every epoch, this many starve a GPU (~300 samples/s per core)
+
+
+def image_path_lines(splits: dict[str, PairDataset], on_gpu: bool) -> list[tuple[bool, str]]:
+    """(is a warning, text) per split, saying which path feeds its images; a warning where a large split
+    would decode JPEGs for a GPU (a cache of the right size makes the loader keep up)."""
+    lines = []
+    for name, dataset in splits.items():
+        source = dataset.image_source()
+        if on_gpu and dataset.cache is None and dataset.images is None and len(dataset) >= JPEG_SPLIT_WARNING:
+            lines.append((True, f"{name}: {len(dataset):,} pairs, images by {source}: too slow to keep a GPU busy"))
+        else:
+            lines.append((False, f"{name}: {len(dataset):,} pairs, images from {source}"))
+    return lines
 
 
 def stratified_subset(strata: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -176,6 +204,18 @@ def read_classes(data_dir: Path) -> list[str]:
     return classes
 
 
+def data_fingerprint(run: RunConfig) -> str | None:
+    """sha256 of the prepared folder's prepare_report.json, which holds each split's pair count and sha256:
+    what a run trained on, recorded in its state and result (None for the in-process synthetic task)."""
+    if run.dataset.source == "synthetic":
+        return None
+    path = Path(run.dataset.data_dir) / "prepare_report.json"
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError as err:
+        raise DataError(f"cannot read {path} ({err.strerror}): prepare the data set first (mitp data prepare)") from err
+
+
 def _prepared_split(data_dir: Path, split: str, task: str, tokenizer: ClipTokenizer, image_size: int) -> PairDataset:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -204,9 +244,14 @@ def _prepared_split(data_dir: Path, split: str, task: str, tokenizer: ClipTokeni
     paths = [data_dir / p for p in table["image"]]
     cache = ImageCache.open(data_dir, image_size)
     rows = cache.rows(table["image"]) if cache is not None else None
+    dataset = PairDataset(classes, task, ids, mask, labels, image_paths=paths, image_size=image_size, cache=cache if rows is not None else None, cache_rows=rows)
     if rows is None:
-        cache = None
-    return PairDataset(classes, task, ids, mask, labels, image_paths=paths, image_size=image_size, cache=cache, cache_rows=rows)
+        build = f"mitp data cache {data_dir} --size {image_size}"
+        dataset.no_cache_reason = (
+            f"no image cache of {image_size} px in {data_dir}; build one with `{build}`" if cache is None
+            else f"the image cache of {image_size} px lacks some of the {split} split's images (prepared again since?); rebuild it with `{build}`"
+        )
+    return dataset
 
 
 def _encode_labels(values: list, index: dict[str, int], task: str, path: Path) -> np.ndarray:

@@ -23,7 +23,7 @@ import numpy as np
 
 from .atomic import atomic_write_json
 from .cache import CACHE_DIR, decode_all, write_cache
-from .download import MARKERS, find_layout_root, layout_problem
+from .download import MARKERS, file_sha256, find_layout_root, layout_problem
 from .errors import MitpError
 from .outputs import build_output, claim
 from .runtime.preprocess import ImageError, ImageTooLarge
@@ -347,6 +347,9 @@ def prepare_dataset(
         for split, rows in pairs.items():
             _write_parquet(tmp / f"{split}.parquet", rows, label_key, out)
             report.counts[split] = len(rows)
+        # What each split holds, checkable by anyone (`sha256sum train.parquet`); the report's own hash is
+        # the data's fingerprint that runs record (mitp.data.data_fingerprint).
+        report.notes["splits"] = {split: {"pairs": len(rows), "sha256": file_sha256(tmp / f"{split}.parquet")} for split, rows in pairs.items()}
         if "val_split" in report.notes:  # carved here, not upstream: keep the ids so the split can be rebuilt
             (tmp / "val_ids.txt").write_text("".join(f"{p.id}\n" for p in pairs["val"]))
         atomic_write_json(tmp / "classes.json", classes)

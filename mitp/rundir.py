@@ -66,9 +66,11 @@ def locked_run_folder(run_dir: Path, main: bool = True) -> Iterator[Path]:
         handle.close()  # releases the lock
 
 
-def resume_point(run_dir: Path, run: RunConfig, warn: Callable[[str], object]) -> tuple[dict, dict, dict | None] | None:
+def resume_point(
+    run_dir: Path, run: RunConfig, warn: Callable[[str], object], fingerprint: str | None = None
+) -> tuple[dict, dict, dict | None] | None:
     """(trained tensors, state, optimizer state) of the newest readable checkpoint, after checking that
-    it was made by the same config; None for a fresh run."""
+    it was made by the same config on the same prepared data (`fingerprint`); None for a fresh run."""
     found = ckpt.latest_good_checkpoint(run_dir, warn)
     if found is None:
         return None
@@ -78,6 +80,12 @@ def resume_point(run_dir: Path, run: RunConfig, warn: Callable[[str], object]) -
         raise ConfigError(
             f"{run_dir} holds a run whose {', '.join(differing)} differ{'s' if len(differing) == 1 else ''} from this "
             f"command's (it would change the results); use the same values to resume, or pick another --out"
+        )
+    saved = state.get("data_fingerprint")
+    if saved is not None and fingerprint is not None and saved != fingerprint:
+        raise ConfigError(
+            f"{run_dir} was trained on other prepared data than {run.dataset.data_dir} holds now (it was prepared again "
+            f"since): resuming would mix two training and validation sets; prepare the data it began with, or pick another --out"
         )
     return tensors, state, optimizer
 
@@ -110,7 +118,12 @@ def repair(run_dir: Path, state: dict[str, Any] | None, epochs: int) -> None:
         (run_dir / HISTORY_FILE).unlink(missing_ok=True)
         return
     best_epoch = ckpt.epoch_directory(run_dir, state["best_epoch"])
-    if _best_epoch_of(run_dir) != state["best_epoch"] and ckpt.is_complete(best_epoch):
+    if _best_epoch_of(run_dir) != state["best_epoch"]:
+        if not ckpt.is_complete(best_epoch):  # best/ lost, and the epoch it copied already pruned
+            raise ckpt.CheckpointMissing(
+                f"{run_dir / 'best'} is missing or from another epoch, and epoch {state['best_epoch']}'s checkpoint, its "
+                f"source, was pruned: the run's best model is lost; train again with another --out"
+            )
         copy_to_best(run_dir, best_epoch)
     if _read(run_dir / HISTORY_FILE) != state["history"]:
         atomic_write_json(run_dir / HISTORY_FILE, state["history"])

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Sampler, Subset
 from .atomic import atomic_write_json
 from .backbone import image_size_of, load_backbone, load_tokenizer
 from .config import RunConfig
-from .data import PairDataset, build_split, pixel_values
+from .data import PairDataset, build_split, data_fingerprint, image_path_lines, pixel_values
 from .engine import GATE_SPREAD_FLOOR, evaluate_loader, low_spread_gates, make_accelerator, observe_gates, worker_count
 from .errors import MitpError
 from .factory import build_model
@@ -64,6 +64,7 @@ class TrainState:
     history: list[dict[str, Any]] = field(default_factory=list)
     class_bias_init: dict[str, Any] | None = None
     gate_means: dict[str, list] | None = None  # the memory hub's gate means over the latest epoch
+    data_fingerprint: str | None = None  # the prepared data trained on (mitp.data.data_fingerprint)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> TrainState:
@@ -96,16 +97,20 @@ def train_run(run: RunConfig, run_dir: Path, console: Console | None = None, pro
     main = accelerator.is_main_process
     tokenizer = load_tokenizer(run.backbone)  # before the weights: bad data must not wait for them
     size = image_size_of(run.backbone)
+    fingerprint = data_fingerprint(run)
     train_set = build_split(run, "train", tokenizer, size)
     val_set = build_split(run, "val", tokenizer, size)
     val_set.check_images()  # a broken validation image is found now, not after the first epoch
+    if main:
+        for warning, line in image_path_lines({"train": train_set, "val": val_set}, on_gpu=accelerator.device.type == "cuda"):
+            console.print(f"[bold yellow]warning:[/] {escape(line)}" if warning else escape(line), soft_wrap=True, highlight=False)
     with locked_run_folder(run_dir, main):
         warn = (lambda message: console.print(f"[bold yellow]warning:[/] {escape(message)}", soft_wrap=True)) if main else (lambda message: None)
-        resumed = resume_point(run_dir, run, warn)
+        resumed = resume_point(run_dir, run, warn, fingerprint)
         if main:
             repair(run_dir, resumed[1] if resumed else None, run.epochs)
         accelerator.wait_for_everyone()
-        return Trainer(run, run_dir, accelerator, console, progress).fit(train_set, val_set, resumed)
+        return Trainer(run, run_dir, accelerator, console, progress).fit(train_set, val_set, resumed, fingerprint)
 
 
 class Trainer:
@@ -120,13 +125,13 @@ class Trainer:
         if self.accelerator.is_main_process:
             self.console.print(message, soft_wrap=True)
 
-    def fit(self, train_set: PairDataset, val_set: PairDataset, resumed) -> TrainResult:
+    def fit(self, train_set: PairDataset, val_set: PairDataset, resumed, fingerprint: str | None = None) -> TrainResult:
         run, accelerator = self.run, self.accelerator
         set_seed(run.seed)
         backbone = load_backbone(run.backbone, seed=run.seed)
         model = build_model(run, backbone, train_set.classes)
         optimizer = make_optimizer(model, run)
-        state = TrainState()
+        state = TrainState(data_fingerprint=fingerprint)
         if resumed is not None:
             trainable, saved_state, optimizer_state = resumed
             model.load_trainable_state_dict(trainable)
@@ -312,6 +317,7 @@ def result_summary(run: RunConfig, model: MITPModel, state: TrainState, metric_n
         "seed": run.seed,
         "backbone": run.backbone,
         "metric": metric_name,
+        "data_fingerprint": state.data_fingerprint,
         "best_epoch": state.best_epoch,
         "best_val_metric": state.best_metric,
         "epochs": len(history),

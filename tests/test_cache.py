@@ -91,3 +91,20 @@ def test_a_damaged_image_found_while_caching_is_dropped_like_at_preparation(tmp_
     Image.new("RGB", (40, 40)).save(tmp_path / "raw" / "not-in-the-cache.jpg")
     val = build_split(food_run(tmp_path / "food"), "val", build_word_tokenizer(), 32)
     assert val.cache is None and val[0]["pixels"].shape == (32, 32, 3)  # an image the cache lacks: the JPEG path
+
+
+def test_training_says_which_path_feeds_each_split_and_warns_for_a_gpu(tmp_path, prepared_twin):
+    from mitp.data import image_path_lines
+
+    prepared_twin(into=tmp_path, prepared="food", cache_size=32)
+    tokenizer = build_word_tokenizer()
+    cached = build_split(food_run(tmp_path / "food"), "train", tokenizer, 32)
+    plain = build_split(food_run(tmp_path / "food"), "train", tokenizer, 48)  # no cache of 48 px
+    lines = image_path_lines({"cached": cached, "plain": plain}, on_gpu=False)
+    (_, cached_line), (_, plain_line) = lines
+    assert "images from the image cache (32 px" in cached_line
+    assert "JPEG decoding (no image cache of 48 px" in plain_line and f"mitp data cache {tmp_path / 'food'} --size 48" in plain_line
+    assert not any(warning for warning, _ in lines)  # no warning on a CPU
+    big = plain.subset(np.repeat(np.arange(len(plain)), 1 + 10_000 // len(plain)))
+    (warning, text), = image_path_lines({"train": big}, on_gpu=True)
+    assert warning and "too slow to keep a GPU busy" in text

@@ -4,6 +4,7 @@ what is on disk must be the old or the new version after the kill, and consisten
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -183,3 +184,67 @@ def test_export_killed_at_every_write_keeps_a_whole_bundle(tmp_path, monkeypatch
         assert {"model.onnx", "tokenizer.json", "export_report.json"} <= {p.name for p in bundle.iterdir()}, n
     export_bundle(tmp_path / "run", bundle)
     assert not leftovers(tmp_path)
+
+
+def test_resuming_on_data_prepared_again_is_refused(prepared_twin, tmp_path):
+    """A run records the prepared data's fingerprint; preparing the data set again under it (here: another
+    twin seed) and resuming would mix two validation sets, so it is refused with a message."""
+    from typer.testing import CliRunner
+
+    from mitp.cli import app
+    from mitp.twins import make_twin
+
+    prepared = prepared_twin(into=tmp_path, prepared="food")
+    config = synthetic_config(epochs=2)
+    config["datasets"] = {"food": {
+        "task": "single-label", "data_dir": str(prepared), "batch_size": 16, "prompt_length": 2,
+        "best_layers": [2, 3], "small_layers": [3], "templates": ["a photo of {}."],
+    }}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    runner = CliRunner()
+    args = ["train", "-c", str(tmp_path / "config.yaml"), "-d", "food", "--out", str(tmp_path / "run"), "--no-progress"]
+    assert runner.invoke(app, args).exit_code == 0
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    report = json.loads((prepared / "prepare_report.json").read_text())
+    assert result["data_fingerprint"] and set(report["splits"]) == {"train", "val", "test"}
+    assert all(len(split["sha256"]) == 64 for split in report["splits"].values())
+    shutil.rmtree(tmp_path / "raw")
+    make_twin("demo-food101", tmp_path / "raw", seed=5, sizes={"train": 24, "val": 8, "test": 8})
+    prepare_dataset("demo-food101", tmp_path / "raw", prepared)
+    resumed = runner.invoke(app, args)
+    assert resumed.exit_code == 2 and "was trained on other prepared data" in " ".join(resumed.output.split())
+
+
+def test_a_lost_best_checkpoint_is_said_not_reported_done(tmp_path, write_config):
+    """best/ gone and the epoch it copied pruned (keep_checkpoints 1 keeps the newest epoch only): the rerun
+    says the best model is lost instead of reporting the run done."""
+    from typer.testing import CliRunner
+
+    from mitp.cli import app
+
+    config = write_config(synthetic_config(epochs=2, sizes={"train": 64, "val": 32, "test": 32}))
+    runner = CliRunner()
+    args = ["train", "-c", str(config), "-d", "toy", "--out", str(tmp_path / "run"), "--no-progress"]
+    assert runner.invoke(app, args).exit_code == 0
+    (newest,) = ckpt.epoch_checkpoints(tmp_path / "run")
+    state = json.loads((newest / "state.json").read_text())
+    (newest / "state.json").write_text(json.dumps({**state, "best_epoch": 1}))  # epoch 1 was best; its folder is pruned
+    shutil.rmtree(tmp_path / "run" / "best")
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "the run's best model is lost" in " ".join(result.output.split()), result.output
+
+
+@pytest.mark.parametrize("best_epoch", [0, 99])
+def test_a_best_epoch_outside_the_run_marks_the_checkpoint_damaged(tmp_path, write_config, best_epoch):
+    from typer.testing import CliRunner
+
+    from mitp.checkpoint import CheckpointError, epoch_checkpoints, load_checkpoint
+    from mitp.cli import app
+
+    config = write_config(synthetic_config(epochs=1, sizes={"train": 64, "val": 32, "test": 32}))
+    assert CliRunner().invoke(app, ["train", "-c", str(config), "-d", "toy", "--out", str(tmp_path / "run"), "--no-progress"]).exit_code == 0
+    (newest,) = epoch_checkpoints(tmp_path / "run")
+    state = json.loads((newest / "state.json").read_text())
+    (newest / "state.json").write_text(json.dumps({**state, "best_epoch": best_epoch}))
+    with pytest.raises(CheckpointError, match=f"best epoch {best_epoch}, which a run of 1 epochs cannot have"):
+        load_checkpoint(newest)
