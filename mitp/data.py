@@ -27,6 +27,7 @@ from .errors import MitpError
 from .runtime.preprocess import clip_crop, load_image, normalize
 from .runtime.tokenizer import ClipTokenizer
 from .synthetic import make_synthetic_split, synthetic_classes
+from .tokens import split_tokens
 
 SPLITS = ("train", "val", "test")
 
@@ -68,13 +69,14 @@ class PairDataset(Dataset):
         cache_rows: np.ndarray | None = None,
     ):
         self.classes, self.task, self.image_size = classes, task, image_size
-        self.input_ids = torch.from_numpy(input_ids)  # (N, 77)
-        self.attention_mask = torch.from_numpy(attention_mask)  # (N, 77)
+        self.input_ids = torch.from_numpy(input_ids)  # (N, 77) int32 or int64; int64 per item
+        self.attention_mask = torch.from_numpy(attention_mask)  # (N, 77) bool or int64; int64 per item
         self.labels = torch.from_numpy(labels)  # (N,) int64 or (N, K) float32
         self.images = None if images is None else torch.from_numpy(images)  # (N, 3, H, W), synthetic
         self.image_paths = image_paths
         self.cache, self.cache_rows = cache, cache_rows  # uint8 crops (rows of a memory-mapped array)
         self.no_cache_reason = ""  # why JPEGs are decoded although the split is prepared (for the log)
+        self.token_source = "captions tokenized in memory"  # where the token ids came from (for the log)
 
     def image_source(self) -> str:
         """Which path feeds this split's images to the model, in words for the log."""
@@ -88,7 +90,7 @@ class PairDataset(Dataset):
         return len(self.labels)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        item = {"input_ids": self.input_ids[index], "attention_mask": self.attention_mask[index], "labels": self.labels[index]}
+        item = {"input_ids": self.input_ids[index].long(), "attention_mask": self.attention_mask[index].long(), "labels": self.labels[index]}
         if self.images is not None:
             item["pixel_values"] = self.images[index]
         elif self.cache is not None and self.cache_rows is not None:
@@ -122,7 +124,7 @@ class PairDataset(Dataset):
             cache=self.cache,
             cache_rows=None if self.cache_rows is None else self.cache_rows[indices],
         )
-        part.no_cache_reason = self.no_cache_reason
+        part.no_cache_reason, part.token_source = self.no_cache_reason, self.token_source
         return part
 
     def stratum(self) -> np.ndarray:
@@ -167,7 +169,7 @@ def image_path_lines(splits: dict[str, PairDataset], on_gpu: bool) -> list[tuple
         if on_gpu and dataset.cache is None and dataset.images is None and len(dataset) >= JPEG_SPLIT_WARNING:
             lines.append((True, f"{name}: {len(dataset):,} pairs, images by {source}: too slow to keep a GPU busy"))
         else:
-            lines.append((False, f"{name}: {len(dataset):,} pairs, images from {source}"))
+            lines.append((False, f"{name}: {len(dataset):,} pairs, images from {source}; {dataset.token_source}"))
     return lines
 
 
@@ -224,23 +226,31 @@ def _prepared_split(data_dir: Path, split: str, task: str, tokenizer: ClipTokeni
     path = data_dir / f"{split}.parquet"
     if not path.is_file():
         raise DataError(f"{path} not found: prepare the data set first (mitp data prepare)")
-    try:
-        table = pq.read_table(path).to_pydict()
-    except (OSError, pa.ArrowException) as err:
-        raise DataError(f"cannot read {path} ({err}): prepare the data set again (mitp data prepare)") from err
     label_key = "labels" if task == "multi-label" else "label"
-    missing = {"id", "image", "text", label_key} - set(table)
-    if missing:
-        raise DataError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
-    if not table["id"]:
+
+    def read(*columns: str) -> dict[str, list]:
+        try:
+            names = pq.read_schema(path).names
+            missing = sorted({"id", "image", "text", label_key} - set(names))
+            if missing:
+                raise DataError(f"{path}: missing column(s) {', '.join(missing)}")
+            table = pq.read_table(path, columns=list(columns)).to_pydict()
+        except (OSError, pa.ArrowException) as err:
+            raise DataError(f"cannot read {path} ({err}): prepare the data set again (mitp data prepare)") from err
+        for column in set(columns) & {"image", "text"}:
+            bad = [row for row, value in enumerate(table[column]) if not isinstance(value, str) or not value.strip()]
+            if bad:
+                raise DataError(f"{path}: row(s) {bad[:5]} have no {column}{' (and more)' if len(bad) > 5 else ''}")
+        return table
+
+    table = read("image", label_key)  # the captions are read only if their token ids must be computed
+    if not table["image"]:
         raise DataError(f"{path}: the {split} split is empty; nothing to train or evaluate on")
-    for column in ("image", "text"):
-        bad = [row for row, value in enumerate(table[column]) if not isinstance(value, str) or not value.strip()]
-        if bad:
-            raise DataError(f"{path}: row(s) {bad[:5]} have no {column}{' (and more)' if len(bad) > 5 else ''}")
     index = {name: i for i, name in enumerate(classes)}
     labels = _encode_labels(table[label_key], index, task, path)
-    ids, mask = tokenizer(table["text"])
+    ids, mask, token_source = split_tokens(data_dir, split, tokenizer, lambda: read("text")["text"])
+    if len(ids) != len(labels):
+        raise DataError(f"{path}: {len(ids)} token rows for {len(labels)} pairs: prepare the data set again")
     paths = [data_dir / p for p in table["image"]]
     cache = ImageCache.open(data_dir, image_size)
     rows = cache.rows(table["image"]) if cache is not None else None
@@ -251,6 +261,7 @@ def _prepared_split(data_dir: Path, split: str, task: str, tokenizer: ClipTokeni
             f"no image cache of {image_size} px in {data_dir}; build one with `{build}`" if cache is None
             else f"the image cache of {image_size} px lacks some of the {split} split's images (prepared again since?); rebuild it with `{build}`"
         )
+    dataset.token_source = token_source
     return dataset
 
 

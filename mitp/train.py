@@ -97,9 +97,9 @@ def train_run(run: RunConfig, run_dir: Path, console: Console | None = None, pro
     main = accelerator.is_main_process
     tokenizer = load_tokenizer(run.backbone)  # before the weights: bad data must not wait for them
     size = image_size_of(run.backbone)
-    fingerprint = data_fingerprint(run)
     train_set = build_split(run, "train", tokenizer, size)
     val_set = build_split(run, "val", tokenizer, size)
+    fingerprint = data_fingerprint(run)
     val_set.check_images()  # a broken validation image is found now, not after the first epoch
     if main:
         for warning, line in image_path_lines({"train": train_set, "val": val_set}, on_gpu=accelerator.device.type == "cuda"):
