@@ -47,7 +47,7 @@ def make_naive(model) -> None:
 def measure(backbone: str, dataset: str, setting: str, naive: bool, steps: int, batch: int | None) -> dict:
     import torch
 
-    from mitp.backbone import load_backbone
+    from mitp.backbone import crop_size, load_backbone
     from mitp.config import load_config, resolve_run
     from mitp.factory import build_model
     from mitp.model import classification_loss
@@ -63,7 +63,7 @@ def measure(backbone: str, dataset: str, setting: str, naive: bool, steps: int, 
         make_naive(model)
     optimizer = torch.optim.Adam(model.trainable_parameters().values(), lr=2e-4)
     batch = batch or run.dataset.batch_size
-    size = bb.clip.config.vision_config.image_size
+    size = crop_size(bb.clip.config)
     pixels = torch.randn(batch, 3, size, size, device=device)
     ids, mask = bb.tokenizer(["a photo of a dish with some words in the caption"] * batch)
     ids, mask = torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
@@ -110,7 +110,39 @@ def measure(backbone: str, dataset: str, setting: str, naive: bool, steps: int, 
         peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         result["peak_memory_gib"] = peak_rss
         result["step_memory_gib"] = peak_rss - baseline_rss
+    if not naive:
+        result.update(measure_eval(model, pixels, ids, mask, steps, use_bf16 or cuda))
     return result
+
+
+def measure_eval(model, pixels, ids, mask, steps: int, bf16: bool, batch: int = 64) -> dict:
+    """Evaluation throughput at the trainer's eval batch (64): no grad, bf16 autocast on a GPU; its peak
+    memory apart from training's (the epoch's peak used to include this pass)."""
+    import torch
+
+    model.eval()
+    repeat = -(-batch // len(pixels))
+    pixels, ids, mask = (t.repeat(repeat, *[1] * (t.dim() - 1))[:batch] for t in (pixels, ids, mask))
+    cuda = pixels.is_cuda
+
+    def forward():
+        with torch.no_grad(), torch.autocast(pixels.device.type, dtype=torch.bfloat16, enabled=bf16):
+            model(pixels, ids, mask)
+
+    forward()  # warm-up
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(steps):
+        forward()
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = (time.perf_counter() - start) / steps
+    out = {"eval_batch": batch, "eval_samples_per_s": batch / seconds}
+    if cuda:
+        out["eval_peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    return out
 
 
 def train_flops_per_sample(model, naive: bool) -> float:
@@ -173,11 +205,16 @@ def main() -> None:
     print("|---" * (11) + "|")
     for pair in rows:
         m, n = pair["mitp"], pair["naive"]
-        extra = (f" {m['step_memory_gib'] / n['step_memory_gib']:.2f} |" if "step_memory_gib" in m
+        extra = (f" {m['step_memory_gib'] / n['step_memory_gib']:.2f} |" if m.get("step_memory_gib") and n.get("step_memory_gib")
                  else f" {m['mfu'] * 100:.1f}% |" if m.get("mfu") else " - |")
         print(f"| {m['setting']} | {m['trainable_params']:,} | {m['batch']} | {m['samples_per_s']:.2f} | {n['samples_per_s']:.2f} | "
               f"{m['samples_per_s'] / n['samples_per_s']:.2f}x | {m['step_s'] / n['step_s']:.2f} | {m[memory_key]:.2f} | "
               f"{n[memory_key]:.2f} | {m[memory_key] / n[memory_key]:.2f} |" + extra)
+    print("\n| setting | eval batch | eval samples/s (mitp path) | eval peak GiB |\n|---|---|---|---|")
+    for pair in rows:
+        m = pair["mitp"]
+        peak = f"{m['eval_peak_memory_gib']:.2f}" if "eval_peak_memory_gib" in m else "-"
+        print(f"| {m['setting']} | {m['eval_batch']} | {m['eval_samples_per_s']:.2f} | {peak} |")
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump({"device": device, "backbone": args.backbone, "rows": rows}, f, indent=2)

@@ -164,8 +164,12 @@ class Trainer:
             train_loader.set_epoch(epoch)
             sampler.set_epoch(epoch)
             record, gates = self.train_one_epoch(model, core, optimizer, train_loader, epoch, state)
+            if torch.cuda.is_available():
+                torch.cuda.reset_peak_memory_stats()  # the validation pass's own peak, apart from training's
             val = evaluate_loader(model, val_loader, accelerator, run.dataset.task)
             record["val"] = {k: v for k, v in val.items() if not isinstance(v, list)}
+            if torch.cuda.is_available():
+                record["val_peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
             self.end_epoch(core, optimizer, state, record, val[self.metric], gates, train_set.classes)
         if accelerator.is_main_process:
             atomic_write_json(self.run_dir / RESULT_FILE, result_summary(run, core, state, self.metric, accelerator))
