@@ -148,7 +148,7 @@ class HubConfig(_Section):
     width: PositiveInt = 168  # hidden width of every hub MLP; 168 puts MITP-base at ~2.0M params on ViT-L/14
     map: HubMap = "token"  # token: one score per prompt token; pairwise: an L x L map between the tokens
     gate: Gate = "softmax"  # paper Eq. 5 (softmax over the L prompt tokens) or per-element sigmoid
-    scale: HubScale = "fixed"  # fixed: the paper's maps; learned: maps times exp(s), s learned from 0
+    scale: HubScale = "fixed"  # fixed: the paper's maps; learned: maps times exp(s), s learned from log(1 / 0.07)
     mmd_features: PositiveInt = 64  # random Fourier features of the linear-time MMD estimator
     mmd_bandwidth: PositiveFloat = 1.0  # Gaussian kernel bandwidth (sigma) of the MMD similarity
 
