@@ -14,11 +14,12 @@ from torch.utils.data import DataLoader
 
 from . import __version__
 from .atomic import atomic_write_json
-from .data import DataError, build_split
+from .data import DataError, build_split, data_fingerprint
 from .engine import has_gates, make_accelerator, memory_ablation, predict_loader, worker_count
 from .factory import image_size, load_trained
 from .metrics import PRIMARY_METRIC, classification_metrics
 from .outputs import OutputError
+from .provenance import environment_record
 
 
 def evaluate_checkpoint(checkpoint: str | Path, split: str = "test", batch_size: int | None = None, num_workers: int | None = None) -> dict[str, Any]:
@@ -55,6 +56,8 @@ def evaluate_checkpoint(checkpoint: str | Path, split: str = "test", batch_size:
         "trainable_params": core.count_trainable(),
         "device": str(accelerator.device) + (f" ({torch.cuda.get_device_name()})" if torch.cuda.is_available() else ""),
         "mitp_version": __version__,
+        "environment": environment_record(run, core.clip, accelerator.mixed_precision, data_fingerprint(run)),
+        "trained_on_data": state.get("data_fingerprint"),  # the run's; differs from environment.data when re-prepared since
         "config": run.to_dict(),
     }
 

@@ -31,6 +31,7 @@ from .factory import build_model
 from .metrics import PRIMARY_METRIC
 from .model import MITPModel, classification_loss
 from .progress import progress_bar
+from .provenance import environment_record
 from .rundir import RESULT_FILE, locked_run_folder, repair, resume_point, save_epoch
 
 CLASS_COSINE_WARNING = 0.98
@@ -335,4 +336,5 @@ def result_summary(run: RunConfig, model: MITPModel, state: TrainState, metric_n
         "class_embedding_max_cosine": model.max_class_cosine(),
         "gates": best.get("gates"),  # the best epoch's gate statistics (memory hub runs)
         "low_spread_gates": best.get("low_spread_gates"),
+        "environment": environment_record(run, model.clip, str(accelerator.mixed_precision), state.data_fingerprint),
     }

@@ -358,3 +358,22 @@ def test_models_carry_no_path_of_the_exporting_machine(trained):
         text = model.SerializeToString()
         for path in {sys.prefix, os.getcwd(), str(ROOT)}:
             assert path.encode() not in text, (name, path)
+
+
+def test_every_result_records_what_it_was_measured_with(trained):
+    """result.json and the metrics name the code (commit, modified), the libraries, the device, the precision,
+    the determinism settings, the backbone's weights and the prepared data's fingerprint."""
+    import hashlib
+
+    result = runner.invoke(app, ["evaluate", "--checkpoint", str(trained / "run"), "--out", str(trained / "metrics-env.json")])
+    assert result.exit_code == 0, result.output
+    fingerprint = hashlib.sha256((trained / "food" / "prepare_report.json").read_bytes()).hexdigest()
+    for path in (trained / "run" / "result.json", trained / "metrics-env.json"):
+        env = json.loads(path.read_text())["environment"]
+        assert env["mitp"]["version"] and env["python"] and env["libraries"]["torch"] and env["libraries"]["transformers"]
+        assert env["device"]["type"] == "cpu" and env["precision"]["autocast"] == "no" and env["determinism"]["seed"] == 0
+        assert env["backbone"] == {"name": "preset:tiny", "weights": "random, seed 0"}
+        assert env["data"]["fingerprint"] == fingerprint
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True) if shutil.which("git") else None
+        if head is not None and head.returncode == 0:  # a clone: the commit and whether the tree was modified
+            assert env["mitp"]["commit"] == head.stdout.strip() and isinstance(env["mitp"]["modified"], bool)
