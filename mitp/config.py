@@ -48,6 +48,7 @@ Task = Literal["single-label", "multi-label"]
 Source = Literal["prepared", "synthetic"]
 Precision = Literal["auto", "bf16", "fp32"]
 LayerAlias = Literal["best", "best-small", "all"]
+Tracker = Literal["tensorboard", "wandb", "mlflow"]  # accelerate's trackers; tensorboard is offline and installed
 
 VARIANTS: tuple[str, ...] = get_args(Variant)
 HEADS: tuple[str, ...] = get_args(HeadKind)
@@ -179,6 +180,9 @@ class TrainConfig(_Section):
     # Multi-label class bias: initialised from the training data, then trained at its own rate (at the
     # prompts' 2e-4 Adam moves it by ~1 in a whole MM-IMDB training; docs/decisions.md §7).
     class_bias_lr: PositiveFloat = 1e-2
+    # Trackers that get loss, learning rate, validation metrics, gate statistics and throughput (accelerate's
+    # log_with): [tensorboard] writes event files to <run>/logs, offline; wandb and mlflow need their packages.
+    log_with: Annotated[tuple[Tracker, ...], Field(strict=False)] = ()
 
 
 class SplitSizes(_Section):

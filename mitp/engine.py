@@ -3,13 +3,15 @@ and the memory hub's gates (observed during training, frozen for the memory-stra
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs
+from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 from torch.utils.data import DataLoader
 
 from .config import ConfigError
@@ -29,16 +31,26 @@ def worker_count(requested: int) -> int:
     return min(requested, os.cpu_count() or 1)
 
 
-def make_accelerator(precision: str) -> Accelerator:
-    """bf16 autocast on a GPU (precision auto or bf16), fp32 on a CPU."""
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+
+
+def make_accelerator(precision: str, log_with: tuple[str, ...] = (), logging_dir: Path | None = None) -> Accelerator:
+    """bf16 autocast on a GPU (precision auto or bf16), fp32 on a CPU; `log_with` trackers write under
+    `logging_dir` (TensorBoard's event files; wandb and mlflow their own way)."""
     cuda = torch.cuda.is_available()
     if precision == "bf16" and not cuda:
         raise ConfigError("train.precision: bf16 needs a GPU here; use auto or fp32 on CPU")
+    missing = [name for name in log_with if importlib.util.find_spec(TRACKER_PACKAGES[name]) is None]
+    if missing:
+        raise ConfigError(f"train.log_with: {', '.join(missing)} is not installed here: python -m pip install {' '.join(TRACKER_PACKAGES[m] for m in missing)}")
     mixed = "bf16" if (precision == "bf16" or (precision == "auto" and cuda)) else "no"
+    project = ProjectConfiguration(project_dir=str(logging_dir), logging_dir=str(logging_dir)) if log_with and logging_dir else None
     return Accelerator(
         mixed_precision=mixed,
         cpu=not cuda,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        log_with=list(log_with) or None,
+        project_config=project,
     )
 
 

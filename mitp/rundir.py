@@ -29,7 +29,7 @@ from .errors import MitpError
 from .outputs import claim, mark
 
 RESULT_FILE, HISTORY_FILE, LOCK_FILE = "result.json", "history.json", ".lock"
-RUNTIME_ONLY_KEYS = ("train.num_workers", "train.eval_batch_size", "train.keep_checkpoints")
+RUNTIME_ONLY_KEYS = ("train.num_workers", "train.eval_batch_size", "train.keep_checkpoints", "train.log_with")
 
 
 class RunLocked(MitpError, RuntimeError):

@@ -94,7 +94,7 @@ def train_run(run: RunConfig, run_dir: Path, console: Console | None = None, pro
     """Train one (data set, setting) run into `run_dir`, resuming from its last checkpoint if any."""
     console = console or Console(stderr=True)
     run_dir = Path(run_dir)
-    accelerator = make_accelerator(run.train.precision)
+    accelerator = make_accelerator(run.train.precision, run.train.log_with, run_dir / LOGS_DIR)
     main = accelerator.is_main_process
     tokenizer = load_tokenizer(run.backbone)  # before the weights: bad data must not wait for them
     size = image_size_of(run.backbone)
@@ -152,6 +152,8 @@ class Trainer:
         train_loader = DataLoader(train_set, batch_size=run.dataset.batch_size, sampler=sampler, num_workers=workers, drop_last=False, pin_memory=pin)
         val_loader = DataLoader(val_set, batch_size=run.train.eval_batch_size, num_workers=workers, pin_memory=pin)
         model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
+        if run.train.log_with:
+            accelerator.init_trackers(TRACKER_PROJECT, config=tracker_config(run))
         core: MITPModel = accelerator.unwrap_model(model)
         if resumed is None and core.class_bias is not None:
             state.class_bias_init = init = init_class_bias(core, train_set, run, accelerator)
@@ -174,6 +176,8 @@ class Trainer:
             self.end_epoch(core, optimizer, state, record, val[self.metric], gates, train_set.classes)
         if accelerator.is_main_process:
             atomic_write_json(self.run_dir / RESULT_FILE, result_summary(run, core, state, self.metric, accelerator))
+        if run.train.log_with:
+            accelerator.end_training()  # flushes and closes the trackers
         return TrainResult(self.run_dir, state.best_epoch, state.best_metric, len(state.history), state.history, accelerator.is_main_process)
 
     def train_one_epoch(self, model, core: MITPModel, optimizer, loader: DataLoader, epoch: int, state: TrainState):
@@ -207,6 +211,8 @@ class Trainer:
                     )
                 samples += len(batch["labels"]) * accelerator.num_processes
                 state.global_step += 1
+                if run.train.log_with:
+                    accelerator.log({"train/loss": losses[-1], "train/lr": optimizer.param_groups[0]["lr"]}, step=state.global_step)
                 bar.update(task, advance=1, description=f"epoch {epoch}/{run.epochs} loss {np.mean(losses[-20:]):.4f}")
         seconds = time.perf_counter() - started
         record = {"epoch": epoch, "train_loss": float(np.mean(losses)), "train_seconds": seconds, "train_samples_per_s": samples / seconds}
@@ -224,6 +230,8 @@ class Trainer:
             state.gate_means = gates.means()
         state.history.append(record)
         state.epoch = record["epoch"]
+        if self.run.train.log_with:
+            self.accelerator.log(epoch_scalars(record), step=state.global_step)
         improved = score > state.best_metric
         if improved:
             state.best_metric, state.best_epoch = score, record["epoch"]
@@ -242,6 +250,37 @@ class Trainer:
                     f"{GATE_SPREAD_FLOOR} over samples: they act as constants (docs/readings.md)"
                 )
         self.accelerator.wait_for_everyone()
+
+
+LOGS_DIR = "logs"  # <run>/logs/<TRACKER_PROJECT>: the trackers' files (TensorBoard event files)
+TRACKER_PROJECT = "mitp"
+
+
+def epoch_scalars(record: dict[str, Any]) -> dict[str, float]:
+    """An epoch's record as tracker scalars: validation metrics, loss, throughput, memory, gate statistics."""
+    scalars = {f"val/{k}": float(v) for k, v in record.get("val", {}).items() if isinstance(v, int | float)}
+    for key in ("train_loss", "train_samples_per_s", "train_seconds", "peak_memory_gib", "val_peak_memory_gib"):
+        if isinstance(record.get(key), int | float):
+            scalars[f"epoch/{key}"] = float(record[key])
+    for layer, stats in (record.get("gates") or {}).items():
+        scalars.update({f"gates/{layer}/{name}": float(value) for name, value in stats.items() if isinstance(value, int | float)})
+    return scalars
+
+
+def tracker_config(run: RunConfig) -> dict[str, Any]:
+    """The run's config flattened to the scalars and strings trackers store as hyper-parameters."""
+    flat: dict[str, Any] = {}
+
+    def walk(value: Any, prefix: str) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, f"{prefix}{key}.")
+        else:
+            key = prefix.rstrip(".")
+            flat[key] = value if isinstance(value, int | float | str | bool) else str(value)
+
+    walk(run.to_dict(), "")
+    return flat
 
 
 def gate_line(summary: dict[str, dict[str, float]]) -> str:

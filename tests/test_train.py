@@ -222,3 +222,24 @@ def test_two_processes_train_like_one_process_with_their_combined_batch(write_co
     reference, _, _ = ckpt.load_checkpoint(ckpt.epoch_directory(tmp_path / "single", 2))
     for name, tensor in reference.items():
         assert torch.allclose(tensor, trained[name], atol=1e-5), name
+
+
+def test_tensorboard_tracking_writes_what_a_run_did_and_reads_back(tmp_path, write_config):
+    """train.log_with [tensorboard]: per-step loss and learning rate, per-epoch validation metrics,
+    throughput and the memory hub's gate statistics, in event files under <run>/logs, offline."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = synthetic_config(epochs=2, sizes={"train": 64, "val": 32, "test": 32})
+    config["train"]["log_with"] = ["tensorboard"]
+    path = write_config(config)
+    result = runner.invoke(app, ["train", "-c", str(path), "-d", "toy", "-s", "mitp", "--out", str(tmp_path / "run"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    events = EventAccumulator(str(tmp_path / "run" / "logs" / "mitp")).Reload()  # (hyper-parameters in a subfolder)
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "val/accuracy", "epoch/train_samples_per_s"} <= tags
+    assert any(tag.startswith("gates/") for tag in tags)
+    steps = [e.step for e in events.Scalars("train/loss")]
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) == 2 * 2  # 64 pairs, batch 32, two epochs
+    assert len(events.Scalars("val/accuracy")) == 2
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert [e.value for e in events.Scalars("val/accuracy")] == pytest.approx([h["val"]["accuracy"] for h in history])

@@ -30,8 +30,9 @@ def local_gpu_resource(monkeypatch, tmp_path, gpus: int, extra_config: dict | No
     monkeypatch.setenv("PATH", fake_nvidia_smi(tmp_path, gpus))
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.chdir(ROOT)
-    for key in ("MITP_GPU_SLOTS", "MITP_GPU_SLOT_DIR"):
-        monkeypatch.delenv(key, raising=False)
+    for key in ("MITP_GPU_SLOTS", "MITP_GPU_SLOT_DIR"):  # set first, so that what the Snakefile sets is undone after
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)
     with SnakemakeApi(OutputSettings(quiet=None)) as api:
         workflow_api = api.workflow(
             resource_settings=ResourceSettings(cores=8, resources=resources or {}),
