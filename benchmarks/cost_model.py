@@ -70,7 +70,7 @@ def workflow_runs(raw: dict, readings: list[str] | None = None) -> list[tuple[st
     for dataset in workflow["datasets"]:
         settings = list(workflow["settings"]) + [reading_setting(r) for r in readings]
         settings += [s for s in grid if s not in settings] if dataset in workflow["grid_datasets"] else []
-        runs += [(dataset, setting, 1.0) for setting in settings for _ in run_seeds(setting, workflow, readings)]
+        runs += [(dataset, setting, 1.0) for setting in settings for _ in run_seeds(setting, workflow, readings, grid)]
         if dataset in workflow["fractions"]["datasets"]:
             runs += [(dataset, "mitp", p / 100) for p in workflow["fractions"]["percents"] for _ in workflow["seeds"]]
     return runs

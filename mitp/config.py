@@ -277,6 +277,7 @@ class WorkflowConfig(_Section):
     seeds: Annotated[list[Seed], Field(min_length=1)]
     readings: list[str] = []
     readings_seeds: list[Seed] = []
+    grid_seeds: list[Seed] = []  # the Fig. 4 grid's seeds; [] = seeds
     export: list[str]
     export_fp16: bool
     export_int8: bool
@@ -586,11 +587,14 @@ def reading_setting(reading: str) -> str:
     return f"{READING_BASE}-{reading}"
 
 
-def run_seeds(run: str, workflow: dict[str, Any], readings: list[str] | None = None) -> list[int]:
-    """The seeds the workflow trains `run` with: workflow.seeds, plus workflow.readings_seeds for the
-    readings comparison (MITP under each reading in `readings`, default workflow.readings, and the
-    exchanges it is compared with), so that its spread over seeds is measured. Used by the Snakefile and
-    the cost model alike."""
+def run_seeds(run: str, workflow: dict[str, Any], readings: list[str] | None = None, grid: Sequence[str] = ()) -> list[int]:
+    """The seeds the workflow trains `run` with: workflow.seeds (the main rows, e.g. three, for intervals
+    over seeds), workflow.grid_seeds for the Fig. 4 grid's settings `grid` (e.g. one: the grid is most of the
+    cost), plus workflow.readings_seeds for the readings comparison (MITP under each reading in `readings`,
+    default workflow.readings, and the exchanges it is compared with). Used by the Snakefile and the cost
+    model alike."""
+    if run in grid and run not in workflow["settings"] and workflow.get("grid_seeds"):
+        return list(workflow["grid_seeds"])
     readings = workflow.get("readings", []) if readings is None else readings
     compared = {*COMPARED_WITH_READINGS, *(reading_setting(r) for r in readings)}
     extra = workflow.get("readings_seeds") or []

@@ -17,6 +17,7 @@ from .atomic import atomic_write_json
 from .data import DataError, build_split, data_fingerprint
 from .engine import has_gates, make_accelerator, memory_ablation, predict_loader, worker_count
 from .factory import image_size, load_trained
+from .intervals import per_sample_decisions
 from .metrics import PRIMARY_METRIC, classification_metrics
 from .outputs import OutputError
 from .provenance import environment_record
@@ -52,6 +53,7 @@ def evaluate_checkpoint(checkpoint: str | Path, split: str = "test", batch_size:
         "checkpoint": state["checkpoint"],
         "epoch": state["epoch"],
         "memory_ablation": ablation,  # None without a memory hub
+        "per_sample": per_sample_decisions(run.dataset.task, logits, labels),  # for the report's intervals
         "reading": run.model.reading(),
         "trainable_params": core.count_trainable(),
         "device": str(accelerator.device) + (f" ({torch.cuda.get_device_name()})" if torch.cuda.is_available() else ""),

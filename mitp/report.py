@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from .atomic import atomic_write_json, atomic_write_text, atomic_writer
+from .intervals import Decisions, Interval, bootstrap_interval, paired_bootstrap, seed_interval
 from .outputs import claim, mark
 
 MISSING = "missing"
@@ -52,6 +53,7 @@ def collect_runs(runs: Path, warn: Callable[[str], object] = print) -> tuple[lis
             metrics = _read_json(metrics_path, dict) if metrics_path.is_file() else None
             record["test"] = metrics["metrics"] if metrics else None
             record["ablation"] = metrics.get("memory_ablation") if metrics else None
+            record["per_sample"] = metrics.get("per_sample") if metrics else None
             history_path = folder / "history.json"
             record["history"] = _read_json(history_path, list) if history_path.is_file() else []
         except (OSError, ValueError, KeyError, TypeError) as err:
@@ -103,7 +105,53 @@ def _fmt(value: tuple[float, ...] | list[float] | None, digits: int = 2) -> str:
 
 
 def _cell(records: list[dict[str, Any]], dataset: str, run: str) -> tuple[float, ...] | None:
-    return _aggregate([r for r in records if r["dataset"] == dataset and r["run"] == run])
+    return _aggregate(_members(records, dataset, run))
+
+
+def _members(records: list[dict[str, Any]], dataset: str, run: str) -> list[dict[str, Any]]:
+    return [r for r in records if r["dataset"] == dataset and r["run"] == run]
+
+
+def _task(record: dict[str, Any]) -> str:
+    return "multi-label" if record.get("metric") == "f1_micro" else "single-label"
+
+
+def cell_interval(records: list[dict[str, Any]], dataset: str, run: str) -> list[Interval] | None:
+    """A 95% interval per score component: over seeds (t) with two or more, else a bootstrap over the test
+    pairs of the one seed (from its per-sample decisions); None when neither is possible."""
+    members = [r for r in _members(records, dataset, run) if _score(r) is not None]
+    if len(members) >= 2:
+        scores = [_score(r) for r in members]
+        intervals = [seed_interval([s[c] for s in scores if s is not None]) for c in range(len(scores[0] or ()))]
+        return [i for i in intervals if i is not None] or None
+    if len(members) == 1 and members[0].get("per_sample"):
+        return bootstrap_interval(Decisions(_task(members[0]), members[0]["per_sample"]))
+    return None
+
+
+def _fmt_interval(intervals: list[Interval] | None, seeds: int) -> str:
+    if not intervals:
+        return MISSING
+    how = f"{seeds} seeds" if intervals[0].kind == "seeds" else "bootstrap, 1 seed"
+    return " / ".join(f"{i.low:.2f} to {i.high:.2f}" for i in intervals) + f" ({how})"
+
+
+def _paper_inside(intervals: list[Interval] | None, paper: Any) -> str:
+    """yes / no: whether the paper's value(s) lie inside our interval(s); '-' where either is missing."""
+    if not intervals or not paper:
+        return "-"
+    return "yes" if all(i.holds(float(v)) for i, v in zip(intervals, paper, strict=False)) else "no"
+
+
+def _interval_columns(row: dict[str, str], records: list[dict[str, Any]], dataset: str, run: str | None, paper: Any) -> None:
+    """Beside an `ours` cell: its 95% interval and whether the paper's value lies inside it."""
+    if run is None:
+        row[f"{dataset} (ours, 95% interval)"], row[f"{dataset} paper inside"] = "-", "-"
+        return
+    intervals = cell_interval(records, dataset, run)
+    seeds = len([r for r in _members(records, dataset, run) if _score(r) is not None])
+    row[f"{dataset} (ours, 95% interval)"] = _fmt_interval(intervals, seeds)
+    row[f"{dataset} paper inside"] = _paper_inside(intervals, paper)
 
 
 PAPER_DATASETS = ("food101", "mmimdb", "snlive")
@@ -132,6 +180,7 @@ def build_tables(records: list[dict[str, Any]], paper: dict[str, Any], datasets:
             row[f"{dataset} (ours)"] = _fmt(_cell(records, dataset, ours_setting)) if ours_setting else "-"
             if dataset in columns:
                 row[f"{columns[dataset]} (paper)"] = _fmt(values.get(columns[dataset]))
+            _interval_columns(row, records, dataset, ours_setting, values.get(columns.get(dataset, "")))
         if len(columns) == len(PAPER_DATASETS):
             by_dataset = {columns[d]: _cell(records, d, ours_setting) for d in columns} if ours_setting else None
             average = table1_average(by_dataset) if by_dataset else None
@@ -145,6 +194,7 @@ def build_tables(records: list[dict[str, Any]], paper: dict[str, Any], datasets:
             row[f"{dataset} (ours)"] = _fmt(_cell(records, dataset, setting))
             if dataset in columns:
                 row[f"{columns[dataset]} (paper)"] = _fmt(paper["table2"][model].get(columns[dataset]))
+            _interval_columns(row, records, dataset, setting, paper["table2"][model].get(columns.get(dataset, "")))
             # beside Table 2: what the memory strategy adds per sample (docs/readings.md); only MITP has one
             row[f"{dataset} memory contribution"] = _fmt_contribution(records, dataset, setting) if setting == "mitp" else "-"
         table2.append(row)
@@ -306,6 +356,9 @@ def write_report(runs: Path, paper_file: Path, out: Path, datasets: list[str], w
     for name, rows in tables.items():
         _write_csv(out / f"{name}.csv", rows)
         atomic_write_text(out / f"{name}.md", _markdown(rows) + ("" if name == "runs" else notes))
+    comparisons = comparison_rows(records, datasets)
+    _write_numeric_csv(out / "comparisons.csv", comparisons)
+    atomic_write_text(out / "comparisons.md", comparisons_markdown(comparisons))
     readings = reading_rows(records, datasets)
     _write_numeric_csv(out / "readings.csv", readings)
     atomic_write_text(out / "readings.md", readings_markdown(readings))
@@ -320,6 +373,47 @@ def write_report(runs: Path, paper_file: Path, out: Path, datasets: list[str], w
     }
     atomic_write_json(out / "summary.json", summary)
     return summary
+
+
+COMPARED_WITH_MITP = ("mitp-small", "mlp-interaction", "prompts-only", "p-clip", "linear-probe")
+
+
+def comparison_rows(records: list[dict[str, Any]], datasets: list[str]) -> list[dict[str, Any]]:
+    """Does MITP-base beat each baseline on the same test pairs? A paired bootstrap per data set over the
+    seeds both have (first score component: accuracy, or F1-micro)."""
+    rows = []
+    for dataset in datasets:
+        ours = {r["seed"]: r for r in _members(records, dataset, "mitp") if r.get("per_sample")}
+        for baseline in COMPARED_WITH_MITP:
+            theirs = {r["seed"]: r for r in _members(records, dataset, baseline) if r.get("per_sample")}
+            seeds = sorted(set(ours) & set(theirs))
+            if not seeds:
+                continue
+            task = _task(ours[seeds[0]])
+            try:
+                comparison = paired_bootstrap([Decisions(task, ours[s]["per_sample"]) for s in seeds], [Decisions(task, theirs[s]["per_sample"]) for s in seeds])
+            except ValueError:
+                continue  # different test pairs: not comparable
+            rows.append({
+                "dataset": dataset, "mitp vs": baseline, "seeds": comparison.seeds,
+                "difference (points)": round(comparison.difference, 2),
+                "95% low": round(comparison.low, 2), "95% high": round(comparison.high, 2),
+                "p (mitp not better)": round(comparison.p_value, 4),
+                "mitp better": "yes" if comparison.low > 0 else "no",
+            })
+    return rows
+
+
+def comparisons_markdown(rows: list[dict[str, Any]]) -> str:
+    head = (
+        "# MITP-base against each baseline, on the same test pairs\n\nPaired bootstrap (1,000 resamples of the test "
+        "pairs, the same for both runs and every seed both have): the difference in points of the first score "
+        "(accuracy, or F1-micro), its 95% interval, and the share of resamples in which MITP does not beat the "
+        "baseline. 'better' means the interval lies above zero.\n\n"
+    )
+    if not rows:
+        return head + "No pair of evaluated runs with per-sample decisions yet.\n"
+    return head + _markdown([{k: str(v) for k, v in row.items()} for row in rows])
 
 
 def _write_csv(path: Path, rows: list[dict[str, str]]) -> None:

@@ -63,7 +63,10 @@ def test_report_puts_ours_beside_the_paper_and_marks_missing_runs(tmp_path):
     assert (float(table1["PMF"]["mmimdb (paper)"]), float(table1["PMF"]["mmimdb (paper) F1-macro"])) == (64.5, 58.8)
     assert table1["PMF"]["demo-food101 (ours)"] == ""
     markdown = (out / "table1.md").read_text()
-    assert "| MITP-base | 85.00 | 93.95 | 60.00 / 50.00 | 65.90 / 56.30 | missing |" in markdown
+    # two seeds (90, 80): 85 ± t(1) 12.706 x sd 7.071 / sqrt(2) = 85 ± 63.53; one MM-IMDB seed without
+    # per-sample decisions: no interval
+    assert ("| MITP-base | 85.00 | 93.95 | 21.47 to 148.53 (2 seeds) | yes | 60.00 / 50.00 | 65.90 / 56.30 | missing | - "
+            "| missing | 73.45 | missing | - | missing | 76.17 |") in markdown
     assert "| PMF | - | 91.51 |" in markdown  # a peer method: no run of ours
     table2 = {row["model"]: row for row in csv.DictReader(open(out / "table2.csv"))}
     assert table2["Model 3"]["demo-snlive (ours)"] == ""

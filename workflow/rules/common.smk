@@ -129,7 +129,7 @@ def runs_for(dataset):
 
 
 def seeds_for(run):
-    return run_seeds(run, W)
+    return run_seeds(run, W, grid=GRID_SETTINGS)
 
 
 def run_dirs(dataset):
