@@ -444,10 +444,41 @@ def data_prepare(
         report = prepare_dataset(
             dataset, raw, out, workers, progress=lambda done, total: bar.update(task, completed=done, total=total), cache_size=cache_size
         )
+    _say_prepared(dataset, report, out)
+
+
+def _say_prepared(name: str, report: dict[str, Any], out: Path) -> None:
     counts = ", ".join(f"{split} {n:,}" for split, n in report["counts"].items())
     cache = report.get("image_cache")
     cached = f"; image cache {cache['images']:,} images, {cache['bytes_on_disk'] / 2**30:.2f} GiB" if cache else ""
-    console.print(f"[bold green]prepared[/] {dataset}: {counts}; dropped {report['dropped_total']:,}{cached} (see {out}/prepare_report.json)")
+    console.print(f"[bold green]prepared[/] {escape(name)}: {counts}; dropped {report['dropped_total']:,}{cached} (see {escape(str(out))}/prepare_report.json)")
+
+
+@data_app.command("import")
+def data_import(
+    pairs: Annotated[Path, typer.Argument(help="A .csv, .jsonl or .parquet file: image (a path under its folder), text, label or labels, optional split.")],
+    name: Annotated[str, typer.Option("--name", help="The data set's name (config: datasets.<name>).")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Prepared folder; default data/<name>.")] = None,
+    task: Annotated[str | None, typer.Option(help="single-label or multi-label; default: multi-label when the file has a labels column.")] = None,
+    workers: Annotated[int, typer.Option(help="Threads that decode images.")] = 8,
+    cache_size: Annotated[int | None, typer.Option("--cache-size", min=1, help="Also cache every image as its uint8 CLIP crop of this size.")] = None,
+) -> None:
+    """Prepare a data set of your own with the checks and report of the upstream ones."""
+    _require("pyarrow")
+    from .config import READING_NAME
+    from .importer import import_pairs
+    from .progress import progress_bar
+
+    if not READING_NAME.match(name):
+        _fail(f"--name {name!r}: a data set name is lower-case words joined by '-' (it names a folder and a config key)")
+    if task not in (None, "single-label", "multi-label"):
+        _fail(f"--task {task!r} is not one of single-label, multi-label")
+    out = out or Path("data") / name
+    with progress_bar(console) as bar:
+        bar_task = bar.add_task(f"check images of {name}", total=None)
+        report = import_pairs(pairs, name, out, task, workers, lambda done, total: bar.update(bar_task, completed=done, total=total), cache_size)
+    _say_prepared(name, report, out)
+    console.print(f"add to config.yaml:  datasets: {{{name}: {{task: {report['task']}, data_dir: {out}}}}}", soft_wrap=True, markup=False)
 
 
 @data_app.command("cache")

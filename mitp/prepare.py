@@ -170,15 +170,22 @@ def decoded_lines(path: Path, split: str, report: Report) -> Iterable[tuple[int,
 
 def _carve_val(train: list[Pair]) -> tuple[list[Pair], list[Pair]]:
     """A stratified, seeded validation split: VAL_FRACTION of each class (at least one pair)."""
-    rng = np.random.default_rng(0)
+    return carve(train, VAL_FRACTION)
+
+
+def carve(rows: list[Pair], fraction: float, seed: int = 0) -> tuple[list[Pair], list[Pair]]:
+    """(kept, carved): `fraction` of each class (its first label for multi-label pairs; at least one pair of
+    a class with two or more), drawn with `seed`, in the rows' order."""
+    rng = np.random.default_rng(seed)
     by_class: dict[str, list[int]] = {}
-    for i, pair in enumerate(train):
-        by_class.setdefault(str(pair.label), []).append(i)  # single-label data sets: the label is a str
-    val_index = set()
+    for i, pair in enumerate(rows):
+        key = pair.label[0] if isinstance(pair.label, list) and pair.label else str(pair.label)
+        by_class.setdefault(key, []).append(i)
+    carved = set()
     for _, members in sorted(by_class.items()):
         if len(members) > 1:
-            val_index.update(rng.choice(members, max(1, round(len(members) * VAL_FRACTION)), replace=False).tolist())
-    return [p for i, p in enumerate(train) if i not in val_index], [p for i, p in enumerate(train) if i in val_index]
+            carved.update(rng.choice(members, max(1, round(len(members) * fraction)), replace=False).tolist())
+    return [p for i, p in enumerate(rows) if i not in carved], [p for i, p in enumerate(rows) if i in carved]
 
 
 # ---------------------------------------------------------------------------------------------- MM-IMDB
@@ -326,13 +333,30 @@ def prepare_dataset(
     root = find_layout_root(Path(raw), MARKERS[layout.raw]) or Path(raw)
     report = Report(dataset=name, raw=str(Path(raw)))
     pairs = layout.reader(root, report)
+    return write_prepared(pairs, layout.task, layout.classes, root, Path(out), Path(raw), report, workers, progress, cache_size)
+
+
+def write_prepared(
+    pairs: dict[str, list[Pair]],
+    task: str,
+    classes_of: Callable[[dict[str, list[Pair]]], list[str]],
+    root: Path,
+    out: Path,
+    source: Path,
+    report: Report,
+    workers: int = 8,
+    progress: Callable | None = None,
+    cache_size: int | None = None,
+) -> dict[str, Any]:
+    """The checks and the prepared folder every data set gets, upstream or imported: captions cleaned, pairs
+    whose image leaves `root`, whose text is empty or whose label is unknown dropped and counted, every image
+    decoded (and cached), each split written with its count and sha256, and the report."""
     report.notes["captions_cleaned"] = clean_captions(pairs)
-    classes = layout.classes(pairs)
+    classes = classes_of(pairs)
     for split in ("train", "val", "test"):
         pairs[split] = _drop_unusable(pairs[split], set(classes), split, report, root)
-    out = Path(out)
-    label_key = "labels" if layout.task == "multi-label" else "label"
-    with build_output(out, "prepared", inputs=(Path(raw),)) as tmp:
+    label_key = "labels" if task == "multi-label" else "label"
+    with build_output(out, "prepared", inputs=(source,)) as tmp:
         images = sorted({pair.image for rows in pairs.values() for pair in rows})
         if cache_size:
             cache, problems = write_cache(tmp / CACHE_DIR / str(cache_size), out, images, cache_size, workers, progress)
@@ -343,7 +367,7 @@ def prepare_dataset(
         empty = [split for split, rows in pairs.items() if not rows]
         if empty:
             dropped = {split: dict(reasons) for split, reasons in report.dropped.items()}
-            raise PrepareError(f"{raw}: no usable pair in the {', '.join(empty)} split(s) (dropped: {json.dumps(dropped)}); nothing was written")
+            raise PrepareError(f"{source}: no usable pair in the {', '.join(empty)} split(s) (dropped: {json.dumps(dropped)}); nothing was written")
         for split, rows in pairs.items():
             _write_parquet(tmp / f"{split}.parquet", rows, label_key, out)
             report.counts[split] = len(rows)
@@ -353,7 +377,7 @@ def prepare_dataset(
         if "val_split" in report.notes:  # carved here, not upstream: keep the ids so the split can be rebuilt
             (tmp / "val_ids.txt").write_text("".join(f"{p.id}\n" for p in pairs["val"]))
         atomic_write_json(tmp / "classes.json", classes)
-        report.notes.update({"task": layout.task, "num_classes": len(classes)})
+        report.notes.update({"task": task, "num_classes": len(classes)})
         with open(tmp / "dropped.jsonl", "w") as f:
             f.writelines(json.dumps(entry) + "\n" for entry in report.manifest)
         summary = report.to_json()

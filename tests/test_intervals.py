@@ -9,7 +9,14 @@ import math
 import numpy as np
 import pytest
 
-from mitp.intervals import Decisions, bootstrap_interval, paired_bootstrap, per_sample_decisions, seed_interval, t_critical
+from mitp.intervals import (
+    Decisions,
+    bootstrap_interval,
+    paired_bootstrap,
+    per_sample_decisions,
+    seed_interval,
+    t_critical,
+)
 
 
 def test_the_seed_interval_is_students_t():
