@@ -259,7 +259,7 @@ def export_command(
 def predict(
     image: Annotated[Path | None, typer.Argument(help="Image file.", show_default=False)] = None,
     text: Annotated[str | None, typer.Argument(help="The caption that goes with the image.", show_default=False)] = None,
-    model: Annotated[Path | None, typer.Option("--model", "-m", envvar="MITP_MODEL", help="Bundle folder from `mitp export`.")] = None,
+    model: Annotated[Path | None, typer.Option("--model", "-m", envvar="MITP_MODEL", help="Bundle or release folder, or a Hugging Face repository ORG/NAME of a release.")] = None,
     top_k: Annotated[int | None, typer.Option("--top-k", "-k", min=1, help="Only the k best labels (default: every label in --json and --batch, the best 5 in the table).", show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
     provider: Annotated[str, typer.Option(help="auto | cuda | cpu")] = "auto",
@@ -269,12 +269,16 @@ def predict(
 ) -> None:
     """Predict the label(s) of an image-caption pair with an exported bundle (onnxruntime; no PyTorch)."""
     from .runtime.predict import Predictor
+    from .runtime.verify import verified_once
 
     if model is None:
         model = _default_bundle()
     if batch is None and (image is None or text is None):
         _fail("give an IMAGE and a TEXT, or --batch pairs.jsonl")
+    model = _model_folder(model)
     predictor = Predictor(model, provider, variant)
+    if verified_once(model, variant):
+        console.print(f"verified {escape(str(model))} against its test vectors (first use here)", soft_wrap=True)
     if predictor.note:
         console.print(f"[yellow]note:[/] {predictor.note}", soft_wrap=True)
     if batch is not None:
@@ -294,6 +298,23 @@ def predict(
     for label, score in result.to_json(predictor.provider, top_k or 5)["scores"].items():
         table.add_row(label, f"{score:.4f}", "*" if label in result.labels else "")
     stdout.print(table)
+
+
+def _model_folder(model: Path) -> Path:
+    """A bundle or release folder as given, or a release on the Hugging Face Hub (ORG/NAME, not a folder
+    here) downloaded into the Hub's cache (HF_HUB_OFFLINE=1 reads the cache only)."""
+    name = str(model)
+    if model.exists() or name.count("/") != 1 or name.startswith((".", "/")):
+        return model
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    except ImportError:
+        _fail(f"--model {name}: not a folder here; reading a release from the Hub needs huggingface_hub (python -m pip install huggingface_hub)")
+    try:
+        return Path(snapshot_download(name))
+    except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as err:
+        _fail(f"--model {name}: not a folder here, and the Hub repository could not be read ({type(err).__name__}): check the name and the network")
 
 
 def _default_bundle() -> Path:
@@ -479,6 +500,46 @@ def data_import(
         report = import_pairs(pairs, name, out, task, workers, lambda done, total: bar.update(bar_task, completed=done, total=total), cache_size)
     _say_prepared(name, report, out)
     console.print(f"add to config.yaml:  datasets: {{{name}: {{task: {report['task']}, data_dir: {out}}}}}", soft_wrap=True, markup=False)
+
+
+class _ReleaseGroup(TyperGroup):
+    """`mitp release SOURCE --out DIR` makes a release; `mitp release push DIR --repo ORG/NAME` uploads one."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:  # type: ignore[override]
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["make", *args]
+        return super().parse_args(ctx, args)
+
+
+release_app = typer.Typer(cls=_ReleaseGroup, help="A release folder for the Hugging Face Hub (model card, bundle, prompts), and its upload.", no_args_is_help=True)
+app.add_typer(release_app, name="release")
+
+
+@release_app.command("make", hidden=True)
+def release_make(
+    source: Annotated[Path, typer.Argument(help="A finished run folder, or a bundle folder.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The release folder to write.")],
+    bundle: Annotated[Path | None, typer.Option(help="The run's bundle (default: exported now).")] = None,
+    run: Annotated[Path | None, typer.Option(help="The bundle's run, for its prompts and test metrics.")] = None,
+) -> None:
+    """Write a release folder: README.md (model card), the bundle, the prompts, the config and the results."""
+    from .release import write_release
+
+    write_release(source, out, bundle=bundle, run=run)
+    console.print(f"[bold green]released[/] {escape(str(out))}: upload it with `mitp release push {escape(str(out))} --repo ORG/NAME`", soft_wrap=True)
+
+
+@release_app.command("push")
+def release_push(
+    folder: Annotated[Path, typer.Argument(help="A release folder (mitp release).")],
+    repo: Annotated[str, typer.Option("--repo", help="ORG/NAME on the Hugging Face Hub.")],
+    private: Annotated[bool, typer.Option(help="Create the repository as private.")] = False,
+) -> None:
+    """Upload a release folder to the Hugging Face Hub (token: HF_TOKEN or `hf auth login`)."""
+    from .release import push_release
+
+    commit = push_release(folder, repo, private)
+    console.print(f"[bold green]pushed[/] {escape(str(folder))} to {escape(repo)}: {escape(commit)}", soft_wrap=True)
 
 
 @data_app.command("cache")

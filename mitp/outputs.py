@@ -31,10 +31,11 @@ COMMANDS = {
     "report": "mitp report",
     "run": "mitp train",
     "backbone": "mitp fetch-backbone",
+    "release": "mitp release",
 }
 
 
-REPLACED_WHOLE = {"bundle", "prepared", "raw", "standin", "backbone"}  # built beside, then swapped in whole
+REPLACED_WHOLE = {"bundle", "prepared", "raw", "standin", "backbone", "release"}  # built beside, then swapped in whole
 NESTED_SEARCH_DEPTH = 3  # how deep a folder about to be replaced is searched for other commands' outputs
 
 

@@ -23,6 +23,15 @@ PROJECT_CONFIG = ROOT / "config.yaml"
 torch.set_num_threads(2)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _mitp_cache(tmp_path_factory):
+    """mitp's user cache (first-use verification stamps) in a temporary folder, never the real home's."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MITP_CACHE", str(tmp_path_factory.mktemp("mitp-cache")))
+    yield
+    mp.undo()
+
+
 def pytest_collection_modifyitems(items):
     """Tests that train and export the shared model (the `trained` fixture) are slow: `-m "not slow"` skips them."""
     for item in items:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.server
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -16,14 +17,17 @@ class Route:
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     cut: int | None = None
+    reply: Callable[[bytes], bytes] | None = None  # a POST's answer, computed from its body
 
 
 class Loopback:
-    """A server on 127.0.0.1 with a free port: set `routes[path]`, read `requests` (path, headers) after."""
+    """A server on 127.0.0.1 with a free port: set `routes[path]`, read `requests` (path, headers) and the
+    POSTs' `bodies` (path, body) after."""
 
     def __init__(self) -> None:
         self.routes: dict[str, Route] = {}
         self.requests: list[tuple[str, dict[str, str]]] = []
+        self.bodies: list[tuple[str, bytes]] = []
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self.httpd.loopback = self  # type: ignore[attr-defined]
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
@@ -57,6 +61,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if route.cut is not None:
             self.wfile.flush()
             self.close_connection = True
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        loopback: Loopback = self.server.loopback  # type: ignore[attr-defined]
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        loopback.requests.append((self.path, dict(self.headers.items())))
+        loopback.bodies.append((self.path, body))
+        route = loopback.routes.get(self.path, Route(b"not found", status=404))
+        answer = route.reply(body) if route.reply else route.body
+        self.send_response(route.status)
+        for key, value in {"Content-Type": "application/json", **route.headers}.items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
 
     def log_message(self, *args: object) -> None:
         pass

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -229,3 +230,31 @@ def _check_model(session, bundle: Path, contract: dict[str, Any], variant: str, 
         if not diff <= tolerance:
             return Check(f"{name} logits", False, f"vector {i} ({vector['name']}): logits differ by {diff:.3g} (tolerance {tolerance:g})")
     return Check(f"{name} logits", True, f"max |diff| {worst:.2g} over {len(vectors['vectors'])} vectors (tolerance {tolerance:g})")
+
+
+def verified_once(bundle: Path, variant: str, cache: Path | None = None) -> bool:
+    """Verify `bundle`'s `variant` against its test vectors before its first use on this machine; later uses
+    find a stamp (keyed by the contract and the model file's size, time and inode) in mitp's cache and skip it. Returns
+    whether it verified now. BundleError names the checks that fail: a bundle that does not reproduce its
+    own test vectors here is never used."""
+    bundle = Path(bundle)
+    model = bundle / VARIANT_FILES[variant]
+    info = model.stat()
+    key = hashlib.sha256((bundle / CONTRACT_FILE).read_bytes() + f"{info.st_size} {info.st_mtime_ns} {info.st_ino} {variant}".encode()).hexdigest()
+    stamp = (cache or user_cache()) / "verified" / key
+    if stamp.is_file():
+        return False
+    failed = [check for check in verify_bundle(bundle, [variant]) if not check.ok]
+    if failed:
+        raise BundleError(f"{bundle} does not reproduce its own test vectors on this machine: " + "; ".join(f"{c.name}: {c.detail}" for c in failed))
+    try:
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(f"{bundle.resolve()}\n")
+    except OSError:
+        pass  # a read-only home: verified again next time
+    return True
+
+
+def user_cache() -> Path:
+    return Path(os.environ.get("MITP_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mitp")
+
