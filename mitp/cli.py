@@ -511,7 +511,16 @@ class _ReleaseGroup(TyperGroup):
         return super().parse_args(ctx, args)
 
 
-release_app = typer.Typer(cls=_ReleaseGroup, help="A release folder for the Hugging Face Hub (model card, bundle, prompts), and its upload.", no_args_is_help=True)
+release_app = typer.Typer(
+    cls=_ReleaseGroup,
+    help=(
+        "A release folder for the Hugging Face Hub, and its upload.\n\n"
+        "mitp release RUN_OR_BUNDLE --out DIR [--bundle BUNDLE | --run RUN]: write the model card, the bundle, the prompts, "
+        "the config and the results (details: mitp release make --help).\n\n"
+        "mitp release push DIR --repo ORG/NAME: upload it."
+    ),
+    no_args_is_help=True,
+)
 app.add_typer(release_app, name="release")
 
 
