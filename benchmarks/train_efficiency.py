@@ -81,16 +81,7 @@ def measure(backbone: str, dataset: str, setting: str, naive: bool, steps: int, 
 
     model.train()
     baseline_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # GiB (ru_maxrss is KiB)
-    step()  # warm-up
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if cuda:
-        torch.cuda.synchronize()
-    seconds = (time.perf_counter() - start) / steps
+    seconds = seconds_per_call(step, steps, cuda)
     result = {
         "setting": setting,
         "path": "naive" if naive else "mitp",
@@ -115,6 +106,23 @@ def measure(backbone: str, dataset: str, setting: str, naive: bool, steps: int, 
     return result
 
 
+def seconds_per_call(call, steps: int, cuda: bool) -> float:
+    """Mean seconds of `call` over `steps` calls after one warm-up, the GPU synchronised around them and its
+    peak memory counter reset after the warm-up (so the peak read afterwards is these calls')."""
+    import torch
+
+    call()  # warm-up
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(steps):
+        call()
+    if cuda:
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / steps
+
+
 def measure_eval(model, pixels, ids, mask, steps: int, bf16: bool, batch: int = 64) -> dict:
     """Evaluation throughput at the trainer's eval batch (64): no grad, bf16 autocast on a GPU; its peak
     memory apart from training's (the epoch's peak used to include this pass)."""
@@ -129,16 +137,7 @@ def measure_eval(model, pixels, ids, mask, steps: int, bf16: bool, batch: int = 
         with torch.no_grad(), torch.autocast(pixels.device.type, dtype=torch.bfloat16, enabled=bf16):
             model(pixels, ids, mask)
 
-    forward()  # warm-up
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    for _ in range(steps):
-        forward()
-    if cuda:
-        torch.cuda.synchronize()
-    seconds = (time.perf_counter() - start) / steps
+    seconds = seconds_per_call(forward, steps, cuda)
     out = {"eval_batch": batch, "eval_samples_per_s": batch / seconds}
     if cuda:
         out["eval_peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30

@@ -545,7 +545,7 @@ def _one_line(error: Any, raw: Any, prefix: str) -> str:
     else:
         bounds = {name: int(v) if isinstance(v, float) and v.is_integer() else v for name, v in ctx.items()}
         message = _MESSAGES.get(kind, error["msg"]).format(**bounds) + f", got {_shown(value)}"
-    key = ".".join(p for p in [prefix, _join(parts)] if p).replace(".[", "[")
+    key = _join([p for p in (prefix, *parts) if p])
     return f"{key}: {message}" if key else message
 
 

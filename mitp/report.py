@@ -9,6 +9,7 @@ placed in the paper's `<x>` column (the offline twins), so the demo report has t
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -143,12 +144,13 @@ def _paper_inside(intervals: list[Interval] | None, paper: Any) -> str:
     return "yes" if all(i.holds(float(v)) for i, v in zip(intervals, paper, strict=False)) else "no"
 
 
-def _interval_columns(row: dict[str, str], records: list[dict[str, Any]], dataset: str, run: str | None, paper: Any) -> None:
-    """Beside an `ours` cell: its 95% interval and whether the paper's value lies inside it."""
+def _interval_columns(row: dict[str, str], records: list[dict[str, Any]], dataset: str, run: str | None, paper: Any, interval_of: Callable) -> None:
+    """Beside an `ours` cell: its 95% interval (`interval_of(dataset, run)`, memoised: Tables 1 and 2 share
+    cells, and a bootstrap is 1,000 resamples) and whether the paper's value lies inside it."""
     if run is None:
         row[f"{dataset} (ours, 95% interval)"], row[f"{dataset} paper inside"] = "-", "-"
         return
-    intervals = cell_interval(records, dataset, run)
+    intervals = interval_of(dataset, run)
     seeds = len([r for r in _members(records, dataset, run) if _score(r) is not None])
     row[f"{dataset} (ours, 95% interval)"] = _fmt_interval(intervals, seeds)
     row[f"{dataset} paper inside"] = _paper_inside(intervals, paper)
@@ -171,6 +173,7 @@ def build_tables(records: list[dict[str, Any]], paper: dict[str, Any], datasets:
     """Rows (dicts of column -> text) of each table; every dataset gets an `ours` column, and a `paper`
     column where the paper has that data set (the demo twins sit in their real data set's column)."""
     columns = {d: paper_column(d) for d in datasets if paper_column(d) in PAPER_DATASETS}
+    interval_of = functools.cache(lambda dataset, run: cell_interval(records, dataset, run))
     table1 = []
     for method, values in paper["table1"].items():
         row = {"method": method}
@@ -180,7 +183,7 @@ def build_tables(records: list[dict[str, Any]], paper: dict[str, Any], datasets:
             row[f"{dataset} (ours)"] = _fmt(_cell(records, dataset, ours_setting)) if ours_setting else "-"
             if dataset in columns:
                 row[f"{columns[dataset]} (paper)"] = _fmt(values.get(columns[dataset]))
-            _interval_columns(row, records, dataset, ours_setting, values.get(columns.get(dataset, "")))
+            _interval_columns(row, records, dataset, ours_setting, values.get(columns.get(dataset, "")), interval_of)
         if len(columns) == len(PAPER_DATASETS):
             by_dataset = {columns[d]: _cell(records, d, ours_setting) for d in columns} if ours_setting else None
             average = table1_average(by_dataset) if by_dataset else None
@@ -194,7 +197,7 @@ def build_tables(records: list[dict[str, Any]], paper: dict[str, Any], datasets:
             row[f"{dataset} (ours)"] = _fmt(_cell(records, dataset, setting))
             if dataset in columns:
                 row[f"{columns[dataset]} (paper)"] = _fmt(paper["table2"][model].get(columns[dataset]))
-            _interval_columns(row, records, dataset, setting, paper["table2"][model].get(columns.get(dataset, "")))
+            _interval_columns(row, records, dataset, setting, paper["table2"][model].get(columns.get(dataset, "")), interval_of)
             # beside Table 2: what the memory strategy adds per sample (docs/readings.md); only MITP has one
             row[f"{dataset} memory contribution"] = _fmt_contribution(records, dataset, setting) if setting == "mitp" else "-"
         table2.append(row)

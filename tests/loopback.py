@@ -52,15 +52,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         body, status = route.body, route.status
         if status == 200 and "Range" in self.headers:
             body, status = body[int(self.headers["Range"].split("=")[1].split("-")[0]) :], 206
-        self.send_response(status)
-        for key, value in route.headers.items():
-            self.send_header(key, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body if route.cut is None else body[: route.cut])
-        if route.cut is not None:
-            self.wfile.flush()
-            self.close_connection = True
+        self._answer(status, route.headers, body, route.cut)
 
     def do_POST(self) -> None:  # noqa: N802 (http.server's name)
         loopback: Loopback = self.server.loopback  # type: ignore[attr-defined]
@@ -68,13 +60,19 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         loopback.requests.append((self.path, dict(self.headers.items())))
         loopback.bodies.append((self.path, body))
         route = loopback.routes.get(self.path, Route(b"not found", status=404))
-        answer = route.reply(body) if route.reply else route.body
-        self.send_response(route.status)
-        for key, value in {"Content-Type": "application/json", **route.headers}.items():
+        self._answer(route.status, {"Content-Type": "application/json", **route.headers}, route.reply(body) if route.reply else route.body)
+
+    def _answer(self, status: int, headers: dict[str, str], body: bytes, cut: int | None = None) -> None:
+        """Status, headers, the body's length and the body (only its first `cut` bytes, then the connection closes)."""
+        self.send_response(status)
+        for key, value in headers.items():
             self.send_header(key, value)
-        self.send_header("Content-Length", str(len(answer)))
+        self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(answer)
+        self.wfile.write(body if cut is None else body[:cut])
+        if cut is not None:
+            self.wfile.flush()
+            self.close_connection = True
 
     def log_message(self, *args: object) -> None:
         pass
