@@ -412,6 +412,51 @@ def bundle_verify(
     console.print(f"[bold green]bundle verified:[/] {len(checks)} checks passed")
 
 
+@bundle_app.command("web")
+def bundle_web(
+    bundle: Annotated[Path, typer.Argument(help="Bundle or release folder.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The site folder to write (replaced whole if mitp wrote it).")],
+    variant: Annotated[list[str] | None, typer.Option("--variant", help="Ship only these variants (fp32, fp16, int8); default: all in the bundle.")] = None,
+    webgpu: Annotated[bool, typer.Option("--webgpu", help="Also ship onnxruntime-web's WebGPU build (+28 MB), offered on the pages where the browser has WebGPU.")] = False,
+    vendor: Annotated[Path | None, typer.Option("--vendor", help="A node_modules folder holding the pinned packages (cd examples/web && npm ci); default: the npm registry, once, into the mitp cache.")] = None,
+) -> None:
+    """Write a static web site that runs the bundle in the browser: a demo page and a test-vector page.
+
+    Any static host serves it (GitHub Pages, a Hugging Face static Space, python -m http.server); with the
+    COOP/COEP headers of `mitp bundle serve`, _headers or the Space's README the wasm runs multi-threaded."""
+    from .runtime.site import build_site
+
+    site = build_site(bundle, out, variant, webgpu, vendor)
+    console.print(
+        f"[bold green]site[/] {escape(str(out))}: {', '.join(site['variants'])} on {' and '.join(site['backends'])}, {site['bytes'] / 1e6:.1f} MB; "
+        f"try it: mitp bundle serve {escape(str(out))}",
+        soft_wrap=True,
+    )
+
+
+@bundle_app.command("serve")
+def bundle_serve(
+    site: Annotated[Path, typer.Argument(help="A site folder from `mitp bundle web`.")],
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port; 0 picks a free one.")] = 8000,
+    host: Annotated[str, typer.Option(help="Address to listen on; 127.0.0.1 keeps the site on this machine.")] = "127.0.0.1",
+) -> None:
+    """Serve a site with the cross-origin isolation headers that multi-threaded wasm needs (Ctrl-C stops)."""
+    from .runtime.site import site_server
+
+    try:
+        server = site_server(site, host, port)
+    except OSError as err:
+        _fail(f"cannot listen on {host}:{port}: {err.strerror}")
+    shown = f"[{host}]" if ":" in host else host
+    stdout.print(f"serving {escape(str(site))} at http://{shown}:{server.server_address[1]}/ (Ctrl-C stops)", soft_wrap=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
 data_app = typer.Typer(help="Download and prepare the data sets (real ones and the offline twins).", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 DATASETS_HELP = "food101 | mmimdb | snlive | demo-food101 | demo-mmimdb | demo-snlive | demo-cue"

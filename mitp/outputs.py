@@ -32,6 +32,7 @@ COMMANDS = {
     "run": "mitp train",
     "backbone": "mitp fetch-backbone",
     "release": "mitp release",
+    "site": "mitp bundle web",
 }
 
 

@@ -1,0 +1,242 @@
+"""A bundle as a static web site: `mitp bundle web BUNDLE --out SITE`, and `mitp bundle serve SITE`.
+
+The site runs the bundle in the browser with onnxruntime-web (docs/bundle.md, "In a web page"):
+
+    SITE/index.html, verify.html     the demo page and the test-vector page (an import map names vendor/)
+    SITE/mitp/*.mjs, style.css       the browser runtime; contract.mjs is shared with the Node.js example
+    SITE/bundle/                     bundle.json, tokenizer.json, the chosen models, the test vectors
+    SITE/vendor/<package>/           onnxruntime-web (its wasm), tokenizers.js, entities, fast-png (+ deps)
+    SITE/site.json                   what this site holds: variants, default variant, backends
+    SITE/_headers, README.md         COOP/COEP headers for Netlify / Cloudflare Pages and Hugging Face Spaces
+
+Nothing is fetched from the internet when the page runs. The vendor packages are pinned with their npm
+integrity (web/vendor.json); they come from a node_modules folder (`--vendor`) or from the npm registry once,
+into the mitp cache, checked before use. Multi-threaded wasm needs the page to be cross-origin isolated
+(COOP + COEP headers); `mitp bundle serve` sends them.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.server
+import io
+import json
+import os
+import shutil
+import tarfile
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..atomic import atomic_write_json, atomic_write_text
+from ..errors import MitpError
+from ..outputs import build_output
+from .bundle import CONTRACT_FILE, bundle_file, read_contract
+from .verify import user_cache
+
+WEB = Path(__file__).with_name("web")
+PAGES = ("index.html", "verify.html")
+SCRIPTS = ("mitp.mjs", "contract.mjs", "demo.mjs", "verify.mjs", "style.css")
+REGISTRY = "https://registry.npmjs.org"
+SCRIPT_SUFFIXES = (".js", ".mjs")
+LARGE_MODEL = 1 << 30  # above 1 GiB of fp32 weights the page starts on int8, the size a browser tab can hold
+ISOLATION_HEADERS = {"Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Embedder-Policy": "require-corp"}
+
+
+class SiteError(MitpError, ValueError):
+    """A site cannot be built from what was given; the message says why."""
+
+
+def vendor_spec() -> dict[str, Any]:
+    return json.loads((WEB / "vendor.json").read_text())
+
+
+# ------------------------------------------------------------------------------------- vendor packages
+
+
+def _integrity_ok(data: bytes, integrity: str) -> bool:
+    algorithm, _, digest = integrity.partition("-")
+    return algorithm == "sha512" and base64.b64encode(hashlib.sha512(data).digest()).decode() == digest
+
+
+def tarball_url(name: str, version: str, registry: str | None = None) -> str:
+    registry = (registry or os.environ.get("MITP_NPM_REGISTRY") or REGISTRY).rstrip("/")
+    return f"{registry}/{name}/-/{name.rsplit('/', 1)[-1]}-{version}.tgz"
+
+
+def package_tarball(name: str, pin: dict[str, Any]) -> bytes:
+    """The package's npm tarball, from the mitp cache or downloaded into it once, checked against its pin."""
+    from ..download import DownloadError, fetch
+
+    cached = user_cache() / "npm" / f"{name.replace('/', '+')}-{pin['version']}.tgz"
+    if not cached.is_file():
+        url = tarball_url(name, pin["version"])
+        try:
+            fetch(url, cached)
+        except DownloadError as err:
+            raise SiteError(
+                f"{err}. The site needs {name} {pin['version']}: without the network, run `npm ci` in examples/web "
+                "and pass --vendor examples/web/node_modules"
+            ) from err
+    data = cached.read_bytes()
+    if not _integrity_ok(data, pin["integrity"]):
+        cached.unlink()
+        raise SiteError(f"{name} {pin['version']} from the npm registry does not match its pinned integrity; it was removed, nothing was built")
+    return data
+
+
+def _wanted(relative: str, listed: list[str]) -> bool:
+    return any(relative == item or (item.endswith("/") and relative.startswith(item) and relative.endswith(SCRIPT_SUFFIXES)) for item in listed)
+
+
+def _safe_relative(relative: str) -> bool:
+    parts = relative.split("/")
+    return bool(relative) and not relative.startswith("/") and all(part not in ("", ".", "..") for part in parts)
+
+
+def vendor_files(webgpu: bool, node_modules: Path | None = None) -> Iterator[tuple[str, bytes]]:
+    """(path under vendor/, content) of every pinned file the site needs."""
+    for name, pin in vendor_spec()["packages"].items():
+        listed = pin["files"] + (pin.get("webgpu_files", []) if webgpu else [])
+        found: set[str] = set()
+        if node_modules is not None:
+            root = Path(node_modules) / name
+            try:
+                version = json.loads((root / "package.json").read_text()).get("version")
+            except (OSError, ValueError):
+                version = None
+            if version != pin["version"]:
+                have = f"has {name} {version}" if version else f"has no {name}"
+                raise SiteError(f"--vendor {node_modules} {have}; the site needs {pin['version']} (run `npm ci` in examples/web)")
+            for path in sorted(root.rglob("*")):
+                relative = path.relative_to(root).as_posix()
+                if path.is_file() and not path.is_symlink() and _wanted(relative, listed):
+                    found.add(relative)
+                    yield f"{name}/{relative}", path.read_bytes()
+        else:
+            with tarfile.open(fileobj=io.BytesIO(package_tarball(name, pin)), mode="r:gz") as tar:
+                for member in tar.getmembers():
+                    relative = member.name.removeprefix("package/")
+                    if member.isfile() and member.name.startswith("package/") and _safe_relative(relative) and _wanted(relative, listed):
+                        found.add(relative)
+                        extracted = tar.extractfile(member)
+                        assert extracted is not None  # a regular file
+                        yield f"{name}/{relative}", extracted.read()
+        missing = [item for item in listed if not item.endswith("/") and item not in found]
+        if missing:
+            raise SiteError(f"{name} {pin['version']} lacks {', '.join(missing)}")
+
+
+# ------------------------------------------------------------------------------------------- the site
+
+
+def import_map() -> str:
+    imports = {name: f"./vendor/{path}" for name, path in vendor_spec()["imports"].items()}
+    return '<script type="importmap">' + json.dumps({"imports": imports}) + "</script>"
+
+
+def _bundle_files(bundle: Path, contract: dict[str, Any], variants: list[str]) -> list[str]:
+    """The bundle's files the pages read, each checked to be a regular file inside the bundle."""
+    names = [CONTRACT_FILE, contract["tokenizer"]["file"], contract["test_vectors"]]
+    names += [contract["models"][variant]["file"] for variant in variants]
+    vectors_path = bundle_file(bundle, contract["test_vectors"], "test vectors", max_bytes=64 << 20)
+    try:
+        vectors = json.loads(vectors_path.read_text())["vectors"]
+        names += [name for vector in vectors for name in (vector["image"], vector["crop"])]
+    except (ValueError, KeyError, TypeError) as err:
+        raise SiteError(f"{vectors_path}: not the test vectors of a bundle ({err})") from err
+    for name in names:
+        bundle_file(bundle, name, "file")
+    return list(dict.fromkeys(names))
+
+
+def choose_variants(contract: dict[str, Any], bundle: Path, wanted: list[str] | None) -> tuple[list[str], str]:
+    """The variants to ship (default: all in the bundle) and the one the demo page starts on."""
+    available = list(contract["models"])
+    variants = list(dict.fromkeys(wanted or available))
+    unknown = [v for v in variants if v not in available]
+    if unknown:
+        raise SiteError(f"{bundle} has no {', '.join(unknown)} model (it has {', '.join(available)})")
+    default = variants[0]
+    if "fp32" in variants:
+        large = (bundle / contract["models"]["fp32"]["file"]).stat().st_size > LARGE_MODEL
+        default = "int8" if large and "int8" in variants else "fp32"
+    return variants, default
+
+
+def space_card(contract: dict[str, Any]) -> str:
+    """README.md with the YAML header a Hugging Face static Space reads, headers included."""
+    header = "\n".join(f"  {name.lower()}: {value}" for name, value in ISOLATION_HEADERS.items())
+    return (
+        f"---\ntitle: mitp {contract.get('dataset', '')} {contract.get('setting', '')}\nsdk: static\napp_file: index.html\n"
+        f"custom_headers:\n{header}\n---\n\n"
+        f"An mitp bundle ({contract.get('dataset')}, {contract.get('setting')}) that runs in the browser with onnxruntime-web.\n"
+        "`index.html` classifies an image and a caption; `verify.html` checks the bundle's test vectors.\n"
+        "Built by `mitp bundle web`; serve the folder with any static host.\n"
+    )
+
+
+def build_site(bundle: Path, out: Path, variants: list[str] | None = None, webgpu: bool = False, node_modules: Path | None = None) -> dict[str, Any]:
+    """Write the static site for `bundle` at `out` (replaced whole, only if it is a site mitp wrote)."""
+    bundle = Path(bundle)
+    if Path(out).resolve().is_relative_to(bundle.resolve()):
+        raise SiteError(f"--out {out} is inside the bundle {bundle}, which stays as it is: name a folder outside it")
+    contract = read_contract(bundle)
+    chosen, default = choose_variants(contract, bundle, variants)
+    files = _bundle_files(bundle, contract, chosen)
+    vendored = dict(vendor_files(webgpu, node_modules))  # fetched before anything is written
+    site = {
+        "mitp_version": __version__,
+        "dataset": contract.get("dataset"),
+        "setting": contract.get("setting"),
+        "variants": chosen,
+        "default_variant": default,
+        "backends": ["wasm", "webgpu"] if webgpu else ["wasm"],
+        "vendor": {name: pin["version"] for name, pin in vendor_spec()["packages"].items()},
+    }
+    with build_output(Path(out), "site", inputs=(bundle,)) as tmp:
+        for page in PAGES:
+            atomic_write_text(tmp / page, (WEB / page).read_text().replace("<!-- importmap -->", import_map()))
+        (tmp / "mitp").mkdir()
+        for script in SCRIPTS:
+            shutil.copyfile(WEB / script, tmp / "mitp" / script)
+        for name in files:
+            (tmp / "bundle" / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(bundle / name, tmp / "bundle" / name)
+        for relative, content in vendored.items():
+            path = tmp / "vendor" / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(content)
+        atomic_write_json(tmp / "site.json", site)
+        atomic_write_text(tmp / "_headers", "/*\n" + "".join(f"  {k}: {v}\n" for k, v in ISOLATION_HEADERS.items()))
+        atomic_write_text(tmp / "README.md", space_card(contract))
+    site["bytes"] = sum(p.stat().st_size for p in Path(out).rglob("*") if p.is_file())
+    return site
+
+
+# ---------------------------------------------------------------------------------------------- serve
+
+
+class IsolatedHandler(http.server.SimpleHTTPRequestHandler):
+    """Static files with the headers that make the page cross-origin isolated (multi-threaded wasm)."""
+
+    extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map, ".mjs": "text/javascript", ".js": "text/javascript", ".wasm": "application/wasm", ".onnx": "application/octet-stream"}
+
+    def end_headers(self) -> None:
+        for name, value in ISOLATION_HEADERS.items():
+            self.send_header(name, value)
+        self.send_header("Cross-Origin-Resource-Policy", "same-origin")
+        super().end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        pass
+
+
+def site_server(site: Path, host: str = "127.0.0.1", port: int = 8000) -> http.server.ThreadingHTTPServer:
+    """A server for `site` (not started); port 0 picks a free one."""
+    if not (Path(site) / "site.json").is_file():
+        raise SiteError(f"{site} is not a site written by `mitp bundle web` (no site.json)")
+    return http.server.ThreadingHTTPServer((host, port), partial(IsolatedHandler, directory=str(site)))

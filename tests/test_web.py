@@ -1,0 +1,360 @@
+"""`mitp bundle web` and `mitp bundle serve`, and the browser runtime (mitp/runtime/web) against Python.
+
+The site builder and the server are tested everywhere, with stand-in npm packages. Where examples/web's
+packages are installed (`cd examples/web && npm ci`), the browser tokenizer is compared with the Python one;
+where Chromium is installed too, headless Chromium runs a bundle's test vectors and demo page, and decodes
+images of every kind against Pillow. Skipped otherwise: the suite itself needs no network."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import shutil
+import subprocess
+import tarfile
+import threading
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+from typer.testing import CliRunner
+
+from mitp.cli import app
+from mitp.runtime import site as site_module
+from mitp.runtime.preprocess import clip_crop, load_image
+from tests.loopback import Route
+
+ROOT = Path(__file__).resolve().parents[1]
+WEB_EXAMPLE = ROOT / "examples" / "web"
+NODE_MODULES = WEB_EXAMPLE / "node_modules"
+CHROMIUM = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome") if Path(p).exists()), None)
+needs_packages = pytest.mark.skipif(
+    shutil.which("node") is None or not NODE_MODULES.is_dir(), reason="examples/web packages not installed (cd examples/web && npm ci)"
+)
+needs_browser = pytest.mark.skipif(
+    shutil.which("node") is None or not NODE_MODULES.is_dir() or CHROMIUM is None,
+    reason="headless browser check needs Chromium (apt-get install chromium) and examples/web's packages (npm ci)",
+)
+runner = CliRunner()
+
+
+def fake_node_modules(root: Path) -> Path:
+    """Each pinned package at its pinned version, holding its listed files (a listed folder: a script and a
+    source map that must not be copied)."""
+    for name, pin in site_module.vendor_spec()["packages"].items():
+        package = root / name
+        package.mkdir(parents=True)
+        (package / "package.json").write_text(json.dumps({"name": name, "version": pin["version"]}))
+        for item in pin["files"] + pin.get("webgpu_files", []):
+            names = [item + "index.js", item + "index.js.map"] if item.endswith("/") else [item]
+            for relative in names:
+                (package / relative).parent.mkdir(parents=True, exist_ok=True)
+                (package / relative).write_text(f"// {name} {relative}\n")
+    for target in site_module.vendor_spec()["imports"].values():  # the modules the pages import by name
+        (root / target).parent.mkdir(parents=True, exist_ok=True)
+        (root / target).write_text("// imported by name\n")
+    return root
+
+
+def serve(site: Path):
+    server = site_module.site_server(site, port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}/"
+
+
+def test_vendor_pins_are_the_lockfiles(tmp_path):
+    """One set of versions: the site's pins are examples/web's lockfile entries, and the import map's targets
+    are files the site copies."""
+    lock = json.loads((WEB_EXAMPLE / "package-lock.json").read_text())["packages"]
+    spec = site_module.vendor_spec()
+    for name, pin in spec["packages"].items():
+        assert (lock[f"node_modules/{name}"]["version"], lock[f"node_modules/{name}"]["integrity"]) == (pin["version"], pin["integrity"]), name
+    for target in spec["imports"].values():
+        name = next(n for n in spec["packages"] if target.startswith(n + "/"))
+        relative = target[len(name) + 1 :]
+        pin = spec["packages"][name]
+        assert any(relative == f or (f.endswith("/") and relative.startswith(f)) for f in pin["files"] + pin.get("webgpu_files", [])), target
+
+
+def test_site_holds_pages_bundle_and_runtime(trained, tmp_path):
+    modules = fake_node_modules(tmp_path / "node_modules")
+    result = runner.invoke(app, ["bundle", "web", str(trained / "bundle"), "--out", str(tmp_path / "site"), "--vendor", str(modules)])
+    assert result.exit_code == 0, result.output
+    site = tmp_path / "site"
+    contract = json.loads((trained / "bundle" / "bundle.json").read_text())
+    vectors = json.loads((trained / "bundle" / "test_vectors" / "vectors.json").read_text())["vectors"]
+    for name in ["bundle.json", "tokenizer.json", "test_vectors/vectors.json"] + [m["file"] for m in contract["models"].values()]:
+        assert (site / "bundle" / name).read_bytes() == (trained / "bundle" / name).read_bytes(), name
+    for vector in vectors:
+        assert (site / "bundle" / vector["image"]).is_file() and (site / "bundle" / vector["crop"]).is_file()
+    described = json.loads((site / "site.json").read_text())
+    assert described["variants"] == list(contract["models"]) and described["default_variant"] == "fp32" and described["backends"] == ["wasm"]
+    for page in ("index.html", "verify.html"):
+        html = (site / page).read_text()
+        mapping = json.loads(html.split('<script type="importmap">', 1)[1].split("</script>", 1)[0])["imports"]
+        assert all((site / target).is_file() for target in mapping.values() if "webgpu" not in target), mapping
+        assert "http://" not in html and "https://" not in html  # nothing from the internet
+    assert sorted(p.name for p in (site / "mitp").iterdir()) == sorted(site_module.SCRIPTS)
+    assert not list(site.rglob("*.map")) and not (site / "vendor/onnxruntime-web/dist/ort.webgpu.min.mjs").exists()
+    assert "Cross-Origin-Embedder-Policy: require-corp" in (site / "_headers").read_text()
+    card = yaml.safe_load((site / "README.md").read_text().split("---")[1])
+    assert card["sdk"] == "static" and card["custom_headers"]["cross-origin-opener-policy"] == "same-origin"
+
+    result = runner.invoke(app, ["bundle", "web", str(trained / "bundle"), "--out", str(site), "--vendor", str(modules), "--variant", "int8", "--webgpu"])
+    assert result.exit_code == 0, result.output  # a site mitp wrote is replaced whole
+    assert [p.name for p in (site / "bundle").glob("*.onnx")] == [contract["models"]["int8"]["file"]]
+    assert json.loads((site / "site.json").read_text())["backends"] == ["wasm", "webgpu"]
+    assert (site / "vendor/onnxruntime-web/dist/ort.webgpu.min.mjs").is_file()
+
+
+def test_site_refusals_are_one_line(trained, tmp_path):
+    modules = fake_node_modules(tmp_path / "node_modules")
+    bundle = trained / "bundle"
+
+    def refused(*args: str) -> str:
+        result = runner.invoke(app, ["bundle", "web", str(bundle), *args])
+        assert result.exit_code != 0 and "Traceback" not in result.output, result.output
+        return " ".join(result.output.split())
+
+    assert "no fp64 model" in refused("--out", str(tmp_path / "a"), "--vendor", str(modules), "--variant", "fp64")
+    assert "bundle" in refused("--out", str(bundle / "site"), "--vendor", str(modules))  # never inside its input
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    refused("--out", str(tmp_path / "mine"), "--vendor", str(modules))
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "mine"
+    (modules / "fast-png" / "package.json").write_text(json.dumps({"version": "7.0.0"}))
+    assert "npm ci" in refused("--out", str(tmp_path / "b"), "--vendor", str(modules))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def _tarball(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, content in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+    return buffer.getvalue()
+
+
+def test_vendor_packages_come_from_the_registry_once_and_checked(trained, tmp_path, loopback, monkeypatch):
+    server = loopback()
+    spec = json.loads(json.dumps(site_module.vendor_spec()))
+    for name, pin in spec["packages"].items():
+        files = {f"package/{item}index.js" if item.endswith("/") else f"package/{item}": f"// {name}\n".encode() for item in pin["files"]}
+        files["package/../escape.js"] = b"never extracted"
+        data = _tarball(files)
+        pin["integrity"] = "sha512-" + base64.b64encode(hashlib.sha512(data).digest()).decode()
+        server.routes[urllib.request.urlparse(site_module.tarball_url(name, pin["version"], server.url(""))).path] = Route(body=data)
+    monkeypatch.setattr(site_module, "vendor_spec", lambda: spec)
+    monkeypatch.setenv("MITP_NPM_REGISTRY", server.url(""))
+    result = runner.invoke(app, ["bundle", "web", str(trained / "bundle"), "--out", str(tmp_path / "site")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "site/vendor/fflate/esm/browser.js").read_text() == "// fflate\n"
+    assert not list(tmp_path.rglob("escape.js"))
+    fetched = len(server.requests)
+    assert fetched == len(spec["packages"])
+    result = runner.invoke(app, ["bundle", "web", str(trained / "bundle"), "--out", str(tmp_path / "site")])
+    assert result.exit_code == 0 and len(server.requests) == fetched  # from the cache
+
+    spec["packages"]["fflate"]["integrity"] = "sha512-" + base64.b64encode(hashlib.sha512(b"other").digest()).decode()
+    result = runner.invoke(app, ["bundle", "web", str(trained / "bundle"), "--out", str(tmp_path / "tampered")])
+    assert result.exit_code != 0 and "integrity" in result.output and not (tmp_path / "tampered").exists()
+    monkeypatch.setenv("MITP_NPM_REGISTRY", "http://127.0.0.1:9")  # nothing listens: offline
+    result = runner.invoke(app, ["bundle", "web", str(trained / "bundle"), "--out", str(tmp_path / "offline")])
+    assert result.exit_code != 0 and "--vendor" in " ".join(result.output.split()) and "Traceback" not in result.output
+
+
+def test_serve_sends_isolation_headers_and_script_types(trained, tmp_path):
+    runner.invoke(app, ["bundle", "web", str(trained / "bundle"), "--out", str(tmp_path / "site"), "--vendor", str(fake_node_modules(tmp_path / "nm"))])
+    server, url = serve(tmp_path / "site")
+    try:
+        for path, kind in [("mitp/mitp.mjs", "text/javascript"), ("vendor/onnxruntime-web/dist/ort-wasm-simd-threaded.wasm", "application/wasm")]:
+            with urllib.request.urlopen(url + path) as response:
+                assert response.headers["Content-Type"].startswith(kind)
+                assert response.headers["Cross-Origin-Opener-Policy"] == "same-origin"
+                assert response.headers["Cross-Origin-Embedder-Policy"] == "require-corp"
+    finally:
+        server.shutdown()
+        server.server_close()
+    with pytest.raises(site_module.SiteError, match="not a site"):
+        site_module.site_server(trained / "bundle", port=0)
+
+
+# ------------------------------------------------------------------------------- with the npm packages
+
+
+def _node(script: str, cwd: Path, timeout: int = 300) -> str:
+    done = subprocess.run(["node", "--input-type=module", "-e", script], capture_output=True, text=True, cwd=cwd, timeout=timeout)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def _clip_like_bpe(path: Path) -> None:
+    """A small BPE tokenizer built like OpenAI CLIP's tokenizer.json (normalizer, split pattern, byte level,
+    </w> suffix, start/end post-processor), trained here on a few lines."""
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+
+    pattern = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+    tok = Tokenizer(models.BPE(unk_token="<|endoftext|>", end_of_word_suffix="</w>"))
+    tok.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()])
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(pattern), behavior="removed", invert=True), pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=["<|startoftext|>", "<|endoftext|>"], end_of_word_suffix="</w>", initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(["a photo of a red plate of food", "the movie's plot, told in 3 acts!", "naïve café über straße 日本語"] * 20, trainer)
+    tok.post_processor = processors.RobertaProcessing(("<|endoftext|>", 1), ("<|startoftext|>", 0), trim_offsets=False, add_prefix_space=False)
+    tok.save(str(path))
+
+
+def _captions() -> list[str]:
+    rng = np.random.default_rng(0)
+    pieces = ["hello", "world", "it's", "we'll", "I'D", "naïve", "café", "Ünïcödé", "日本語", "😀🎉", "&amp;", "&lt;b&gt;", "&amp;amp;", "&notit;",
+              "  spaced\t\ttabs\n", "123456", "3.14", "e-mail", "don't", "x" * 40, "ǅ", "ß", "İstanbul", "ﬁ", "\u00a0nbsp", "\u2028", "mixedCASE",
+              "foo_bar", "C++", "#hash", "https://a.b/c?d=e", "한국어", "Ελληνικά", "русский", "'s'S", "a" * 200, "red", "plate", "photo"]
+    return [" ".join(rng.choice(pieces, size=int(rng.integers(0, 120 if i % 7 == 0 else 25)))) for i in range(400)]
+
+
+@needs_packages
+def test_browser_tokenizer_matches_python(trained, tmp_path):
+    """The browser's tokenization (tokenizers.js plus contract.mjs's cleaning and framing) gives the ids and
+    mask of the Python runtime, for a word-level tokenizer (the presets) and a CLIP-structured BPE."""
+    from mitp.runtime.tokenizer import clean_caption, load_tokenizer_file
+
+    work = tmp_path / "web"
+    shutil.copytree(ROOT / "mitp/runtime/web", work)
+    (work / "node_modules").symlink_to(NODE_MODULES)  # bare imports resolve from the scripts' folder
+    _clip_like_bpe(tmp_path / "bpe.json")
+    captions = _captions()
+    cases = []
+    for path in (trained / "bundle" / "tokenizer.json", tmp_path / "bpe.json"):
+        tok = load_tokenizer_file(path)
+        ids, mask = tok([clean_caption(c) for c in captions])
+        cases.append({"file": str(path), "rules": tok.rules("tokenizer.json"), "ids": ids.tolist(), "mask": mask.tolist()})
+    (tmp_path / "cases.json").write_text(json.dumps({"captions": captions, "cases": cases}))
+    out = _node(
+        f"""
+import {{ readFileSync }} from "node:fs";
+import {{ loadTokenizer, tokenize }} from "./mitp.mjs";
+const {{ captions, cases }} = JSON.parse(readFileSync({json.dumps(str(tmp_path / "cases.json"))}, "utf8"));
+const wrong = [];
+for (const c of cases) {{
+  const bundle = {{ contract: {{ tokenizer: c.rules }}, tokenizer: loadTokenizer(JSON.parse(readFileSync(c.file, "utf8")), c.rules) }};
+  captions.forEach((text, i) => {{
+    const {{ ids, mask }} = tokenize(bundle, text);
+    if (JSON.stringify(ids) !== JSON.stringify(c.ids[i]) || JSON.stringify(mask) !== JSON.stringify(c.mask[i])) wrong.push([c.file, text]);
+  }});
+}}
+console.log(JSON.stringify(wrong.slice(0, 5)));
+""",
+        work,
+    )
+    assert json.loads(out) == []
+    assert any(sum(m) == 77 for m in cases[1]["mask"]) and any(1 in row[1:-1] for row in cases[0]["ids"])  # truncation and unknown words ran
+
+
+# ------------------------------------------------------------------------------------------ in Chromium
+
+
+@needs_browser
+def test_browser_reproduces_the_test_vectors_and_the_demo_page(trained, tmp_path):
+    """Every test vector of every variant (fp32, fp16, int8) in headless Chromium, no request outside the
+    site, and the demo page's decision for a test image and caption."""
+    result = runner.invoke(app, ["bundle", "web", str(trained / "bundle"), "--out", str(tmp_path / "site"), "--vendor", str(NODE_MODULES)])
+    assert result.exit_code == 0, result.output
+    server, url = serve(tmp_path / "site")
+    try:
+        done = subprocess.run(["node", "check.mjs", url, "--demo", "--json", str(tmp_path / "check.json")], capture_output=True, text=True, cwd=WEB_EXAMPLE, timeout=300)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads((tmp_path / "check.json").read_text())["sites"][0]
+    contract = json.loads((trained / "bundle" / "bundle.json").read_text())
+    assert report["failed"] == 0 and report["outside"] == [] and report["crossOriginIsolated"] is True
+    assert all(f"{m['file']} on wasm" in done.stdout for m in contract["models"].values())
+    assert report["demo"]["shown"] == report["demo"]["expected"]
+
+
+def _image_cases(folder: Path) -> list[str]:
+    """Images of every kind the image rule names: JPEG subsampling, progressive, greyscale, each EXIF
+    orientation; PNG RGB, RGBA, LA, palettes with and without transparency, colour keys, 16-bit, low bit
+    depths, an eXIf orientation."""
+    rng = np.random.default_rng(1)
+
+    def pixels(h, w, c):
+        base = np.linspace(0, 255, h * w * c).reshape(h, w, c)
+        return np.clip(base + rng.integers(-40, 40, (h, w, c)), 0, 255).astype(np.uint8)
+
+    names = []
+
+    def save(name, image, **kwargs):
+        image.save(folder / name, **kwargs)
+        names.append(name)
+
+    rgb = Image.fromarray(pixels(45, 67, 3))
+    save("q75.jpg", rgb, quality=75)
+    save("q95-444.jpg", rgb, quality=95, subsampling=0)
+    save("progressive.jpg", Image.fromarray(pixels(80, 33, 3)), quality=85, progressive=True)
+    save("grey.jpg", Image.fromarray(pixels(40, 50, 1)[..., 0]), quality=90)
+    for orientation in range(1, 9):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        save(f"orientation-{orientation}.jpg", Image.fromarray(pixels(30, 52, 3)), quality=90, exif=exif)
+    save("rgb.png", Image.fromarray(pixels(37, 41, 3)))
+    save("rgba.png", Image.fromarray(pixels(37, 41, 4)))
+    save("la.png", Image.fromarray(pixels(29, 60, 2), mode="LA"))
+    palette = Image.fromarray(pixels(33, 31, 3)).quantize(16)
+    save("palette.png", palette)
+    save("palette-trns.png", palette, transparency=bytes(range(0, 256, 16)))
+    save("grey-key.png", Image.fromarray(pixels(20, 30, 1)[..., 0]), transparency=int(pixels(20, 30, 1)[0, 0, 0]))
+    keyed = pixels(20, 30, 3)
+    save("rgb-key.png", Image.fromarray(keyed), transparency=tuple(int(v) for v in keyed[3, 4]))
+    save("grey-16.png", Image.fromarray((np.linspace(0, 65535, 24 * 50).reshape(24, 50)).astype(np.uint16)))
+    save("one-bit.png", Image.fromarray(pixels(40, 40, 1)[..., 0] > 128))
+    save("four-bit-palette.png", Image.fromarray(pixels(16, 50, 3)).quantize(12), bits=4)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    save("png-exif-6.png", Image.fromarray(pixels(30, 52, 3)), exif=exif)
+    return names
+
+
+@needs_browser
+def test_browser_decodes_every_kind_of_image_like_pillow(trained, tmp_path):
+    result = runner.invoke(app, ["bundle", "web", str(trained / "bundle"), "--out", str(tmp_path / "site"), "--vendor", str(NODE_MODULES)])
+    assert result.exit_code == 0, result.output
+    cases = tmp_path / "site" / "cases"
+    cases.mkdir()
+    names = _image_cases(cases)
+    expected = {name: [hashlib.sha256(clip_crop(load_image(cases / name), size).tobytes()).hexdigest() for size in (7, 32)] for name in names}
+    server, url = serve(tmp_path / "site")
+    try:
+        out = _node(
+            f"""
+import puppeteer from "puppeteer-core";
+const browser = await puppeteer.launch({{ executablePath: {json.dumps(CHROMIUM)}, headless: true, args: ["--no-sandbox"] }});
+const page = await browser.newPage();
+await page.goto({json.dumps(url + "verify.html")});
+const got = await page.evaluate(async (names) => {{
+  const m = await import("./mitp/mitp.mjs");
+  const hex = async (b) => Array.from(new Uint8Array(await crypto.subtle.digest("SHA-256", b)), (x) => x.toString(16).padStart(2, "0")).join("");
+  const out = {{}};
+  for (const name of names) {{
+    const image = await m.decodeImage(await (await fetch("cases/" + name)).blob(), {{ max_pixels: 1e8, max_aspect_ratio: 64 }}, name);
+    out[name] = [await hex(m.clipCrop(image, 7)), await hex(m.clipCrop(image, 32))];
+  }}
+  return out;
+}}, {json.dumps(names)});
+await browser.close();
+console.log(JSON.stringify(got));
+""",
+            WEB_EXAMPLE,
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    got = json.loads(out)
+    assert {name: got[name] for name in names if got[name] != expected[name]} == {}
