@@ -1,4 +1,4 @@
-// node check.mjs URL [URL ...] [--demo] [--screenshot FILE] [--bench N] [--backend wasm|webgpu] [--json FILE]
+// node check.mjs URL [URL ...] [--demo] [--screenshot FILE (the first site's demo page)] [--bench N] [--threads N] [--backend wasm|webgpu] [--json FILE]
 //
 // Drives headless Chromium (puppeteer-core over the system's Chromium, never a downloaded one) over sites
 // written by `mitp bundle web` and served at URL (`mitp bundle serve SITE`): verify.html must pass every test
@@ -13,10 +13,10 @@ const args = process.argv.slice(2);
 const option = (name, fallback = null) => { const i = args.indexOf(name); return i >= 0 ? args.splice(i, 2)[1] : fallback; };
 const flag = (name) => { const i = args.indexOf(name); return i >= 0 && args.splice(i, 1).length > 0; };
 const demo = flag("--demo"), screenshot = option("--screenshot"), bench = Number(option("--bench", 0));
-const backend = option("--backend", "wasm"), jsonOut = option("--json");
+const backend = option("--backend", "wasm"), jsonOut = option("--json"), threads = option("--threads");
 const urls = args.map((u) => (u.endsWith("/") ? u : `${u}/`));
 if (!urls.length) {
-  console.error("usage: node check.mjs URL [URL ...] [--demo] [--screenshot FILE] [--bench N] [--backend wasm|webgpu] [--json FILE]");
+  console.error("usage: node check.mjs URL [URL ...] [--demo] [--screenshot FILE] [--bench N] [--threads N] [--backend wasm|webgpu] [--json FILE]");
   process.exit(2);
 }
 
@@ -48,14 +48,14 @@ async function sitePage(browser, url, outside) {
 
 async function verify(browser, url, site) {
   const page = await sitePage(browser, url, site.outside);
-  const query = new URLSearchParams({ backend, ...(bench ? { bench: String(bench) } : {}) });
+  const query = new URLSearchParams({ backend, ...(bench ? { bench: String(bench) } : {}), ...(threads ? { threads } : {}) });
   await page.goto(`${url}verify.html?${query}`);
   await page.waitForFunction(() => window.mitpVerify?.done, { timeout: 0, polling: 200 });
   const outcome = await page.evaluate(() => window.mitpVerify);
   for (const c of outcome.checks) say(c.ok, `${url} ${c.what}${c.detail ? ` (${c.detail})` : ""}`);
   if (outcome.error) say(false, `${url} verify.html: ${outcome.error}`);
   say(outcome.checks.length > 0 && !outcome.error, `${url} verify.html ran ${outcome.checks.length} checks on ${backend}, cross-origin isolated: ${outcome.crossOriginIsolated}, ${outcome.adapter || `${outcome.threads} wasm thread(s)`}`);
-  Object.assign(site, { checks: outcome.checks.length, failed: outcome.failures, crossOriginIsolated: outcome.crossOriginIsolated, threads: outcome.threads, adapter: outcome.adapter, bench: outcome.bench });
+  Object.assign(site, { results: outcome.checks, checks: outcome.checks.length, failed: outcome.failures, crossOriginIsolated: outcome.crossOriginIsolated, threads: outcome.threads, adapter: outcome.adapter, bench: outcome.bench });
   await page.close();
 }
 
@@ -82,7 +82,7 @@ async function demoPage(browser, url, site) {
   const status = await page.$eval("#status", (el) => el.textContent);
   say(JSON.stringify(shown) === JSON.stringify(expected), `${url} demo page on ${vector.image} "${vector.text}" (${variant}): shows ${JSON.stringify(shown)}, expected ${JSON.stringify(expected)} (${status})`);
   site.demo = { image: vector.image, text: vector.text, variant, shown, expected, timing: await page.$eval("#timing", (el) => el.textContent) };
-  if (screenshot) await page.screenshot({ path: screenshot });
+  if (screenshot && site === report.sites[0]) await page.screenshot({ path: screenshot }); // the first site's
   await page.close();
 }
 

@@ -138,10 +138,23 @@ def import_map() -> str:
     return '<script type="importmap">' + json.dumps({"imports": imports}) + "</script>"
 
 
+def external_data(bundle: Path, contract: dict[str, Any], variant: str) -> str | None:
+    """The file holding a model's weights apart (`mitp export` writes weights above 1 GiB to `<model>.data`,
+    beside the model, as ONNX external data), or None."""
+    name = contract["models"][variant]["file"] + ".data"
+    return name if (Path(bundle) / name).is_file() else None
+
+
+def model_bytes(bundle: Path, contract: dict[str, Any], variant: str) -> int:
+    names = [contract["models"][variant]["file"], external_data(bundle, contract, variant)]
+    return sum((Path(bundle) / name).stat().st_size for name in names if name)
+
+
 def _bundle_files(bundle: Path, contract: dict[str, Any], variants: list[str]) -> list[str]:
     """The bundle's files the pages read, each checked to be a regular file inside the bundle."""
     names = [CONTRACT_FILE, contract["tokenizer"]["file"], contract["test_vectors"]]
-    names += [contract["models"][variant]["file"] for variant in variants]
+    for variant in variants:
+        names += [name for name in (contract["models"][variant]["file"], external_data(bundle, contract, variant)) if name]
     vectors_path = bundle_file(bundle, contract["test_vectors"], "test vectors", max_bytes=64 << 20)
     try:
         vectors = json.loads(vectors_path.read_text())["vectors"]
@@ -162,7 +175,7 @@ def choose_variants(contract: dict[str, Any], bundle: Path, wanted: list[str] | 
         raise SiteError(f"{bundle} has no {', '.join(unknown)} model (it has {', '.join(available)})")
     default = variants[0]
     if "fp32" in variants:
-        large = (bundle / contract["models"]["fp32"]["file"]).stat().st_size > LARGE_MODEL
+        large = model_bytes(bundle, contract, "fp32") > LARGE_MODEL
         default = "int8" if large and "int8" in variants else "fp32"
     return variants, default
 
@@ -195,6 +208,7 @@ def build_site(bundle: Path, out: Path, variants: list[str] | None = None, webgp
         "variants": chosen,
         "default_variant": default,
         "backends": ["wasm", "webgpu"] if webgpu else ["wasm"],
+        "external_data": {v: name for v in chosen if (name := external_data(bundle, contract, v))},
         "vendor": {name: pin["version"] for name, pin in vendor_spec()["packages"].items()},
     }
     with build_output(Path(out), "site", inputs=(bundle,)) as tmp:

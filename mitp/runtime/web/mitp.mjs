@@ -32,20 +32,25 @@ export async function loadContract(base = new URL("bundle/", siteRoot)) {
 }
 
 // onnxruntime-web, from the site's vendor folder: the wasm build, or the WebGPU build (which also runs wasm).
-export async function loadRuntime(backend = "wasm") {
+// `threads` (wasm): onnxruntime-web's default is min(4, half the cores), and one without cross-origin isolation.
+export async function loadRuntime(backend = "wasm", threads = 0) {
   const ort = await import(backend === "webgpu" ? "onnxruntime-web/webgpu" : "onnxruntime-web/wasm");
   ort.env.wasm.wasmPaths = new URL("vendor/onnxruntime-web/dist/", siteRoot).href; // never a CDN
+  if (threads > 0) ort.env.wasm.numThreads = threads;
   return ort;
 }
 
-export async function loadBundle({ base, contract, site }, { variant = "fp32", backend = "wasm" } = {}) {
+export async function loadBundle({ base, contract, site }, { variant = "fp32", backend = "wasm", threads = 0 } = {}) {
   const bundle = { base, contract, site, variant, backend };
   if (!contract.models?.[variant]) throw new Error(`this bundle has no ${variant} model`);
   if (!site.variants.includes(variant)) throw new Error(`this site was built without the ${variant} model`);
   bundle.tokenizer = await loadTokenizer(await (await bundleFile(bundle, contract.tokenizer.file, "tokenizer file")).json(), contract.tokenizer);
-  bundle.ort = await loadRuntime(backend);
+  bundle.ort = await loadRuntime(backend, threads);
   const model = new Uint8Array(await (await bundleFile(bundle, contract.models[variant].file, "model")).arrayBuffer());
-  bundle.session = await bundle.ort.InferenceSession.create(model, { executionProviders: [backend] });
+  const apart = site.external_data?.[variant]; // weights above 1 GiB live beside the model (ONNX external data)
+  if (apart && relativeNameProblem(apart)) throw new Error(`site.json: external data ${JSON.stringify(apart)} ${relativeNameProblem(apart)}`);
+  const externalData = apart ? [{ path: apart, data: new URL(apart, base).href }] : undefined;
+  bundle.session = await bundle.ort.InferenceSession.create(model, { executionProviders: [backend], externalData });
   bundle.threads = backend === "wasm" ? bundle.ort.env.wasm.numThreads || 1 : null;
   return bundle;
 }

@@ -4,7 +4,7 @@ import { bundleFile, loadBundle, loadContract, logits, preprocess, tokenize } fr
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
-const backend = params.get("backend") || "wasm", benchRuns = Number(params.get("bench") || 0);
+const backend = params.get("backend") || "wasm", benchRuns = Number(params.get("bench") || 0), threads = Number(params.get("threads") || 0);
 const outcome = (window.mitpVerify = { done: false, failures: 0, checks: [], backend, bench: [] });
 
 const hex = (buffer) => Array.from(new Uint8Array(buffer), (b) => b.toString(16).padStart(2, "0")).join("");
@@ -30,7 +30,7 @@ async function main() {
   const source = await loadContract();
   const { contract, site } = source;
   $("bundle-name").textContent = `${contract.dataset} · ${contract.setting}`;
-  const first = await loadBundle(source, { variant: site.variants[0], backend });
+  const first = await loadBundle(source, { variant: site.default_variant, backend, threads }); // int8 when fp32 is too large
   outcome.threads = first.threads;
   if (backend === "webgpu") { // which GPU ran it (a software adapter in a headless browser without one)
     const info = (await navigator.gpu.requestAdapter())?.info || {};
@@ -52,7 +52,13 @@ async function main() {
     inputs.push({ pixels, ids, mask, v, image });
   }
   for (const variant of site.variants) {
-    const bundle = variant === first.variant ? first : await loadBundle(source, { variant, backend });
+    let bundle;
+    try {
+      bundle = variant === first.variant ? first : await loadBundle(source, { variant, backend, threads });
+    } catch (error) { // too large for this tab's memory, or an operator this backend lacks: said, and the rest go on
+      check(false, `${contract.models[variant].file} on ${backend}: cannot run here`, String(error.message || error));
+      continue;
+    }
     let worst = 0;
     for (const { pixels, ids, mask, v } of inputs) {
       const out = await logits(bundle, pixels, ids, mask);
