@@ -371,3 +371,52 @@ console.log(JSON.stringify(got));
         server.server_close()
     got = json.loads(out)
     assert {name: got[name] for name in names if got[name] != expected[name]} == {}
+
+
+@needs_browser
+def test_demo_page_says_what_is_wrong_with_bad_input(trained, tmp_path):
+    """An empty caption, a file that is not an image and an image too large for the rule each get one message
+    on the page, and the page still classifies the next good pair."""
+    result = runner.invoke(app, ["bundle", "web", str(trained / "bundle"), "--out", str(tmp_path / "site"), "--vendor", str(NODE_MODULES)])
+    assert result.exit_code == 0, result.output
+    bad = tmp_path / "site" / "bad"
+    bad.mkdir()
+    (bad / "notes.jpg").write_text("not an image")
+    Image.new("RGB", (65 * 20, 20)).save(bad / "wide.png")  # an aspect ratio above 64:1
+    vector = json.loads((trained / "bundle" / "test_vectors" / "vectors.json").read_text())["vectors"][0]
+    server, url = serve(tmp_path / "site")
+    try:
+        out = _node(
+            f"""
+import puppeteer from "puppeteer-core";
+const browser = await puppeteer.launch({{ executablePath: {json.dumps(CHROMIUM)}, headless: true, args: ["--no-sandbox"] }});
+const page = await browser.newPage();
+await page.goto({json.dumps(url + "index.html")});
+await page.waitForFunction(() => !document.getElementById("run").disabled, {{ timeout: 60000 }});
+const outcomes = [];
+for (const [path, caption] of [["bundle/{vector['image']}", "&nbsp; \\t"], ["bad/notes.jpg", "a red plate"], ["bad/wide.png", "a red plate"], ["bundle/{vector['image']}", "a red plate"]]) {{
+  await page.evaluate(async (path, caption) => {{
+    const blob = await (await fetch(path)).blob(), transfer = new DataTransfer();
+    transfer.items.add(new File([blob], path.split("/").pop(), {{ type: blob.type }}));
+    document.getElementById("image").files = transfer.files;
+    document.getElementById("caption").value = caption;
+    document.getElementById("status").textContent = "";
+    delete document.getElementById("result").dataset.labels;
+  }}, path, caption);
+  await page.click("#run");
+  await page.waitForFunction(() => document.getElementById("status").className === "error" || document.getElementById("result").dataset.labels, {{ timeout: 60000 }});
+  outcomes.push(await page.$eval("#status", (el) => [el.className, el.textContent]));
+}}
+await browser.close();
+console.log(JSON.stringify(outcomes));
+""",
+            WEB_EXAMPLE,
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    empty, not_image, wide, good = json.loads(out)
+    assert empty[0] == "error" and "caption is empty" in empty[1]
+    assert not_image[0] == "error" and "cannot decode notes.jpg as an image" in not_image[1]
+    assert wide[0] == "error" and "aspect ratio above 64:1" in wide[1]
+    assert good == ["", f"Done: {Path(vector['image']).name}"]

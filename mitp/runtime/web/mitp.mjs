@@ -194,15 +194,19 @@ export async function decodeImage(blob, decode, name = "image") {
   const problem = size && sizeProblem(size[0], size[1], decode);
   if (problem) throw new Error(`${name} ${problem}`);
   let image;
-  if (isPng(bytes)) {
-    image = pngToRgb(decodePng(bytes));
-    const exif = pngExif(bytes);
-    if (exif) image = orient(image, exifOrientation(exif));
-  } else {
-    image = await browserDecode(blob);
-    const late = !size && sizeProblem(image.width, image.height, decode);
-    if (late) throw new Error(`${name} ${late}`);
+  try {
+    if (isPng(bytes)) {
+      image = pngToRgb(decodePng(bytes));
+      const exif = pngExif(bytes);
+      if (exif) image = orient(image, exifOrientation(exif));
+    } else {
+      image = await browserDecode(blob);
+    }
+  } catch (error) {
+    throw new Error(`cannot decode ${name} as an image (${error.message || error})`);
   }
+  const late = !size && sizeProblem(image.width, image.height, decode); // formats whose header is not read here
+  if (late) throw new Error(`${name} ${late}`);
   return image;
 }
 
@@ -227,8 +231,9 @@ export async function logits(bundle, pixels, ids, mask) {
 // One image and one caption -> the decision, the scores and where the time went (milliseconds).
 export async function predict(bundle, blob, text) {
   const t0 = performance.now();
-  const { crop, pixels } = await preprocess(bundle, blob, "image");
+  const { crop, pixels } = await preprocess(bundle, blob, blob.name || "the image");
   const t1 = performance.now();
+  if (!cleanCaption(text, decodeHTML)) throw new Error("the caption is empty (once HTML entities and whitespace are cleaned)"); // as mitp predict
   const { ids, mask } = tokenize(bundle, text);
   const t2 = performance.now();
   const out = await logits(bundle, pixels, ids, mask);
