@@ -417,7 +417,7 @@ def bundle_web(
     bundle: Annotated[Path, typer.Argument(help="Bundle or release folder.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The site folder to write (replaced whole if mitp wrote it).")],
     variant: Annotated[list[str] | None, typer.Option("--variant", help="Ship only these variants (fp32, fp16, int8); default: all in the bundle.")] = None,
-    webgpu: Annotated[bool, typer.Option("--webgpu", help="Also ship onnxruntime-web's WebGPU build (+28 MB), offered on the pages where the browser has WebGPU.")] = False,
+    webgpu: Annotated[bool, typer.Option("--webgpu", help="Also ship onnxruntime-web's WebGPU build (+27 MB), offered on the pages where the browser has WebGPU.")] = False,
     vendor: Annotated[Path | None, typer.Option("--vendor", help="A node_modules folder holding the pinned packages (cd examples/web && npm ci); default: the npm registry, once, into the mitp cache.")] = None,
 ) -> None:
     """Write a static web site that runs the bundle in the browser: a demo page and a test-vector page.
