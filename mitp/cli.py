@@ -414,7 +414,7 @@ def bundle_verify(
 
 @bundle_app.command("web")
 def bundle_web(
-    bundle: Annotated[Path, typer.Argument(help="Bundle or release folder.")],
+    bundle: Annotated[Path, typer.Argument(help="Bundle or release folder, or a release on the Hugging Face Hub (ORG/NAME).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The site folder to write (replaced whole if mitp wrote it).")],
     variant: Annotated[list[str] | None, typer.Option("--variant", help="Ship only these variants (fp32, fp16, int8); default: all in the bundle.")] = None,
     webgpu: Annotated[bool, typer.Option("--webgpu", help="Also ship onnxruntime-web's WebGPU build (+27 MB), offered on the pages where the browser has WebGPU.")] = False,
@@ -424,9 +424,18 @@ def bundle_web(
 
     Any static host serves it (GitHub Pages, a Hugging Face static Space, python -m http.server); with the
     COOP/COEP headers of `mitp bundle serve`, _headers or the Space's README the wasm runs multi-threaded."""
+    from .progress import progress_bar
     from .runtime.site import build_site
 
-    site = build_site(bundle, out, variant, webgpu, vendor)
+    with progress_bar(console, unit_bytes=True) as bar:
+        tasks: dict[str, Any] = {}
+
+        def downloading(package: str, done: int, total: int | None) -> None:
+            if package not in tasks:
+                tasks[package] = bar.add_task(f"download {package} (npm, once)", total=total)
+            bar.update(tasks[package], completed=done, total=total)
+
+        site = build_site(_model_folder(bundle), out, variant, webgpu, vendor, progress=downloading)
     console.print(
         f"[bold green]site[/] {escape(str(out))}: {', '.join(site['variants'])} on {' and '.join(site['backends'])}, {site['bytes'] / 1e6:.1f} MB; "
         f"try it: mitp bundle serve {escape(str(out))}",

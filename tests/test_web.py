@@ -174,6 +174,11 @@ def test_vendor_packages_come_from_the_registry_once_and_checked(trained, tmp_pa
     assert fetched == len(spec["packages"])
     result = runner.invoke(app, ["bundle", "web", str(trained / "bundle"), "--out", str(tmp_path / "site")])
     assert result.exit_code == 0 and len(server.requests) == fetched  # from the cache
+    monkeypatch.setenv("MITP_CACHE", str(tmp_path / "empty-cache"))
+    heard: dict[str, int] = {}
+    site_module.build_site(trained / "bundle", tmp_path / "site", progress=lambda name, done, total: heard.update({name: done}))
+    sizes = {name: len(server.routes[urllib.request.urlparse(site_module.tarball_url(name, pin["version"], server.url(""))).path].body) for name, pin in spec["packages"].items()}
+    assert heard == sizes  # each tarball's download reported to its last byte
 
     spec["packages"]["fflate"]["integrity"] = "sha512-" + base64.b64encode(hashlib.sha512(b"other").digest()).decode()
     result = runner.invoke(app, ["bundle", "web", str(trained / "bundle"), "--out", str(tmp_path / "tampered")])

@@ -25,7 +25,7 @@ import json
 import os
 import shutil
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -67,7 +67,10 @@ def tarball_url(name: str, version: str, registry: str | None = None) -> str:
     return f"{registry}/{name}/-/{name.rsplit('/', 1)[-1]}-{version}.tgz"
 
 
-def package_tarball(name: str, pin: dict[str, Any]) -> bytes:
+Progress = Callable[[str, int, int | None], None]  # (package, bytes done, bytes in all or None)
+
+
+def package_tarball(name: str, pin: dict[str, Any], progress: Progress | None = None) -> bytes:
     """The package's npm tarball, from the mitp cache or downloaded into it once, checked against its pin."""
     from ..download import DownloadError, fetch
 
@@ -75,7 +78,7 @@ def package_tarball(name: str, pin: dict[str, Any]) -> bytes:
     if not cached.is_file():
         url = tarball_url(name, pin["version"])
         try:
-            fetch(url, cached)
+            fetch(url, cached, progress=(lambda done, total: progress(name, done, total)) if progress else None)
         except DownloadError as err:
             raise SiteError(
                 f"{err}. The site needs {name} {pin['version']}: without the network, run `npm ci` in examples/web "
@@ -97,7 +100,7 @@ def _safe_relative(relative: str) -> bool:
     return bool(relative) and not relative.startswith("/") and all(part not in ("", ".", "..") for part in parts)
 
 
-def vendor_files(webgpu: bool, node_modules: Path | None = None) -> Iterator[tuple[str, bytes]]:
+def vendor_files(webgpu: bool, node_modules: Path | None = None, progress: Progress | None = None) -> Iterator[tuple[str, bytes]]:
     """(path under vendor/, content) of every pinned file the site needs."""
     for name, pin in vendor_spec()["packages"].items():
         listed = pin["files"] + (pin.get("webgpu_files", []) if webgpu else [])
@@ -117,7 +120,7 @@ def vendor_files(webgpu: bool, node_modules: Path | None = None) -> Iterator[tup
                     found.add(relative)
                     yield f"{name}/{relative}", path.read_bytes()
         else:
-            with tarfile.open(fileobj=io.BytesIO(package_tarball(name, pin)), mode="r:gz") as tar:
+            with tarfile.open(fileobj=io.BytesIO(package_tarball(name, pin, progress)), mode="r:gz") as tar:
                 for member in tar.getmembers():
                     relative = member.name.removeprefix("package/")
                     if member.isfile() and member.name.startswith("package/") and _safe_relative(relative) and _wanted(relative, listed):
@@ -192,15 +195,18 @@ def space_card(contract: dict[str, Any]) -> str:
     )
 
 
-def build_site(bundle: Path, out: Path, variants: list[str] | None = None, webgpu: bool = False, node_modules: Path | None = None) -> dict[str, Any]:
-    """Write the static site for `bundle` at `out` (replaced whole, only if it is a site mitp wrote)."""
+def build_site(
+    bundle: Path, out: Path, variants: list[str] | None = None, webgpu: bool = False, node_modules: Path | None = None, progress: Progress | None = None
+) -> dict[str, Any]:
+    """Write the static site for `bundle` at `out` (replaced whole, only if it is a site mitp wrote);
+    `progress` hears of the npm tarballs downloaded (the first time only)."""
     bundle = Path(bundle)
     if Path(out).resolve().is_relative_to(bundle.resolve()):
         raise SiteError(f"--out {out} is inside the bundle {bundle}, which stays as it is: name a folder outside it")
     contract = read_contract(bundle)
     chosen, default = choose_variants(contract, bundle, variants)
     files = _bundle_files(bundle, contract, chosen)
-    vendored = dict(vendor_files(webgpu, node_modules))  # fetched before anything is written
+    vendored = dict(vendor_files(webgpu, node_modules, progress))  # fetched before anything is written
     site = {
         "mitp_version": __version__,
         "dataset": contract.get("dataset"),
