@@ -233,14 +233,15 @@ def _captions() -> list[str]:
     pieces = ["hello", "world", "it's", "we'll", "I'D", "naïve", "café", "Ünïcödé", "日本語", "😀🎉", "&amp;", "&lt;b&gt;", "&amp;amp;", "&notit;",
               "  spaced\t\ttabs\n", "123456", "3.14", "e-mail", "don't", "x" * 40, "ǅ", "ß", "İstanbul", "ﬁ", "\u00a0nbsp", "\u2028", "mixedCASE",
               "foo_bar", "C++", "#hash", "https://a.b/c?d=e", "한국어", "Ελληνικά", "русский", "'s'S", "a" * 200, "red", "plate", "photo"]
-    return [" ".join(rng.choice(pieces, size=int(rng.integers(0, 120 if i % 7 == 0 else 25)))) for i in range(400)]
+    long = ["word " * 5000, "&nbsp; " * 400 + "late words " * 50, "x" * 20000 + " tail"]  # cut at 77 words; the last is refused
+    return [" ".join(rng.choice(pieces, size=int(rng.integers(0, 120 if i % 7 == 0 else 25)))) for i in range(400)] + long
 
 
 @needs_packages
 def test_browser_tokenizer_matches_python(trained, tmp_path):
     """The browser's tokenization (tokenizers.js plus contract.mjs's cleaning and framing) gives the ids and
     mask of the Python runtime, for a word-level tokenizer (the presets) and a CLIP-structured BPE."""
-    from mitp.runtime.tokenizer import clean_caption, load_tokenizer_file
+    from mitp.runtime.tokenizer import MAX_CAPTION_CHARS, clean_head, load_tokenizer_file
 
     work = tmp_path / "web"
     shutil.copytree(ROOT / "mitp/runtime/web", work)
@@ -250,8 +251,10 @@ def test_browser_tokenizer_matches_python(trained, tmp_path):
     cases = []
     for path in (trained / "bundle" / "tokenizer.json", tmp_path / "bpe.json"):
         tok = load_tokenizer_file(path)
-        ids, mask = tok([clean_caption(c) for c in captions])
-        cases.append({"file": str(path), "rules": tok.rules("tokenizer.json"), "ids": ids.tolist(), "mask": mask.tolist()})
+        ids, mask = tok([clean_head(c) for c in captions])
+        refused = [len(clean_head(c)) > MAX_CAPTION_CHARS for c in captions]  # as predict refuses them
+        ids_or_none = [None if r else row for r, row in zip(refused, ids.tolist(), strict=True)]
+        cases.append({"file": str(path), "rules": tok.rules("tokenizer.json"), "ids": ids_or_none, "mask": mask.tolist()})
     (tmp_path / "cases.json").write_text(json.dumps({"captions": captions, "cases": cases}))
     out = _node(
         f"""
@@ -262,8 +265,10 @@ const wrong = [];
 for (const c of cases) {{
   const bundle = {{ contract: {{ tokenizer: c.rules }}, tokenizer: loadTokenizer(JSON.parse(readFileSync(c.file, "utf8")), c.rules) }};
   captions.forEach((text, i) => {{
-    const {{ ids, mask }} = tokenize(bundle, text);
-    if (JSON.stringify(ids) !== JSON.stringify(c.ids[i]) || JSON.stringify(mask) !== JSON.stringify(c.mask[i])) wrong.push([c.file, text]);
+    let got;
+    try {{ got = tokenize(bundle, text); }} catch (error) {{ got = null; }}
+    const same = got === null ? c.ids[i] === null : JSON.stringify(got.ids) === JSON.stringify(c.ids[i]) && JSON.stringify(got.mask) === JSON.stringify(c.mask[i]);
+    if (!same) wrong.push([c.file, text.slice(0, 80)]);
   }});
 }}
 console.log(JSON.stringify(wrong.slice(0, 5)));
@@ -271,7 +276,8 @@ console.log(JSON.stringify(wrong.slice(0, 5)));
         work,
     )
     assert json.loads(out) == []
-    assert any(sum(m) == 77 for m in cases[1]["mask"]) and any(1 in row[1:-1] for row in cases[0]["ids"])  # truncation and unknown words ran
+    assert any(sum(m) == 77 for m in cases[1]["mask"]) and any(row and 1 in row[1:-1] for row in cases[0]["ids"])  # truncation and unknown words ran
+    assert cases[0]["ids"][-1] is None and cases[0]["ids"][-2] is not None  # a refusal, and a long caption cut
 
 
 # ------------------------------------------------------------------------------------------ in Chromium

@@ -147,6 +147,20 @@ const WHITESPACE = /[\t\n\v\f\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\
 // (HTML5 rules, as Python's html.unescape), passed in so that this file imports nothing.
 export const cleanCaption = (text, decodeHTML) => decodeHTML(decodeHTML(text)).replace(WHITESPACE, " ").replace(/^ | $/g, "");
 
+// The cleaned caption cut after its first `words` words, read from the head of the text only (Python's
+// clean_head): every word yields at least one token, so the ids are those of the whole caption, and a long
+// caption costs what its first 77 words cost. Raw words are cleaned locally (an entity holds no whitespace);
+// the head grows while cleaning makes words vanish (`&nbsp;` alone).
+const RAW_WORD = /[^\t\n\v\f\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+/g;
+export function cleanHead(text, decodeHTML, words = 77) {
+  for (let take = 4 * words; ; take *= 4) {
+    const raw = [];
+    for (const match of text.matchAll(RAW_WORD)) if (raw.push(match[0]) > take) break;
+    const head = cleanCaption(raw.slice(0, take).join(" "), decodeHTML).split(" ");
+    if (raw.length <= take || head.length > words) return head.slice(0, words).join(" ");
+  }
+}
+
 // The text's ids (no special tokens) -> the model's input: cut so that start + text + end fit max_length,
 // then padded; the mask is 1 for start, text and end, 0 for padding (never ids != pad: pad may equal end).
 export function frameIds(textIds, rules) {

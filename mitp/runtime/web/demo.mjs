@@ -40,7 +40,7 @@ async function main() {
   $("backend").replaceChildren(...backends.map((b) => new Option(b, b)));
   const bundleFor = (variant, backend) => {
     const key = `${variant} ${backend}`;
-    if (!loaded.has(key)) loaded.set(key, loadBundle(source, { variant, backend }));
+    if (!loaded.has(key)) loaded.set(key, loadBundle(source, { variant, backend }).catch((error) => { loaded.delete(key); throw error; })); // a failure is tried again
     return loaded.get(key);
   };
   $("form").addEventListener("submit", async (event) => {

@@ -5,7 +5,7 @@
 import { decodeHTML } from "entities";
 import { Tokenizer } from "@huggingface/tokenizers";
 import { convertIndexedToRgb, decode as decodePng } from "fast-png";
-import { cleanCaption, clipCrop, decide, frameIds, normalize, relativeNameProblem, sizeProblem, toRgb } from "./contract.mjs";
+import { cleanHead, clipCrop, decide, frameIds, normalize, relativeNameProblem, sizeProblem, toRgb } from "./contract.mjs";
 
 export { clipCrop, decide, normalize };
 export const siteRoot = new URL("../", import.meta.url);
@@ -74,9 +74,14 @@ export function loadTokenizer(json, rules) {
   return tokenizer;
 }
 
+// As mitp predict: a caption whose first 77 words hold more than this many characters is refused (BPE's cost
+// grows with a word's length squared; no caption of the data sets comes near it).
+export const MAX_CAPTION_CHARS = 16384;
+
 export function tokenize(bundle, text) {
-  const cleaned = cleanCaption(text, decodeHTML);
-  return frameIds(bundle.tokenizer.encode(cleaned, { add_special_tokens: false }).ids, bundle.contract.tokenizer);
+  const head = cleanHead(text, decodeHTML, bundle.contract.tokenizer.max_length);
+  if (head.length > MAX_CAPTION_CHARS) throw new Error(`the caption's first words hold ${head.length} characters, more than the ${MAX_CAPTION_CHARS} allowed`);
+  return frameIds(bundle.tokenizer.encode(head, { add_special_tokens: false }).ids, bundle.contract.tokenizer);
 }
 
 // -------------------------------------------------------------------------------------------- the image
@@ -233,7 +238,7 @@ export async function predict(bundle, blob, text) {
   const t0 = performance.now();
   const { crop, pixels } = await preprocess(bundle, blob, blob.name || "the image");
   const t1 = performance.now();
-  if (!cleanCaption(text, decodeHTML)) throw new Error("the caption is empty (once HTML entities and whitespace are cleaned)"); // as mitp predict
+  if (!cleanHead(text, decodeHTML)) throw new Error("the caption is empty (once HTML entities and whitespace are cleaned)"); // as mitp predict
   const { ids, mask } = tokenize(bundle, text);
   const t2 = performance.now();
   const out = await logits(bundle, pixels, ids, mask);
