@@ -36,7 +36,7 @@ COMMANDS = {
 }
 
 
-REPLACED_WHOLE = {"bundle", "prepared", "raw", "standin", "backbone", "release"}  # built beside, then swapped in whole
+REPLACED_WHOLE = {"bundle", "prepared", "raw", "standin", "backbone", "release", "site"}  # built beside, then swapped in whole
 NESTED_SEARCH_DEPTH = 3  # how deep a folder about to be replaced is searched for other commands' outputs
 
 

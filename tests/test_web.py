@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import tarfile
 import threading
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -140,9 +141,46 @@ def test_site_refusals_are_one_line(trained, tmp_path):
     (tmp_path / "mine" / "notes.txt").write_text("mine")
     refused("--out", str(tmp_path / "mine"), "--vendor", str(modules))
     assert (tmp_path / "mine" / "notes.txt").read_text() == "mine"
+    (tmp_path / "afile").write_text("mine")
+    assert "cannot write the site" in refused("--out", str(tmp_path / "afile" / "site"), "--vendor", str(modules))
+
+    site = tmp_path / "site"  # a site mitp wrote, then the user's notes put in it: a rebuild keeps off
+    assert runner.invoke(app, ["bundle", "web", str(bundle), "--out", str(site), "--vendor", str(modules)]).exit_code == 0
+    (site / "NOTES.md").write_text("mine")
+    assert "NOTES.md" in refused("--out", str(site), "--vendor", str(modules))
+    assert (site / "NOTES.md").read_text() == "mine" and (site / "index.html").is_file()
+
+    (modules / "fflate" / "esm" / "browser.js").write_text("")  # a damaged install
+    assert "is empty" in refused("--out", str(tmp_path / "c"), "--vendor", str(modules))
     (modules / "fast-png" / "package.json").write_text(json.dumps({"version": "7.0.0"}))
     assert "npm ci" in refused("--out", str(tmp_path / "b"), "--vendor", str(modules))
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda c: c.pop("models"),
+        lambda c: c.update(models={}),
+        lambda c: c.update(models=["fp32"]),
+        lambda c: c["models"].update(fp32={}),
+        lambda c: c["models"]["fp32"].update(file=7),
+        lambda c: c["models"]["fp32"].update(file="../../../nowhere/model.onnx"),
+        lambda c: c["models"]["fp32"].update(file="gone.onnx"),
+        lambda c: c.pop("test_vectors"),
+        lambda c: c.update(tokenizer={}),
+    ],
+    ids=["no-models", "empty-models", "models-list", "no-file", "file-number", "file-outside", "file-missing", "no-vectors", "no-tokenizer-file"],
+)
+def test_a_damaged_bundle_gets_one_line(trained, tmp_path, damage):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(trained / "bundle", bundle)
+    contract = json.loads((bundle / "bundle.json").read_text())
+    damage(contract)
+    (bundle / "bundle.json").write_text(json.dumps(contract))
+    result = runner.invoke(app, ["bundle", "web", str(bundle), "--out", str(tmp_path / "site"), "--vendor", str(fake_node_modules(tmp_path / "nm"))])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) <= 3 and not (tmp_path / "site").exists()
 
 
 def _tarball(files: dict[str, bytes]) -> bytes:
@@ -197,6 +235,8 @@ def test_serve_sends_isolation_headers_and_script_types(trained, tmp_path):
                 assert response.headers["Content-Type"].startswith(kind)
                 assert response.headers["Cross-Origin-Opener-Policy"] == "same-origin"
                 assert response.headers["Cross-Origin-Embedder-Policy"] == "require-corp"
+        with pytest.raises(urllib.error.HTTPError, match="404"):
+            urllib.request.urlopen(url + ".mitp-output")  # the marker and build leftovers are not the site's
     finally:
         server.shutdown()
         server.server_close()
@@ -394,6 +434,13 @@ def test_demo_page_says_what_is_wrong_with_bad_input(trained, tmp_path):
     bad.mkdir()
     (bad / "notes.jpg").write_text("not an image")
     Image.new("RGB", (65 * 20, 20)).save(bad / "wide.png")  # an aspect ratio above 64:1
+    # Headers that promise 20,000 x 20,000 pixels: refused from the header, before the browser decodes
+    junk = bytes(64)
+    (bad / "huge.gif").write_bytes(b"GIF89a" + (20000).to_bytes(2, "little") * 2 + junk)
+    bmp = bytearray(b"BM" + bytes(12) + (40).to_bytes(4, "little") + (20000).to_bytes(4, "little") + (20000).to_bytes(4, "little")) + junk
+    (bad / "huge.bmp").write_bytes(bytes(bmp))
+    vp8x = b"VP8X" + (10).to_bytes(4, "little") + bytes(4) + (19999).to_bytes(3, "little") * 2
+    (bad / "huge.webp").write_bytes(b"RIFF" + (4 + len(vp8x) + len(junk)).to_bytes(4, "little") + b"WEBP" + vp8x + junk)
     vector = json.loads((trained / "bundle" / "test_vectors" / "vectors.json").read_text())["vectors"][0]
     server, url = serve(tmp_path / "site")
     try:
@@ -405,7 +452,9 @@ const page = await browser.newPage();
 await page.goto({json.dumps(url + "index.html")});
 await page.waitForFunction(() => !document.getElementById("run").disabled, {{ timeout: 60000 }});
 const outcomes = [];
-for (const [path, caption] of [["bundle/{vector['image']}", "&nbsp; \\t"], ["bad/notes.jpg", "a red plate"], ["bad/wide.png", "a red plate"], ["bundle/{vector['image']}", "a red plate"]]) {{
+const pairs = [["bundle/{vector['image']}", "a red plate"], ["bundle/{vector['image']}", "&nbsp; \\t"], ["bad/notes.jpg", "a red plate"], ["bad/wide.png", "a red plate"],
+  ["bad/huge.gif", "a red plate"], ["bad/huge.bmp", "a red plate"], ["bad/huge.webp", "a red plate"], ["bundle/{vector['image']}", "a red plate"]];
+for (const [path, caption] of pairs) {{
   await page.evaluate(async (path, caption) => {{
     const blob = await (await fetch(path)).blob(), transfer = new DataTransfer();
     transfer.items.add(new File([blob], path.split("/").pop(), {{ type: blob.type }}));
@@ -416,7 +465,7 @@ for (const [path, caption] of [["bundle/{vector['image']}", "&nbsp; \\t"], ["bad
   }}, path, caption);
   await page.click("#run");
   await page.waitForFunction(() => document.getElementById("status").className === "error" || document.getElementById("result").dataset.labels, {{ timeout: 60000 }});
-  outcomes.push(await page.$eval("#status", (el) => [el.className, el.textContent]));
+  outcomes.push(await page.evaluate(() => [document.getElementById("status").className, document.getElementById("status").textContent, document.getElementById("result").hidden]));
 }}
 await browser.close();
 console.log(JSON.stringify(outcomes));
@@ -426,8 +475,12 @@ console.log(JSON.stringify(outcomes));
     finally:
         server.shutdown()
         server.server_close()
-    empty, not_image, wide, good = json.loads(out)
+    first, empty, not_image, wide, gif, bmp, webp, good = json.loads(out)
+    done = ["", f"Done: {Path(vector['image']).name}", False]
+    assert first == done and good == done
     assert empty[0] == "error" and "caption is empty" in empty[1]
     assert not_image[0] == "error" and "cannot decode notes.jpg as an image" in not_image[1]
     assert wide[0] == "error" and "aspect ratio above 64:1" in wide[1]
-    assert good == ["", f"Done: {Path(vector['image']).name}"]
+    for header in (gif, bmp, webp):
+        assert header[0] == "error" and "20000 x 20000 pixels" in header[1], header
+    assert all(outcome[2] for outcome in (empty, not_image, wide, gif, bmp, webp))  # no earlier decision left on screen

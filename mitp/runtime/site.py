@@ -24,6 +24,7 @@ import io
 import json
 import os
 import shutil
+import socket
 import tarfile
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -32,7 +33,7 @@ from typing import Any
 
 from .. import __version__
 from ..atomic import atomic_write_json, atomic_write_text
-from ..errors import MitpError
+from ..errors import MitpError, machine_limit
 from ..outputs import build_output
 from .bundle import CONTRACT_FILE, bundle_file, read_contract
 from .verify import user_cache
@@ -118,7 +119,10 @@ def vendor_files(webgpu: bool, node_modules: Path | None = None, progress: Progr
                 relative = path.relative_to(root).as_posix()
                 if path.is_file() and not path.is_symlink() and _wanted(relative, listed):
                     found.add(relative)
-                    yield f"{name}/{relative}", path.read_bytes()
+                    content = path.read_bytes()
+                    if not content:  # npm checked the tarball; an emptied file is a damaged install
+                        raise SiteError(f"--vendor {node_modules}: {name}/{relative} is empty; reinstall with `npm ci`")
+                    yield f"{name}/{relative}", content
         else:
             with tarfile.open(fileobj=io.BytesIO(package_tarball(name, pin, progress)), mode="r:gz") as tar:
                 for member in tar.getmembers():
@@ -169,18 +173,35 @@ def _bundle_files(bundle: Path, contract: dict[str, Any], variants: list[str]) -
     return list(dict.fromkeys(names))
 
 
-def choose_variants(contract: dict[str, Any], bundle: Path, wanted: list[str] | None) -> tuple[list[str], str]:
-    """The variants to ship (default: all in the bundle) and the one the demo page starts on."""
+def site_contract(bundle: Path) -> dict[str, Any]:
+    """bundle.json, with what the pages read of it present and typed (models, tokenizer file, test vectors)."""
+    contract = read_contract(bundle)
+    where = Path(bundle) / CONTRACT_FILE
+    models = contract.get("models")
+    if not isinstance(models, dict) or not models or not all(isinstance(m, dict) and isinstance(m.get("file"), str) for m in models.values()):
+        raise SiteError(f"{where}: `models` must name each variant's file, as `mitp export` writes it")
+    if not isinstance(contract["tokenizer"], dict) or not isinstance(contract["tokenizer"].get("file"), str):
+        raise SiteError(f"{where}: `tokenizer` must name its file, as `mitp export` writes it")
+    if not isinstance(contract.get("test_vectors"), str):
+        raise SiteError(f"{where} names no test vectors, which the site's verify page runs: export the bundle again")
+    return contract
+
+
+def choose_variants(contract: dict[str, Any], bundle: Path, wanted: list[str] | None) -> list[str]:
+    """The variants to ship: those asked for, or all in the bundle."""
     available = list(contract["models"])
     variants = list(dict.fromkeys(wanted or available))
     unknown = [v for v in variants if v not in available]
     if unknown:
         raise SiteError(f"{bundle} has no {', '.join(unknown)} model (it has {', '.join(available)})")
-    default = variants[0]
-    if "fp32" in variants:
-        large = model_bytes(bundle, contract, "fp32") > LARGE_MODEL
-        default = "int8" if large and "int8" in variants else "fp32"
-    return variants, default
+    return variants
+
+
+def default_variant(contract: dict[str, Any], bundle: Path, variants: list[str]) -> str:
+    """The variant the demo page starts on: fp32, or int8 when the fp32 weights pass LARGE_MODEL bytes."""
+    if "fp32" not in variants:
+        return variants[0]
+    return "int8" if model_bytes(bundle, contract, "fp32") > LARGE_MODEL and "int8" in variants else "fp32"
 
 
 def space_card(contract: dict[str, Any]) -> str:
@@ -203,9 +224,10 @@ def build_site(
     bundle = Path(bundle)
     if Path(out).resolve().is_relative_to(bundle.resolve()):
         raise SiteError(f"--out {out} is inside the bundle {bundle}, which stays as it is: name a folder outside it")
-    contract = read_contract(bundle)
-    chosen, default = choose_variants(contract, bundle, variants)
-    files = _bundle_files(bundle, contract, chosen)
+    contract = site_contract(bundle)
+    chosen = choose_variants(contract, bundle, variants)
+    files = _bundle_files(bundle, contract, chosen)  # each checked before anything is read or sized
+    default = default_variant(contract, bundle, chosen)
     vendored = dict(vendor_files(webgpu, node_modules, progress))  # fetched before anything is written
     site = {
         "mitp_version": __version__,
@@ -217,7 +239,18 @@ def build_site(
         "external_data": {v: name for v in chosen if (name := external_data(bundle, contract, v))},
         "vendor": {name: pin["version"] for name, pin in vendor_spec()["packages"].items()},
     }
-    with build_output(Path(out), "site", inputs=(bundle,)) as tmp:
+    try:
+        _write_site(bundle, Path(out), files, vendored, site, contract)
+    except OSError as err:
+        if machine_limit(err) is not None:
+            raise  # a full disk, a read-only file system: said as such, exit 74
+        raise SiteError(f"cannot write the site at {out}: {err.strerror or err}") from err
+    site["bytes"] = sum(p.stat().st_size for p in Path(out).rglob("*") if p.is_file())
+    return site
+
+
+def _write_site(bundle: Path, out: Path, files: list[str], vendored: dict[str, bytes], site: dict[str, Any], contract: dict[str, Any]) -> None:
+    with build_output(out, "site", inputs=(bundle,)) as tmp:
         for page in PAGES:
             atomic_write_text(tmp / page, (WEB / page).read_text().replace("<!-- importmap -->", import_map()))
         (tmp / "mitp").mkdir()
@@ -233,8 +266,6 @@ def build_site(
         atomic_write_json(tmp / "site.json", site)
         atomic_write_text(tmp / "_headers", "/*\n" + "".join(f"  {k}: {v}\n" for k, v in ISOLATION_HEADERS.items()))
         atomic_write_text(tmp / "README.md", space_card(contract))
-    site["bytes"] = sum(p.stat().st_size for p in Path(out).rglob("*") if p.is_file())
-    return site
 
 
 # ---------------------------------------------------------------------------------------------- serve
@@ -244,6 +275,12 @@ class IsolatedHandler(http.server.SimpleHTTPRequestHandler):
     """Static files with the headers that make the page cross-origin isolated (multi-threaded wasm)."""
 
     extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map, ".mjs": "text/javascript", ".js": "text/javascript", ".wasm": "application/wasm", ".onnx": "application/octet-stream"}
+
+    def send_head(self):  # the base class's signature
+        if any(part.startswith(".") for part in self.path.split("?", 1)[0].split("/")):
+            self.send_error(404, "not part of the site")  # .mitp-output, build leftovers
+            return None
+        return super().send_head()
 
     def end_headers(self) -> None:
         for name, value in ISOLATION_HEADERS.items():
@@ -259,4 +296,9 @@ def site_server(site: Path, host: str = "127.0.0.1", port: int = 8000) -> http.s
     """A server for `site` (not started); port 0 picks a free one."""
     if not (Path(site) / "site.json").is_file():
         raise SiteError(f"{site} is not a site written by `mitp bundle web` (no site.json)")
-    return http.server.ThreadingHTTPServer((host, port), partial(IsolatedHandler, directory=str(site)))
+    server_class = _IPv6Server if ":" in host else http.server.ThreadingHTTPServer
+    return server_class((host, port), partial(IsolatedHandler, directory=str(site)))
+
+
+class _IPv6Server(http.server.ThreadingHTTPServer):
+    address_family = socket.AF_INET6

@@ -46,6 +46,8 @@ async function main() {
   $("form").addEventListener("submit", async (event) => {
     event.preventDefault();
     $("run").disabled = true;
+    $("result").hidden = true; // never the previous pair's decision beside this pair's outcome
+    delete $("result").dataset.labels;
     try {
       status("Running...");
       const bundle = await bundleFor($("variant").value, $("backend").value);

@@ -89,10 +89,24 @@ export function tokenize(bundle, text) {
 const PNG_SIGNATURE = [137, 80, 78, 71, 13, 10, 26, 10];
 const isPng = (bytes) => PNG_SIGNATURE.every((v, i) => bytes[i] === v);
 
-// Width and height from a PNG or JPEG header, before anything is decoded (null for other formats).
+const ascii = (bytes, at, length) => String.fromCharCode(...bytes.subarray(at, at + length));
+
+// Width and height from the header of a PNG, JPEG, GIF, BMP or WebP, before anything is decoded (null for
+// other formats, which are checked once decoded).
 function headerSize(bytes) {
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   if (isPng(bytes) && bytes.length >= 24) return [view.getUint32(16), view.getUint32(20)];
+  if (/^GIF8[79]a$/.test(ascii(bytes, 0, 6)) && bytes.length >= 10) return [view.getUint16(6, true), view.getUint16(8, true)];
+  if (ascii(bytes, 0, 2) === "BM" && bytes.length >= 26) {
+    return view.getUint32(14, true) === 12 ? [view.getUint16(18, true), view.getUint16(20, true)] : [Math.abs(view.getInt32(18, true)), Math.abs(view.getInt32(22, true))];
+  }
+  if (ascii(bytes, 0, 4) === "RIFF" && ascii(bytes, 8, 4) === "WEBP" && bytes.length >= 30) {
+    const chunk = ascii(bytes, 12, 4), u24 = (at) => bytes[at] | (bytes[at + 1] << 8) | (bytes[at + 2] << 16);
+    if (chunk === "VP8X") return [1 + u24(24), 1 + u24(27)];
+    if (chunk === "VP8L") { const bits = view.getUint32(21, true); return [1 + (bits & 0x3fff), 1 + ((bits >> 14) & 0x3fff)]; }
+    if (chunk === "VP8 ") return [view.getUint16(26, true) & 0x3fff, view.getUint16(28, true) & 0x3fff];
+    return null;
+  }
   if (bytes[0] !== 0xff || bytes[1] !== 0xd8) return null;
   for (let at = 2; at + 9 < bytes.length; ) { // JPEG: walk the markers to the first start-of-frame
     if (bytes[at] !== 0xff) return null;
@@ -173,7 +187,7 @@ function pngToRgb(png) {
 function pngExif(bytes) { // the eXIf chunk, which Pillow's getexif() reads for PNG
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   for (let at = 8; at + 12 <= bytes.length; ) {
-    const length = view.getUint32(at), type = String.fromCharCode(...bytes.subarray(at + 4, at + 8));
+    const length = view.getUint32(at), type = ascii(bytes, at + 4, 4);
     if (type === "eXIf") return bytes.subarray(at + 8, at + 8 + length);
     if (type === "IDAT" || type === "IEND") return null; // eXIf must come before the image data
     at += 12 + length;
