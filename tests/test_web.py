@@ -484,3 +484,32 @@ console.log(JSON.stringify(outcomes));
     for header in (gif, bmp, webp):
         assert header[0] == "error" and "20000 x 20000 pixels" in header[1], header
     assert all(outcome[2] for outcome in (empty, not_image, wide, gif, bmp, webp))  # no earlier decision left on screen
+
+
+@needs_browser
+def test_webgpu_build_reproduces_the_test_vectors_where_the_browser_has_an_adapter(trained, tmp_path):
+    """`--webgpu` sites on the WebGPU backend (a software adapter, SwiftShader, in a headless browser without
+    a GPU); skipped where the browser offers no adapter at all."""
+    result = runner.invoke(app, ["bundle", "web", str(trained / "bundle"), "--out", str(tmp_path / "site"), "--vendor", str(NODE_MODULES), "--webgpu", "--variant", "fp32"])
+    assert result.exit_code == 0, result.output
+    server, url = serve(tmp_path / "site")
+    try:
+        probe = _node(
+            f"""
+import puppeteer from "puppeteer-core";
+const browser = await puppeteer.launch({{ executablePath: {json.dumps(CHROMIUM)}, headless: true, args: ["--no-sandbox", "--enable-unsafe-webgpu", "--enable-features=Vulkan"] }});
+const page = await browser.newPage();
+await page.goto({json.dumps(url + "index.html")});
+console.log(JSON.stringify(await page.evaluate(async () => Boolean(navigator.gpu && (await navigator.gpu.requestAdapter())))));
+await browser.close();
+""",
+            WEB_EXAMPLE,
+        )
+        if not json.loads(probe):
+            pytest.skip("this browser offers no WebGPU adapter")
+        done = subprocess.run(["node", "check.mjs", url, "--backend", "webgpu", "--json", str(tmp_path / "check.json")], capture_output=True, text=True, cwd=WEB_EXAMPLE, timeout=300)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "model.onnx on webgpu: logits within" in done.stdout and "WebGPU adapter" in done.stdout
