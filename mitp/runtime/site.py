@@ -26,6 +26,7 @@ import os
 import shutil
 import socket
 import tarfile
+import urllib.parse
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
@@ -207,8 +208,9 @@ def default_variant(contract: dict[str, Any], bundle: Path, variants: list[str])
 def space_card(contract: dict[str, Any]) -> str:
     """README.md with the YAML header a Hugging Face static Space reads, headers included."""
     header = "\n".join(f"  {name.lower()}: {value}" for name, value in ISOLATION_HEADERS.items())
+    title = json.dumps(f"mitp {contract.get('dataset', '')} {contract.get('setting', '')}")  # a JSON string is a YAML string
     return (
-        f"---\ntitle: mitp {contract.get('dataset', '')} {contract.get('setting', '')}\nsdk: static\napp_file: index.html\n"
+        f"---\ntitle: {title}\nsdk: static\napp_file: index.html\n"
         f"custom_headers:\n{header}\n---\n\n"
         f"An mitp bundle ({contract.get('dataset')}, {contract.get('setting')}) that runs in the browser with onnxruntime-web.\n"
         "`index.html` classifies an image and a caption; `verify.html` checks the bundle's test vectors.\n"
@@ -277,7 +279,7 @@ class IsolatedHandler(http.server.SimpleHTTPRequestHandler):
     extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map, ".mjs": "text/javascript", ".js": "text/javascript", ".wasm": "application/wasm", ".onnx": "application/octet-stream"}
 
     def send_head(self):  # the base class's signature
-        if any(part.startswith(".") for part in self.path.split("?", 1)[0].split("/")):
+        if any(part.startswith(".") for part in urllib.parse.unquote(self.path.split("?", 1)[0]).split("/")):
             self.send_error(404, "not part of the site")  # .mitp-output, build leftovers
             return None
         return super().send_head()
