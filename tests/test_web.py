@@ -450,9 +450,11 @@ def test_demo_page_says_what_is_wrong_with_bad_input(trained, tmp_path):
 import puppeteer from "puppeteer-core";
 const browser = await puppeteer.launch({{ executablePath: {json.dumps(CHROMIUM)}, headless: true, args: ["--no-sandbox"] }});
 const page = await browser.newPage();
+await page.goto({json.dumps((tmp_path / "site" / "index.html").as_uri())});  // opened from the disk first
+const fromDisk = await page.$eval("#status", (el) => [el.className, el.textContent]);
 await page.goto({json.dumps(url + "index.html")});
 await page.waitForFunction(() => !document.getElementById("run").disabled, {{ timeout: 60000 }});
-const outcomes = [];
+const outcomes = [fromDisk];
 const pairs = [["bundle/{vector['image']}", "a red plate"], ["bundle/{vector['image']}", "&nbsp; \\t"], ["bad/notes.jpg", "a red plate"], ["bad/wide.png", "a red plate"],
   ["bad/huge.gif", "a red plate"], ["bad/huge.bmp", "a red plate"], ["bad/huge.webp", "a red plate"], ["bundle/{vector['image']}", "a red plate"]];
 for (const [path, caption] of pairs) {{
@@ -476,7 +478,8 @@ console.log(JSON.stringify(outcomes));
     finally:
         server.shutdown()
         server.server_close()
-    first, empty, not_image, wide, gif, bmp, webp, good = json.loads(out)
+    from_disk, first, empty, not_image, wide, gif, bmp, webp, good = json.loads(out)
+    assert from_disk[0] == "error" and "mitp bundle serve" in from_disk[1]
     done = ["", f"Done: {Path(vector['image']).name}", False]
     assert first == done and good == done
     assert empty[0] == "error" and "caption is empty" in empty[1]
