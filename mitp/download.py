@@ -297,6 +297,22 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _extract_tar(tar: tarfile.TarFile, into: Path) -> None:
+    """Unpack with tarfile's "data" filter (absolute paths, links out of the folder and device files refused);
+    Pythons before 3.11.4 lack it, and get the same refusals here."""
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(into, filter="data")
+        return
+    for member in tar.getmembers():
+        parts = Path(member.name).parts
+        target = os.path.normpath(os.path.join(os.path.dirname(member.name), member.linkname)) if member.issym() else member.linkname
+        leaves = member.name.startswith("/") or ".." in parts
+        leaves |= (member.issym() or member.islnk()) and (target.startswith("/") or ".." in Path(target).parts)
+        if leaves or member.isdev():
+            raise tarfile.TarError(f"{member.name} would be written outside the archive's folder, or is a device")
+    tar.extractall(into)
+
+
 def extract(archive: Path, into: Path) -> None:
     """Unpack a .tar(.gz)/.zip archive, or gunzip a single .gz file, into `into` (atomically per archive).
     A damaged archive is removed (the rerun fetches it again); one that fails for want of space is kept."""
@@ -309,7 +325,7 @@ def extract(archive: Path, into: Path) -> None:
     try:
         if tarfile.is_tarfile(archive):
             with tarfile.open(archive) as tar:
-                tar.extractall(tmp, filter="data")  # refuses absolute paths and links out of the folder
+                _extract_tar(tar, tmp)
         elif zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as zf:
                 zf.extractall(tmp)
