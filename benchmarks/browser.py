@@ -19,12 +19,12 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import tempfile
 import threading
-import time
 from pathlib import Path
+
+from onnx_inference import timed  # the median of repeated calls after a warm-up, as the other inference figures
 
 ROOT = Path(__file__).resolve().parents[1]
 WEB = ROOT / "examples" / "web"
@@ -66,16 +66,6 @@ def first_vector_inputs(bundle: Path) -> dict:
     return {"pixel_values": np.ascontiguousarray(pixels.reshape(1, *pixels.shape[-3:]), dtype=np.float32), "input_ids": ids, "attention_mask": mask}
 
 
-def median_ms(call, repeats: int) -> float:
-    call()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
-
-
 def onnxruntime_times(bundle: Path, inputs: dict, variants: list[str], threads: list[int], repeats: int) -> dict:
     import onnxruntime as ort
 
@@ -86,7 +76,7 @@ def onnxruntime_times(bundle: Path, inputs: dict, variants: list[str], threads: 
             options = ort.SessionOptions()
             options.intra_op_num_threads = count
             session = ort.InferenceSession(str(bundle / contract["models"][variant]["file"]), options, providers=["CPUExecutionProvider"])
-            out[f"{variant}/{count}"] = median_ms(lambda s=session: s.run(None, inputs), repeats)
+            out[f"{variant}/{count}"] = 1000 * timed(lambda s=session: s.run(None, inputs), repeats)
     return out
 
 
@@ -99,7 +89,7 @@ def torch_time(run: Path, inputs: dict, repeats: int) -> tuple[float, int]:
     graph = ExportGraph(load_trained(run)[0]).eval()
     feeds = {k: torch.from_numpy(v) for k, v in inputs.items()}
     with torch.inference_mode():
-        return median_ms(lambda: graph(**feeds), repeats), torch.get_num_threads()
+        return 1000 * timed(lambda: graph(**feeds), repeats), torch.get_num_threads()
 
 
 def cpu_name() -> str:

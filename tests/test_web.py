@@ -8,6 +8,7 @@ images of every kind against Pillow. Skipped otherwise: the suite itself needs n
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 import json
@@ -17,6 +18,7 @@ import tarfile
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -62,10 +64,16 @@ def fake_node_modules(root: Path) -> Path:
     return root
 
 
-def serve(site: Path):
+@contextlib.contextmanager
+def served(site: Path) -> Iterator[str]:
+    """The site's address while `mitp bundle serve`'s server runs it on a free port."""
     server = site_module.site_server(site, port=0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, f"http://127.0.0.1:{server.server_address[1]}/"
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_vendor_pins_are_the_lockfiles(tmp_path):
@@ -228,8 +236,7 @@ def test_vendor_packages_come_from_the_registry_once_and_checked(trained, tmp_pa
 
 def test_serve_sends_isolation_headers_and_script_types(trained, tmp_path):
     runner.invoke(app, ["bundle", "web", str(trained / "bundle"), "--out", str(tmp_path / "site"), "--vendor", str(fake_node_modules(tmp_path / "nm"))])
-    server, url = serve(tmp_path / "site")
-    try:
+    with served(tmp_path / "site") as url:
         for path, kind in [("mitp/mitp.mjs", "text/javascript"), ("vendor/onnxruntime-web/dist/ort-wasm-simd-threaded.wasm", "application/wasm")]:
             with urllib.request.urlopen(url + path) as response:
                 assert response.headers["Content-Type"].startswith(kind)
@@ -238,9 +245,6 @@ def test_serve_sends_isolation_headers_and_script_types(trained, tmp_path):
         for hidden in (".mitp-output", "%2emitp-output"):  # the marker and build leftovers are not the site's
             with pytest.raises(urllib.error.HTTPError, match="404"):
                 urllib.request.urlopen(url + hidden)
-    finally:
-        server.shutdown()
-        server.server_close()
     with pytest.raises(site_module.SiteError, match="not a site"):
         site_module.site_server(trained / "bundle", port=0)
 
@@ -252,6 +256,14 @@ def _node(script: str, cwd: Path, timeout: int = 300) -> str:
     done = subprocess.run(["node", "--input-type=module", "-e", script], capture_output=True, text=True, cwd=cwd, timeout=timeout)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
+
+
+def _in_chromium(body: str, args: tuple[str, ...] = ()) -> str:
+    """Run `body` (JavaScript with `page`, a fresh page of headless Chromium, in scope) with puppeteer-core; its
+    console output."""
+    launch = json.dumps({"executablePath": CHROMIUM, "headless": True, "args": ["--no-sandbox", *args]})
+    script = f'import puppeteer from "puppeteer-core";\nconst browser = await puppeteer.launch({launch});\nconst page = await browser.newPage();\n'
+    return _node(script + f"try {{\n{body}\n}} finally {{\n  await browser.close();\n}}\n", WEB_EXAMPLE)
 
 
 def _clip_like_bpe(path: Path) -> None:
@@ -330,12 +342,8 @@ def test_browser_reproduces_the_test_vectors_and_the_demo_page(trained, tmp_path
     site, and the demo page's decision for a test image and caption."""
     result = runner.invoke(app, ["bundle", "web", str(trained / "bundle"), "--out", str(tmp_path / "site"), "--vendor", str(NODE_MODULES)])
     assert result.exit_code == 0, result.output
-    server, url = serve(tmp_path / "site")
-    try:
+    with served(tmp_path / "site") as url:
         done = subprocess.run(["node", "check.mjs", url, "--demo", "--json", str(tmp_path / "check.json")], capture_output=True, text=True, cwd=WEB_EXAMPLE, timeout=300)
-    finally:
-        server.shutdown()
-        server.server_close()
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads((tmp_path / "check.json").read_text())["sites"][0]
     contract = json.loads((trained / "bundle" / "bundle.json").read_text())
@@ -395,13 +403,9 @@ def test_browser_decodes_every_kind_of_image_like_pillow(trained, tmp_path):
     cases.mkdir()
     names = _image_cases(cases)
     expected = {name: [hashlib.sha256(clip_crop(load_image(cases / name), size).tobytes()).hexdigest() for size in (7, 32)] for name in names}
-    server, url = serve(tmp_path / "site")
-    try:
-        out = _node(
+    with served(tmp_path / "site") as url:
+        out = _in_chromium(
             f"""
-import puppeteer from "puppeteer-core";
-const browser = await puppeteer.launch({{ executablePath: {json.dumps(CHROMIUM)}, headless: true, args: ["--no-sandbox"] }});
-const page = await browser.newPage();
 await page.goto({json.dumps(url + "verify.html")});
 const got = await page.evaluate(async (names) => {{
   const m = await import("./mitp/mitp.mjs");
@@ -413,14 +417,9 @@ const got = await page.evaluate(async (names) => {{
   }}
   return out;
 }}, {json.dumps(names)});
-await browser.close();
 console.log(JSON.stringify(got));
-""",
-            WEB_EXAMPLE,
+"""
         )
-    finally:
-        server.shutdown()
-        server.server_close()
     got = json.loads(out)
     assert {name: got[name] for name in names if got[name] != expected[name]} == {}
 
@@ -443,13 +442,9 @@ def test_demo_page_says_what_is_wrong_with_bad_input(trained, tmp_path):
     vp8x = b"VP8X" + (10).to_bytes(4, "little") + bytes(4) + (19999).to_bytes(3, "little") * 2
     (bad / "huge.webp").write_bytes(b"RIFF" + (4 + len(vp8x) + len(junk)).to_bytes(4, "little") + b"WEBP" + vp8x + junk)
     vector = json.loads((trained / "bundle" / "test_vectors" / "vectors.json").read_text())["vectors"][0]
-    server, url = serve(tmp_path / "site")
-    try:
-        out = _node(
+    with served(tmp_path / "site") as url:
+        out = _in_chromium(
             f"""
-import puppeteer from "puppeteer-core";
-const browser = await puppeteer.launch({{ executablePath: {json.dumps(CHROMIUM)}, headless: true, args: ["--no-sandbox"] }});
-const page = await browser.newPage();
 await page.goto({json.dumps((tmp_path / "site" / "index.html").as_uri())});  // opened from the disk first
 const fromDisk = await page.$eval("#status", (el) => [el.className, el.textContent]);
 await page.goto({json.dumps(url + "index.html")});
@@ -470,14 +465,9 @@ for (const [path, caption] of pairs) {{
   await page.waitForFunction(() => document.getElementById("status").className === "error" || document.getElementById("result").dataset.labels, {{ timeout: 60000 }});
   outcomes.push(await page.evaluate(() => [document.getElementById("status").className, document.getElementById("status").textContent, document.getElementById("result").hidden]));
 }}
-await browser.close();
 console.log(JSON.stringify(outcomes));
-""",
-            WEB_EXAMPLE,
+"""
         )
-    finally:
-        server.shutdown()
-        server.server_close()
     from_disk, first, empty, not_image, wide, gif, bmp, webp, good = json.loads(out)
     assert from_disk[0] == "error" and "mitp bundle serve" in from_disk[1]
     done = ["", f"Done: {Path(vector['image']).name}", False]
@@ -496,24 +486,16 @@ def test_webgpu_build_reproduces_the_test_vectors_where_the_browser_has_an_adapt
     a GPU); skipped where the browser offers no adapter at all."""
     result = runner.invoke(app, ["bundle", "web", str(trained / "bundle"), "--out", str(tmp_path / "site"), "--vendor", str(NODE_MODULES), "--webgpu", "--variant", "fp32"])
     assert result.exit_code == 0, result.output
-    server, url = serve(tmp_path / "site")
-    try:
-        probe = _node(
+    with served(tmp_path / "site") as url:
+        probe = _in_chromium(
             f"""
-import puppeteer from "puppeteer-core";
-const browser = await puppeteer.launch({{ executablePath: {json.dumps(CHROMIUM)}, headless: true, args: ["--no-sandbox", "--enable-unsafe-webgpu", "--enable-features=Vulkan"] }});
-const page = await browser.newPage();
 await page.goto({json.dumps(url + "index.html")});
 console.log(JSON.stringify(await page.evaluate(async () => Boolean(navigator.gpu && (await navigator.gpu.requestAdapter())))));
-await browser.close();
 """,
-            WEB_EXAMPLE,
+            args=("--enable-unsafe-webgpu", "--enable-features=Vulkan"),
         )
         if not json.loads(probe):
             pytest.skip("this browser offers no WebGPU adapter")
         done = subprocess.run(["node", "check.mjs", url, "--backend", "webgpu", "--json", str(tmp_path / "check.json")], capture_output=True, text=True, cwd=WEB_EXAMPLE, timeout=300)
-    finally:
-        server.shutdown()
-        server.server_close()
     assert done.returncode == 0, done.stdout + done.stderr
     assert "model.onnx on webgpu: logits within" in done.stdout and "WebGPU adapter" in done.stdout

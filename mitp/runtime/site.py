@@ -41,7 +41,7 @@ from .verify import user_cache
 
 WEB = Path(__file__).with_name("web")
 PAGES = ("index.html", "verify.html")
-SCRIPTS = ("mitp.mjs", "contract.mjs", "demo.mjs", "verify.mjs", "style.css")
+SCRIPTS = ("mitp.mjs", "contract.mjs", "demo.mjs", "verify.mjs", "served.js", "style.css")
 REGISTRY = "https://registry.npmjs.org"
 SCRIPT_SUFFIXES = (".js", ".mjs")
 LARGE_MODEL = 1 << 30  # above 1 GiB of fp32 weights the page starts on int8, the size a browser tab can hold
