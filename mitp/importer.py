@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,11 @@ from typing import Any
 from .prepare import MALFORMED_LINE, Pair, PrepareError, Report, carve, write_prepared
 
 SPLITS = ("train", "val", "test")
+SPLIT_SPELLINGS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "dev": "val", "test": "test", "testing": "test"}
 HELD_OUT = 0.1  # share of each class carved for test, then for val, when the file has no split column
 MAX_ROWS = 10_000_000
+MAX_NAME = 64  # characters of a data set's name: it names a folder and a config key
+ALSO_IN_TRAIN = "same image and text as a training pair"
 
 
 def import_pairs(
@@ -27,6 +31,8 @@ def import_pairs(
 ) -> dict[str, Any]:
     """Prepare the pairs file `path` as data set `name` in `out`; returns the prepare report."""
     path = Path(path)
+    if len(name) > MAX_NAME:
+        raise PrepareError(f"--name is {len(name)} characters long; a data set's name has at most {MAX_NAME}")
     if not path.is_file():
         raise PrepareError(f"pairs file not found: {path}")
     rows = read_rows(path)
@@ -35,9 +41,11 @@ def import_pairs(
     multi = any("labels" in row for row in rows)
     task = task or ("multi-label" if multi else "single-label")
     report = Report(dataset=name, raw=str(path))
-    pairs = _pairs(rows, path.parent, task, report)
+    root = path.resolve().parent  # images are named relative to the pairs file's folder, however the file was named
+    pairs = _pairs(rows, root, task, report)
+    _drop_leaks(pairs, report)
     report.notes["imported_from"] = path.name
-    return write_prepared(pairs, task, _classes, path.parent, Path(out), path, report, workers, progress, cache_size)
+    return write_prepared(pairs, task, _classes, root, Path(out), path, report, workers, progress, cache_size)
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
@@ -45,7 +53,7 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":
-            with open(path, newline="", encoding="utf-8") as f:
+            with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a spreadsheet's byte-order mark is no part of the header
                 rows: list[dict[str, Any]] = list(csv.DictReader(f))
         elif suffix in (".jsonl", ".ndjson"):
             rows = []
@@ -54,13 +62,12 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
                     record = json.loads(line)
                     rows.append(record if isinstance(record, dict) else {"_bad": f"line {number} is not a JSON object"})
         elif suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            rows = pq.read_table(path).to_pylist()
+            rows = _parquet_rows(path)
         else:
             raise PrepareError(f"{path}: a pairs file is .csv, .jsonl or .parquet")
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, csv.Error, OSError) as err:
         raise PrepareError(f"cannot read {path}: {type(err).__name__}: {str(err)[:200]}") from err
+    rows = [{key.strip().lower() if isinstance(key, str) else key: value for key, value in row.items()} for row in rows]
     if len(rows) > MAX_ROWS:
         raise PrepareError(f"{path} has {len(rows):,} rows; an import holds at most {MAX_ROWS:,}")
     missing = {"image", "text"} - set(rows[0]) if rows and "_bad" not in rows[0] else set()
@@ -69,20 +76,41 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _parquet_rows(path: Path) -> list[dict[str, Any]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path).to_pylist()
+    except (pa.ArrowException, OSError) as err:
+        raise PrepareError(f"cannot read {path} as parquet ({type(err).__name__}: {' '.join(str(err).split())[:160]})") from err
+
+
 def _pairs(rows: list[dict[str, Any]], root: Path, task: str, report: Report) -> dict[str, list[Pair]]:
     by_split: dict[str, list[Pair]] = {split: [] for split in SPLITS}
     unsplit: list[Pair] = []
+    respelled: Counter[str] = Counter()
     for number, row in enumerate(rows, start=1):
         row_id = str(row.get("id") or f"row {number}")
-        label = _label(row, task)
-        image, text, split = row.get("image"), row.get("text"), row.get("split") or None
-        if "_bad" in row or not isinstance(image, str) or not image or not isinstance(text, str) or label is None or split not in (None, *SPLITS):
-            report.drop("train", row_id, MALFORMED_LINE, row.get("_bad") or "needs a string image and text, a label, and a split of train/val/test if any")
+        label, label_respelled = _label(row, task)
+        image, text, given_split = row.get("image"), row.get("text"), row.get("split")
+        split = _split(given_split)
+        if "_bad" in row or not isinstance(image, str) or not image or not isinstance(text, str) or label is None or split == "?":
+            report.drop(_known(split), row_id, MALFORMED_LINE, row.get("_bad") or _what_is_wrong(image, text, label, given_split, split))
             continue
+        if label_respelled:
+            respelled["labels given as numbers or with extra spaces, read as names"] += 1
+        if isinstance(given_split, str) and given_split != split:
+            respelled[f"splits spelled {given_split!r}, read as {split}"] += 1
         pair = Pair(row_id, root / image, text, label)
         (by_split[split] if split else unsplit).append(pair)
+    if respelled:
+        report.notes["read_as"] = dict(respelled)
     if unsplit and any(by_split.values()):
-        raise PrepareError("some rows name a split and others do not: give every row a split, or none")
+        raise PrepareError(
+            f"some rows name a split and others do not ({len(unsplit):,} without, {sum(map(len, by_split.values())):,} with): "
+            "give every row a split (train/val/test), or none"
+        )
     if unsplit:
         rest, by_split["test"] = carve(unsplit, HELD_OUT)
         by_split["train"], by_split["val"] = carve(rest, HELD_OUT, seed=1)
@@ -90,13 +118,70 @@ def _pairs(rows: list[dict[str, Any]], root: Path, task: str, report: Report) ->
     return by_split
 
 
-def _label(row: dict[str, Any], task: str) -> str | list[str] | None:
+def _split(value: Any) -> str | None:
+    """train / val / test from the usual spellings (TRAIN, validation, dev, ...); None for no split, '?' for another."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    return SPLIT_SPELLINGS.get(value.strip().lower(), "?") if isinstance(value, str) else "?"
+
+
+def _known(split: str | None) -> str:
+    return split if split in SPLITS else "train"
+
+
+def _what_is_wrong(image: Any, text: Any, label: Any, given_split: Any, split: str | None) -> str:
+    if not isinstance(image, str) or not image:
+        return "no image path (a text column `image`)"
+    if not isinstance(text, str):
+        return "no text (a text column `text`)"
+    if label is None:
+        return "no label (a name, a number, or for labels a JSON list or names joined by |)"
+    return f"split {given_split!r} is not one of {', '.join(SPLIT_SPELLINGS)}"
+
+
+def _name(value: Any) -> tuple[str | None, bool]:
+    """A label as a name, and whether it was written otherwise: text with its spaces folded, or a whole
+    number written out (3 -> '3')."""
+    if isinstance(value, bool):
+        return None, False
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
+        return str(int(value)), True
+    if isinstance(value, str):
+        folded = " ".join(value.split())
+        return folded or None, folded != value
+    return None, False
+
+
+def _label(row: dict[str, Any], task: str) -> tuple[str | list[str] | None, bool]:
+    """The row's label (a name) or labels (a list of names), or None; and whether any was respelled."""
     value = row.get("labels", row.get("label"))
-    if task == "multi-label":
-        if isinstance(value, str):
-            value = [part.strip() for part in value.split("|") if part.strip()]
-        return value if isinstance(value, list) and value and all(isinstance(v, str) and v for v in value) else None
-    return value if isinstance(value, str) and value else None
+    if task != "multi-label":
+        return _name(value)
+    if isinstance(value, str) and value.strip().startswith("["):  # a JSON list in a CSV cell
+        try:
+            value = json.loads(value)
+        except (ValueError, RecursionError):
+            return None, False
+    if isinstance(value, str):
+        value = [part for part in value.split("|") if part.strip()]
+    names = [_name(v) for v in (value if isinstance(value, list | tuple) else [value])]
+    if not names or any(name is None for name, _ in names):
+        return None, False
+    return list(dict.fromkeys(name for name, _ in names if name is not None)), any(changed for _, changed in names)
+
+
+def _drop_leaks(pairs: dict[str, list[Pair]], report: Report) -> None:
+    """Drop val and test pairs whose image and text are a training pair's too (counted): a score on them
+    would measure memory, not generalisation."""
+    seen = {(pair.image, pair.text) for pair in pairs["train"]}
+    for split in ("val", "test"):
+        kept = []
+        for pair in pairs[split]:
+            if (pair.image, pair.text) in seen:
+                report.drop(split, pair.id, ALSO_IN_TRAIN, str(pair.image.name))
+            else:
+                kept.append(pair)
+        pairs[split] = kept
 
 
 def _classes(pairs: dict[str, list[Pair]]) -> list[str]:

@@ -26,6 +26,7 @@ from .cache import CACHE_DIR, decode_all, write_cache
 from .download import MARKERS, file_sha256, find_layout_root, layout_problem
 from .errors import MitpError
 from .outputs import build_output, claim
+from .paths import Within
 from .runtime.preprocess import ImageError, ImageTooLarge
 from .runtime.tokenizer import MAX_CAPTION_CHARS, clean_caption, clean_head
 
@@ -400,12 +401,13 @@ def clean_captions(pairs: dict[str, list[Pair]]) -> dict[str, int]:
 
 def _drop_unusable(rows: list[Pair], classes: set[str], split: str, report: Report, root: Path) -> list[Pair]:
     """Drop pairs whose image path leaves the data set's folder, with no text, or with a label outside the
-    classes (counted, never silent). The path is judged as written (`..` and absolute parts), so that a
-    data set whose image folder is a link to another disk still works."""
+    classes (counted, never silent). The path is judged with links and `..` resolved on both sides
+    (mitp.paths): a link inside the folder to an image elsewhere is outside, and a data set kept on another
+    disk is linked (or mounted) whole."""
     kept = []
-    inside = os.path.normpath(root) + os.sep
+    within = Within(root)
     for pair in rows:
-        if not os.path.normpath(pair.image).startswith(inside):
+        if not within(pair.image):
             report.drop(split, pair.id, IMAGE_OUTSIDE, str(pair.image))
             continue
         if not pair.text:

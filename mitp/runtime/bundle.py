@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MitpError
+from ..paths import inside
 from .decision import SIGMOID_THRESHOLD, decision_rule
 
 BUNDLE_FORMAT = 2  # bumped when the graph's inputs/outputs or the contract change incompatibly
@@ -46,7 +47,7 @@ VARIANT_PRECISION = {
 ONNX_IR_VERSION, ONNX_OPSET, MIN_ONNXRUNTIME = 9, 18, "1.17"
 # Bounds on what a bundle's metadata and files may ask for, checked before anything is allocated: the largest
 # CLIP crop is 336 px, a tokenizer.json is about 3.6 MB and vectors.json under 1 MB.
-MAX_IMAGE_SIZE, MAX_TOKENIZER_BYTES, MAX_VECTORS_BYTES = 1024, 64 << 20, 64 << 20
+MAX_IMAGE_SIZE, MAX_TOKENIZER_BYTES, MAX_VECTORS_BYTES, MAX_TOKENS = 1024, 64 << 20, 64 << 20, 1024
 REQUIRED_KEYS = ("mitp_bundle_format", "mitp_version", "labels", "task", "decision", "image", "tokenizer", "dataset", "setting")
 
 
@@ -118,7 +119,7 @@ def bundle_file(bundle: Path, name: Any, what: str, max_bytes: int | None = None
     if not isinstance(name, str) or not name or "\0" in name or os.path.isabs(name) or ".." in Path(name).parts:
         raise BundleError(f"{bundle}: {what} {name!r} is not a relative path inside the bundle")
     path = bundle / name
-    if not path.resolve().is_relative_to(bundle.resolve()):
+    if not inside(path, bundle):  # links resolved; a Hub cache snapshot's links into its blobs are inside
         raise BundleError(f"{bundle}: {what} {name!r} leads out of the bundle")
     if not path.is_file():
         raise BundleError(f"{bundle}: {what} {name!r} is not a file in the bundle")
@@ -127,15 +128,26 @@ def bundle_file(bundle: Path, name: Any, what: str, max_bytes: int | None = None
     return path
 
 
+def external_data(bundle: Path, contract: dict[str, Any], variant: str) -> str | None:
+    """The file holding a model's weights apart (`mitp export` writes weights above 1 GiB to `<model>.data`,
+    beside the model, as ONNX external data), or None."""
+    name = contract["models"][variant]["file"] + ".data"
+    return name if (Path(bundle) / name).is_file() else None
+
+
 def read_contract(bundle: Path) -> dict[str, Any]:
     """bundle.json of a bundle folder, checked like the ONNX metadata."""
     path = Path(bundle) / CONTRACT_FILE
+    if path.is_symlink() and not inside(path, bundle):
+        raise BundleError(f"{bundle}: {CONTRACT_FILE} leads out of the bundle")
     try:
+        if path.stat().st_size > MAX_VECTORS_BYTES:
+            raise BundleError(f"{path} is {path.stat().st_size:,} bytes: not a bundle contract")
         contract = json.loads(path.read_text())
     except FileNotFoundError as err:
         raise BundleError(f"{path} not found: is {bundle} a bundle written by `mitp export` (format {BUNDLE_FORMAT})?") from err
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise BundleError(f"{path} is not valid JSON ({err})") from err
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise BundleError(f"{path} is not valid JSON ({type(err).__name__}: {str(err)[:120]})") from err
     if not isinstance(contract, dict) or any(key not in contract for key in REQUIRED_KEYS):
         raise BundleError(f"{path} lacks the bundle contract's keys ({', '.join(REQUIRED_KEYS)})")
     _info(contract, str(path))
@@ -148,8 +160,22 @@ def _info(values: dict[str, Any], source: str) -> BundleInfo:
             f"{source} is bundle format {values['mitp_bundle_format']} (mitp {values['mitp_version']}); this mitp reads "
             f"format {BUNDLE_FORMAT}: export it again with this version"
         )
-    if values["task"] not in ("single-label", "multi-label") or not values["labels"]:
-        raise BundleError(f"{source}: metadata has task {values['task']!r} and {len(values['labels'])} labels")
+    labels = values["labels"]
+    if not isinstance(labels, list) or not labels or not all(isinstance(v, str) and v for v in labels) or len(set(labels)) != len(labels):
+        raise BundleError(f"{source}: labels must be a list of distinct, non-empty names")
+    if values["task"] not in ("single-label", "multi-label"):
+        raise BundleError(f"{source}: task {values['task']!r} is not single-label or multi-label")
+    for key in ("dataset", "setting", "mitp_version"):
+        if not isinstance(values[key], str):
+            raise BundleError(f"{source}: {key} must be text, not {values[key]!r:.60}")
+    tokenizer = values["tokenizer"]
+    length = tokenizer.get("max_length") if isinstance(tokenizer, dict) else None
+    if isinstance(length, bool) or not isinstance(length, int) or not 2 <= length <= MAX_TOKENS:
+        raise BundleError(f"{source}: tokenizer max_length {length!r} is not a whole number in 2..{MAX_TOKENS}")
+    models = values.get("models", {})
+    if not isinstance(models, dict) or any(name not in VARIANT_FILES or not isinstance(entry, dict) for name, entry in models.items()):
+        names = ", ".join(map(repr, models)) if isinstance(models, dict) else repr(models)
+        raise BundleError(f"{source}: models {names:.120} are not among this mitp's variants ({', '.join(VARIANT_FILES)})")
     decision = values["decision"]
     expected = decision_rule(values["task"])["rule"]
     if not isinstance(decision, dict) or decision.get("rule") != expected:
