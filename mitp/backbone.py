@@ -13,6 +13,7 @@ machines that have no internet, such as cluster compute nodes.
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +21,13 @@ from pathlib import Path
 import torch
 from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
 
+from .atomic import atomic_write_json
 from .config import ConfigError
 from .presets import HUB_PRESETS, PRESET_PREFIX, preset_dict
 from .runtime.tokenizer import ClipTokenizer, build_word_tokenizer, load_tokenizer_file
 
 TOKENIZER_FILE = "tokenizer.json"
+ORIGIN_FILE = "mitp_backbone.json"  # what `mitp fetch-backbone` saved: {"hub_id": ORG/NAME}
 
 
 @dataclass
@@ -167,7 +170,22 @@ def fetch_backbone(name: str, out: Path) -> Path:
     with build_output(Path(out), "backbone", inputs=(Path(name),) if _is_local(name) else ()) as tmp:
         CLIPModel.from_pretrained(name).save_pretrained(tmp)
         shutil.copyfile(tokenizer, tmp / TOKENIZER_FILE)
+        atomic_write_json(tmp / ORIGIN_FILE, {"hub_id": hub_id(name)})
     return Path(out)
+
+
+def hub_id(spec: str) -> str | None:
+    """The Hugging Face id of a backbone's weights: the name itself, the one `mitp fetch-backbone` recorded
+    in a local folder, or None (a preset, a folder of unknown origin). Releases name it as their base model."""
+    if spec.startswith(PRESET_PREFIX):
+        return None
+    if not _is_local(spec):
+        return spec
+    try:
+        recorded = json.loads((Path(spec) / ORIGIN_FILE).read_text()).get("hub_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return recorded if isinstance(recorded, str) else None
 
 
 def freeze(clip: CLIPModel) -> CLIPModel:

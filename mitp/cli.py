@@ -307,14 +307,12 @@ def _model_folder(model: Path) -> Path:
     if model.exists() or name.count("/") != 1 or name.startswith((".", "/")):
         return model
     try:
-        from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+        import huggingface_hub  # noqa: F401
     except ImportError:
         _fail(f"--model {name}: not a folder here; reading a release from the Hub needs huggingface_hub (python -m pip install huggingface_hub)")
-    try:
-        return Path(snapshot_download(name))
-    except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as err:
-        _fail(f"--model {name}: not a folder here, and the Hub repository could not be read ({type(err).__name__}): check the name and the network")
+    from .hf import download_release
+
+    return download_release(name)
 
 
 def _default_bundle() -> Path:
@@ -588,7 +586,15 @@ def release_make(
     """Write a release folder: README.md (model card), the bundle, the prompts, the config and the results."""
     from .release import write_release
 
-    write_release(source, out, bundle=bundle, run=run)
+    release = write_release(source, out, bundle=bundle, run=run)
+    if not release.from_run:
+        console.print("[yellow]note:[/] released from a bundle alone: the card has no training record or test metrics (give --run RUN for them)", soft_wrap=True)
+    elif not release.evaluated:
+        console.print(
+            "[yellow]note:[/] the run was never evaluated: the card has no test metrics (no model-index); run "
+            f"`mitp evaluate --checkpoint {escape(str(run or source))}` and release again",
+            soft_wrap=True,
+        )
     console.print(f"[bold green]released[/] {escape(str(out))}: upload it with `mitp release push {escape(str(out))} --repo ORG/NAME`", soft_wrap=True)
 
 

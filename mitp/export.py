@@ -22,6 +22,7 @@ import torch
 
 from . import __version__
 from .atomic import atomic_write_json
+from .backbone import hub_id
 from .download import file_sha256
 from .errors import MitpError
 from .factory import image_size, load_trained
@@ -139,6 +140,7 @@ def bundle_contract(run, state: dict[str, Any], backbone, size: int, variants: l
         "tokenizer": backbone.tokenizer.rules(TOKENIZER_FILE),
         "source": {
             "backbone": config["backbone"],
+            "backbone_hub_id": hub_id(run.backbone),  # the frozen CLIP's Hugging Face id, or null
             "checkpoint": {"epoch": state["epoch"], "model_sha256": file_sha256(Path(state["checkpoint"]) / "model.safetensors")},
             "run_config": config,
         },

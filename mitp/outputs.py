@@ -37,6 +37,8 @@ COMMANDS = {
 
 
 REPLACED_WHOLE = {"bundle", "prepared", "raw", "standin", "backbone", "release", "site"}  # built beside, then swapped in whole
+FILES_RECORDED = {"bundle", "release", "site"}  # few files, often edited or added to by hand: each file is recorded
+HASHED_BYTES = 1 << 20  # files up to this size are recorded with their sha256 too (cards, pages, JSON)
 NESTED_SEARCH_DEPTH = 3  # how deep a folder about to be replaced is searched for other commands' outputs
 
 
@@ -53,9 +55,13 @@ def marker_kind(folder: Path) -> str | None:
     return value.get("kind") if isinstance(value, dict) else None
 
 
-def mark(folder: Path, kind: str, entries: list[str] | None = None) -> None:
-    value = {"kind": kind, "command": COMMANDS[kind], "mitp_version": __version__}
-    atomic_write_json(Path(folder) / MARKER, value if entries is None else {**value, "entries": entries})
+def mark(folder: Path, kind: str, entries: list[str] | None = None, files: dict[str, list] | None = None) -> None:
+    value: dict = {"kind": kind, "command": COMMANDS[kind], "mitp_version": __version__}
+    if entries is not None:
+        value["entries"] = entries
+    if files is not None:
+        value["files"] = files
+    atomic_write_json(Path(folder) / MARKER, value)
 
 
 def add_entries(folder: Path, names: list[str]) -> None:
@@ -76,7 +82,38 @@ def build_output(path: Path, kind: str, option: str = "--out", inputs: tuple[Pat
     with build_directory(claim(path, kind, option, inputs)) as tmp:
         mark(tmp, kind)
         yield tmp
-        mark(tmp, kind, entries=sorted(entry.name for entry in tmp.iterdir() if entry.name != MARKER))
+        files = file_record(tmp) if kind in FILES_RECORDED else None
+        mark(tmp, kind, entries=sorted(entry.name for entry in tmp.iterdir() if entry.name != MARKER), files=files)
+
+
+def file_record(folder: Path) -> dict[str, list]:
+    """{relative path: [size, mtime_ns, sha256 or None]} of every file below `folder` but the marker: what a
+    later build compares to tell a file mitp wrote from one a user added or edited since."""
+    record: dict[str, list] = {}
+    for base, _, names in os.walk(folder):
+        for name in names:
+            path = Path(base) / name
+            relative = path.relative_to(folder).as_posix()
+            if relative != MARKER and not path.is_symlink():
+                stat = path.stat()
+                record[relative] = [stat.st_size, stat.st_mtime_ns, _sha256(path) if stat.st_size <= HASHED_BYTES else None]
+    return record
+
+
+def recorded_files(folder: Path) -> dict[str, list] | None:
+    """The file record in `folder`'s marker, or None (an older marker, or none)."""
+    try:
+        files = json.loads((Path(folder) / MARKER).read_text()).get("files")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return files if isinstance(files, dict) else None
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def claim(path: Path, kind: str, option: str = "--out", inputs: tuple[Path, ...] = ()) -> Path:
@@ -128,9 +165,42 @@ def _nothing_foreign(path: Path, option: str, command: str) -> None:
         foreign = sorted(e.name for e in path.iterdir() if e.name not in {*entries, MARKER} and not _build_leftover(e.name))
         if foreign:
             refuse(", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""))
+    changed = changed_files(path)
+    if changed:
+        refuse(", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else ""))
     nested = _nested_output(path, lambda folder: (folder / MARKER).is_file())
     if nested is not None:
         refuse(f"{nested} (the output of {COMMANDS.get(marker_kind(nested) or '', 'another command')})")
+
+
+def changed_files(path: Path) -> list[str]:
+    """Files below `path` that its marker's file record does not hold as written: added since (a file in
+    bundle/ or test_vectors/), or edited since (a hand-edited README.md). Empty without a record."""
+    record = recorded_files(path)
+    if record is None:
+        return []
+    changed = []
+    for relative, now in sorted(file_record_stats(path).items()):
+        written = record.get(relative)
+        if not isinstance(written, list) or len(written) != 3:
+            changed.append(f"{relative} (added)")
+        elif now[0] != written[0] or (now[1] != written[1] and (written[2] is None or _sha256(path / relative) != written[2])):
+            changed.append(f"{relative} (edited)")
+    return changed
+
+
+def file_record_stats(folder: Path) -> dict[str, tuple[int, int]]:
+    """{relative path: (size, mtime_ns)} of every file (or link) below `folder` but the marker and build leftovers."""
+    stats = {}
+    for base, subfolders, names in os.walk(folder):
+        subfolders[:] = [name for name in subfolders if not _build_leftover(name)]
+        for name in names:
+            path = Path(base) / name
+            relative = path.relative_to(folder).as_posix()
+            if relative != MARKER and not _build_leftover(name):
+                stat = path.lstat()
+                stats[relative] = (stat.st_size, stat.st_mtime_ns)
+    return stats
 
 
 def _nested_output(root: Path, is_output: Callable[[Path], bool]) -> Path | None:
