@@ -25,7 +25,9 @@ import json
 import os
 import shutil
 import socket
+import sys
 import tarfile
+import threading
 import urllib.parse
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -36,8 +38,9 @@ from .. import __version__
 from ..atomic import atomic_write_json, atomic_write_text
 from ..errors import MitpError, machine_limit
 from ..outputs import build_output
-from .bundle import CONTRACT_FILE, bundle_file, read_contract
-from .verify import user_cache
+from ..paths import inside
+from .bundle import CONTRACT_FILE, external_data, read_contract
+from .verify import bundle_files, user_cache
 
 WEB = Path(__file__).with_name("web")
 PAGES = ("index.html", "verify.html")
@@ -146,32 +149,9 @@ def import_map() -> str:
     return '<script type="importmap">' + json.dumps({"imports": imports}) + "</script>"
 
 
-def external_data(bundle: Path, contract: dict[str, Any], variant: str) -> str | None:
-    """The file holding a model's weights apart (`mitp export` writes weights above 1 GiB to `<model>.data`,
-    beside the model, as ONNX external data), or None."""
-    name = contract["models"][variant]["file"] + ".data"
-    return name if (Path(bundle) / name).is_file() else None
-
-
 def model_bytes(bundle: Path, contract: dict[str, Any], variant: str) -> int:
     names = [contract["models"][variant]["file"], external_data(bundle, contract, variant)]
     return sum((Path(bundle) / name).stat().st_size for name in names if name)
-
-
-def _bundle_files(bundle: Path, contract: dict[str, Any], variants: list[str]) -> list[str]:
-    """The bundle's files the pages read, each checked to be a regular file inside the bundle."""
-    names = [CONTRACT_FILE, contract["tokenizer"]["file"], contract["test_vectors"]]
-    for variant in variants:
-        names += [name for name in (contract["models"][variant]["file"], external_data(bundle, contract, variant)) if name]
-    vectors_path = bundle_file(bundle, contract["test_vectors"], "test vectors", max_bytes=64 << 20)
-    try:
-        vectors = json.loads(vectors_path.read_text())["vectors"]
-        names += [name for vector in vectors for name in (vector["image"], vector["crop"])]
-    except (ValueError, KeyError, TypeError) as err:
-        raise SiteError(f"{vectors_path}: not the test vectors of a bundle ({err})") from err
-    for name in names:
-        bundle_file(bundle, name, "file")
-    return list(dict.fromkeys(names))
 
 
 def site_contract(bundle: Path) -> dict[str, Any]:
@@ -228,7 +208,7 @@ def build_site(
         raise SiteError(f"--out {out} is inside the bundle {bundle}, which stays as it is: name a folder outside it")
     contract = site_contract(bundle)
     chosen = choose_variants(contract, bundle, variants)
-    files = _bundle_files(bundle, contract, chosen)  # each checked before anything is read or sized
+    files = bundle_files(bundle, contract, chosen)  # each checked before anything is read or sized
     default = default_variant(contract, bundle, chosen)
     vendored = dict(vendor_files(webgpu, node_modules, progress))  # fetched before anything is written
     site = {
@@ -276,11 +256,22 @@ def _write_site(bundle: Path, out: Path, files: list[str], vendored: dict[str, b
 class IsolatedHandler(http.server.SimpleHTTPRequestHandler):
     """Static files with the headers that make the page cross-origin isolated (multi-threaded wasm)."""
 
+    timeout = 30  # seconds a connection may stay idle (a slow or silent client), then it is closed
     extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map, ".mjs": "text/javascript", ".js": "text/javascript", ".wasm": "application/wasm", ".onnx": "application/octet-stream"}
 
     def send_head(self):  # the base class's signature
-        if any(part.startswith(".") for part in urllib.parse.unquote(self.path.split("?", 1)[0]).split("/")):
-            self.send_error(404, "not part of the site")  # .mitp-output, build leftovers
+        url_path = urllib.parse.unquote(self.path.split("?", 1)[0].split("#", 1)[0])
+        if "\0" in url_path or any(part.startswith(".") for part in url_path.split("/")):
+            self.send_error(404, "not part of the site")  # .mitp-output, build leftovers, a NUL
+            return None
+        path = Path(self.translate_path(self.path))
+        root = Path(self.directory)
+        if path.is_dir() and not (path / "index.html").is_file():
+            self.send_error(404, "not part of the site")  # no listings
+            return None
+        target = path / "index.html" if path.is_dir() else path
+        if target.is_symlink() or (target.exists() and not (target.is_file() and inside(target, root))):
+            self.send_error(404, "not part of the site")  # only regular files whose real path is in the site
             return None
         return super().send_head()
 
@@ -296,11 +287,45 @@ class IsolatedHandler(http.server.SimpleHTTPRequestHandler):
 
 def site_server(site: Path, host: str = "127.0.0.1", port: int = 8000) -> http.server.ThreadingHTTPServer:
     """A server for `site` (not started); port 0 picks a free one."""
+    if not host.strip():
+        raise SiteError("--host is empty, which would listen on every interface: name the address (0.0.0.0 for all, on purpose)")
     if not (Path(site) / "site.json").is_file():
         raise SiteError(f"{site} is not a site written by `mitp bundle web` (no site.json)")
-    server_class = _IPv6Server if ":" in host else http.server.ThreadingHTTPServer
+    server_class = _IPv6Server if ":" in host else _BoundedServer
     return server_class((host, port), partial(IsolatedHandler, directory=str(site)))
 
 
-class _IPv6Server(http.server.ThreadingHTTPServer):
+class _BoundedServer(http.server.ThreadingHTTPServer):
+    """At most MAX_CONNECTIONS connections at once (more are closed at once), each idle at most
+    IsolatedHandler.timeout seconds; a failed request is one line on stderr, never a traceback."""
+
+    daemon_threads = True
+    MAX_CONNECTIONS = 64
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        self._slots = threading.BoundedSemaphore(self.MAX_CONNECTIONS)
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # full: the client sees the connection closed, the server keeps its threads
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        error = sys.exc_info()[1]
+        print(f"mitp bundle serve: request from {client_address[0]} failed: {type(error).__name__}: {error}", file=sys.stderr)
+
+
+class _IPv6Server(_BoundedServer):
     address_family = socket.AF_INET6

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
+from ..errors import MitpError
+
 CONTEXT_LENGTH = 77  # CLIP's text context
 
 # Special tokens of the in-process word tokenizer; <eot> is not id 2, which transformers treats as a
@@ -147,13 +149,25 @@ def build_word_tokenizer(words: tuple[str, ...] = BASIC_WORDS) -> ClipTokenizer:
     return ClipTokenizer(tok, bos="<sot>", eos="<eot>", pad="<pad>")
 
 
+class TokenizerFileError(MitpError, ValueError):
+    """A tokenizer.json that is damaged, missing or not a tokenizers file."""
+
+
 def load_tokenizer_file(path: str | Path) -> ClipTokenizer:
     """Load a saved `tokenizer.json` (a CLIP BPE tokenizer or a word tokenizer made by mitp)."""
-    tok = Tokenizer.from_file(str(path))
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as err:  # the tokenizers library raises a bare Exception for a file it cannot parse
+        raise TokenizerFileError(f"{path} is not a tokenizers file mitp can read ({str(err)[:160]})") from err
     return _wrap(tok)
 
 
 def _wrap(tok: Tokenizer) -> ClipTokenizer:
     if tok.token_to_id("<|endoftext|>") is not None:  # OpenAI CLIP BPE: pads with <|endoftext|>
-        return ClipTokenizer(tok, bos="<|startoftext|>", eos="<|endoftext|>", pad="<|endoftext|>")
-    return ClipTokenizer(tok, bos="<sot>", eos="<eot>", pad="<pad>")
+        specials = ("<|startoftext|>", "<|endoftext|>", "<|endoftext|>")
+    else:
+        specials = ("<sot>", "<eot>", "<pad>")
+    missing = [token for token in specials if tok.token_to_id(token) is None]
+    if missing:
+        raise TokenizerFileError(f"the tokenizer has no {', '.join(dict.fromkeys(missing))} token: not a CLIP tokenizer or one made by mitp")
+    return ClipTokenizer(tok, bos=specials[0], eos=specials[1], pad=specials[2])

@@ -28,11 +28,13 @@ from .bundle import (
     CONTRACT_FILE,
     MAX_TOKENIZER_BYTES,
     MAX_VECTORS_BYTES,
+    REPORT_FILE,
     VARIANT_FILES,
     VECTORS_DIR,
     VECTORS_FILE,
     BundleError,
     bundle_file,
+    external_data,
     read_contract,
 )
 from .preprocess import clip_crop, load_image, normalize
@@ -138,12 +140,7 @@ def verify_bundle(bundle: Path, variants: list[str] | None = None, provider: str
     present = [v for v in contract.get("models", {}) if (bundle / VARIANT_FILES[v]).is_file()]
     chosen = variants or present
     checks = [Check("files", not set(contract.get("models", {})) - set(present), _missing_models(contract, present))]
-    try:
-        vectors = json.loads(bundle_file(bundle, VECTORS_FILE, "test vectors", MAX_VECTORS_BYTES).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise BundleError(f"{bundle / VECTORS_FILE} is unreadable ({err})") from err
-    if not isinstance(vectors, dict) or not isinstance(vectors.get("vectors"), list) or not isinstance(vectors.get("tolerance"), dict):
-        raise BundleError(f"{bundle / VECTORS_FILE} lacks its vectors and tolerances")
+    vectors = read_vectors(bundle, chosen)
     tokenizer_file = contract["tokenizer"].get("file") if isinstance(contract["tokenizer"], dict) else None
     tokenizer = load_tokenizer_file(bundle_file(bundle, tokenizer_file, "tokenizer file", MAX_TOKENIZER_BYTES))
     checks.append(_check_tokenizer(tokenizer, vectors["vectors"]))
@@ -155,6 +152,80 @@ def verify_bundle(bundle: Path, variants: list[str] | None = None, provider: str
         checks.append(_check_metadata(session, contract, variant))
         checks.append(_check_model(session, bundle, contract, variant, vectors))
     return checks
+
+
+def bundle_files(bundle: Path, contract: dict[str, Any], variants: list[str] | None = None) -> list[str]:
+    """Every file the bundle names, for `variants` (default: all its models): the contract, the tokenizer,
+    the models with their external data, the test vectors and the images and crops they name, and the export
+    report; each checked to be a regular file inside the bundle. What a release or a site copies, and nothing else."""
+    variants = list(contract.get("models", {})) if variants is None else variants
+    tokenizer = contract["tokenizer"].get("file") if isinstance(contract["tokenizer"], dict) else None
+    if not isinstance(tokenizer, str):
+        raise BundleError(f"{Path(bundle) / CONTRACT_FILE}: tokenizer names no file, as `mitp export` writes it")
+    names = [CONTRACT_FILE, tokenizer, VECTORS_FILE]
+    for variant in variants:
+        entry = contract.get("models", {}).get(variant)
+        if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
+            raise BundleError(f"{Path(bundle) / CONTRACT_FILE}: models.{variant} names no file, as `mitp export` writes it")
+        names += [name for name in (entry["file"], external_data(bundle, contract, variant)) if name]
+    vectors = read_vectors(bundle, [])
+    names += [name for vector in vectors["vectors"] for name in (vector["image"], vector["crop"])]
+    if (Path(bundle) / REPORT_FILE).is_file():
+        names.append(REPORT_FILE)
+    for name in names:
+        bundle_file(bundle, name, "file")
+    return list(dict.fromkeys(names))
+
+
+def read_vectors(bundle: Path, variants: list[str]) -> dict[str, Any]:
+    """test_vectors/vectors.json, every field the checks read present and typed, with at least one vector
+    and an expectation for each of `variants`: a bundle without test vectors is never reported verified."""
+    where = Path(bundle) / VECTORS_FILE
+    if not (Path(bundle) / VECTORS_FILE).is_file() and not (Path(bundle) / VECTORS_FILE).is_symlink():
+        raise BundleError(f"{bundle} has no test vectors ({VECTORS_FILE}), so it cannot be verified: export it again with `mitp export`")
+    try:
+        vectors = json.loads(bundle_file(bundle, VECTORS_FILE, "test vectors", MAX_VECTORS_BYTES).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise BundleError(f"{where} is not readable JSON ({type(err).__name__}: {str(err)[:120]})") from err
+    if not isinstance(vectors, dict) or not isinstance(vectors.get("vectors"), list) or not isinstance(vectors.get("tolerance"), dict):
+        raise BundleError(f"{where} lacks its vectors and tolerances")
+    if not vectors["vectors"]:
+        raise BundleError(f"{where} holds no test vectors, so the bundle cannot be verified: export it again")
+    for variant in variants:
+        if not _number(vectors["tolerance"].get(variant)):
+            raise BundleError(f"{where}: no tolerance for the {variant} model")
+    for i, vector in enumerate(vectors["vectors"]):
+        problem = _vector_problem(vector, variants)
+        if problem:
+            raise BundleError(f"{where}: vector {i} {problem}")
+    return vectors
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _whole_numbers(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+
+
+def _vector_problem(vector: Any, variants: list[str]) -> str | None:
+    """What is wrong with one test vector's fields, or None."""
+    if not isinstance(vector, dict):
+        return "is not an object"
+    for key in ("name", "image", "text", "crop", "crop_sha256", "pixels_sha256"):
+        if not isinstance(vector.get(key), str):
+            return f"has no text field {key!r}"
+    if not _whole_numbers(vector.get("input_ids")) or not _whole_numbers(vector.get("attention_mask")):
+        return "needs input_ids and attention_mask as lists of whole numbers"
+    if len(vector["input_ids"]) != len(vector["attention_mask"]):
+        return "has input_ids and attention_mask of different lengths"
+    logits = vector.get("logits")
+    for variant in variants:
+        values = logits.get(variant) if isinstance(logits, dict) else None
+        if not isinstance(values, list) or not values or not all(_number(v) for v in values):
+            return f"has no {variant} logits (a list of numbers)"
+    return None
 
 
 def read_crop(bundle: Path, vector: dict[str, Any], index: int, size: int) -> np.ndarray:
@@ -177,6 +248,8 @@ def _check_tokenizer(tokenizer: ClipTokenizer, vectors: list[dict]) -> Check:
     for i, vector in enumerate(vectors):
         ids, mask, _ = tokenizer.encode([vector["text"]])
         for name, got, expected in (("ids", ids[0], vector["input_ids"]), ("attention mask", mask[0], vector["attention_mask"])):
+            if len(expected) != len(got):
+                return Check("tokenizer", False, f"vector {i} ({vector['name']}): {len(expected)} expected {name}, the tokenizer gives {len(got)}")
             if got.tolist() != expected:
                 where = [j for j, (a, b) in enumerate(zip(got.tolist(), expected, strict=True)) if a != b][:8]
                 return Check("tokenizer", False, f"vector {i} ({vector['name']}): {name} differ at positions {where}: got {got[where].tolist()}, expected {[expected[j] for j in where]}")
