@@ -17,16 +17,19 @@ import errno
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterable
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from .atomic import atomic_write_json, build_directory
 from .errors import MitpError
 from .outputs import add_entries
-from .runtime.preprocess import RULE_VERSION, ImageError, clip_crop, load_image
+from .runtime.preprocess import MAX_PIXELS, RULE_VERSION, ImageError, clip_crop, load_image
 
 CACHE_DIR = "image-cache"
 PIXELS, IMAGES, INFO = "pixels.npy", "images.json", "cache.json"
@@ -40,17 +43,55 @@ def cache_dir(data_dir: Path, size: int) -> Path:
     return Path(data_dir) / CACHE_DIR / str(size)
 
 
+PIXELS_IN_FLIGHT = 2 * MAX_PIXELS  # decoded at once, across all workers: a decode peaks near 16 bytes a pixel (~2.9 GB)
+
+
+class PixelBudget:
+    """At most `capacity` pixels being decoded at once, however many workers: eight threads on eight
+    images at the pixel limit would need about 11 GB; within the budget they wait their turn."""
+
+    def __init__(self, capacity: int):
+        self.capacity, self.used = capacity, 0
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        pixels = min(max(pixels, 0), self.capacity)
+        with self._changed:
+            self._changed.wait_for(lambda: self.used + pixels <= self.capacity)
+            self.used += pixels
+        try:
+            yield
+        finally:
+            with self._changed:
+                self.used -= pixels
+                self._changed.notify_all()
+
+
+def header_pixels(path: Path) -> int:
+    """Width x height from the image's header (nothing decoded), or 0 when it cannot be read (load_image says why)."""
+    try:
+        with Image.open(path) as image:
+            return image.width * image.height
+    except Exception:  # any unreadable file: its decode fails with its own message
+        return 0
+
+
 def decode_all(
     paths: list[Path], size: int | None, workers: int, progress: Callable | None = None, pixels: np.ndarray | None = None
 ) -> dict[Path, ImageError]:
     """Decode every image once in threads (Pillow releases the GIL); with `pixels` (N, size, size, 3), also
     store row i's crop. Returns the images that could not be used, with why."""
+    budget = PixelBudget(PIXELS_IN_FLIGHT)
+
     def work(index_path: tuple[int, Path]) -> tuple[Path, ImageError | None]:
         index, path = index_path
         try:
-            image = load_image(path)
-            if pixels is not None and size is not None:
-                pixels[index] = clip_crop(image, size)
+            with budget.hold(header_pixels(path)):
+                image = load_image(path)
+                if pixels is not None and size is not None:
+                    pixels[index] = clip_crop(image, size)
+                del image
         except ImageError as err:
             return path, err
         return path, None

@@ -78,14 +78,33 @@ def load_image(path: str | Path) -> Image.Image:
 def to_rgb(image: Image.Image) -> Image.Image:
     """8-bit RGB: 16-bit samples by their high byte, transparency composited on white."""
     if image.mode in SIXTEEN_BIT_MODES:
-        high = (np.asarray(image).astype(np.int64).clip(0, 65535) >> 8).astype(np.uint8)  # (H, W)
-        return Image.fromarray(np.repeat(high[..., None], 3, axis=2))
+        samples = np.asarray(image)  # (H, W) uint16 or int32
+        return Image.fromarray(_by_rows(samples, 3, lambda band: np.repeat((band.astype(np.int64).clip(0, 65535) >> 8)[..., None], 3, axis=2)))
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
-        rgba = np.asarray(image.convert("RGBA"), dtype=np.int32)  # (H, W, 4)
-        alpha = rgba[..., 3:]
-        rgb = (rgba[..., :3] * alpha + 255 * (255 - alpha) + 127) // 255
-        return Image.fromarray(rgb.astype(np.uint8))
+        rgba = np.asarray(image.convert("RGBA"))  # (H, W, 4) uint8
+
+        def composite(band: np.ndarray) -> np.ndarray:
+            band = band.astype(np.int32)  # (rows, W, 4)
+            alpha = band[..., 3:]
+            return (band[..., :3] * alpha + 255 * (255 - alpha) + 127) // 255
+
+        return Image.fromarray(_by_rows(rgba, 3, composite))
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+BAND_BYTES = 32 << 20  # the widest integer temporaries of a conversion, per band of rows
+
+
+def _by_rows(samples: np.ndarray, channels: int, convert) -> np.ndarray:
+    """`convert` applied to bands of rows into one uint8 (H, W, channels) array: the integer temporaries
+    stay near BAND_BYTES instead of 16-32 bytes per pixel of the whole image (a 9,400 x 9,400 RGBA PNG
+    needed 4.2 GB at once)."""
+    height, width = samples.shape[:2]
+    out = np.empty((height, width, channels), dtype=np.uint8)
+    rows = max(1, BAND_BYTES // (width * 8 * max(channels, samples.shape[2] if samples.ndim == 3 else 1)))
+    for top in range(0, height, rows):
+        out[top : top + rows] = convert(samples[top : top + rows])
+    return out
 
 
 def clip_crop(image: Image.Image, size: int) -> np.ndarray:
