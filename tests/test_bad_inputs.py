@@ -354,7 +354,7 @@ def test_a_bundle_with_an_unknown_or_mismatched_decision_rule_is_refused():
     base = {
         "mitp_bundle_format": 2, "mitp_version": "0.1.0", "labels": ["a", "b"], "task": "single-label",
         "image": {"size": 32, "normalize": {"mean": [0.5] * 3, "std": [0.5] * 3}},
-        "tokenizer": {}, "dataset": "d", "setting": "s", "decision": {"rule": "softmax-argmax"},
+        "tokenizer": {"max_length": 77}, "dataset": "d", "setting": "s", "decision": {"rule": "softmax-argmax"},
     }
     assert _info(base, "b").decision == {"rule": "softmax-argmax"}
     for decision, task in (({"rule": "top-3"}, "single-label"), ({"rule": "softmax-argmax"}, "multi-label"),

@@ -35,7 +35,7 @@ def test_a_release_has_a_model_card_the_hub_reads_and_works_as_a_bundle(trained,
     for name in ("README.md", "bundle.json", "model.onnx", "tokenizer.json", "mitp_prompts.safetensors", "mitp_config.json", "results.json"):
         assert (release / name).is_file(), name
     card = ModelCard.load(release / "README.md")
-    assert (card.data.license, card.data.pipeline_tag, card.data.datasets) == ("mit", "image-classification", ["food"])
+    assert (card.data.license, card.data.library_name, card.data.pipeline_tag, card.data.datasets) == ("mit", "mitp", None, ["food"])
     (evaluation,) = card.data.eval_results
     metrics = json.loads((evaluated_run / "metrics-test.json").read_text())["metrics"]
     assert evaluation.metric_value == pytest.approx(round(100 * metrics["accuracy"], 2))
@@ -129,4 +129,5 @@ def test_a_hub_repository_that_cannot_be_read_offline_is_one_line(tmp_path, monk
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, ["predict", "x.jpg", "red", "--model", "someone/mitp-release"])
-    assert result.exit_code == 2 and "the Hub repository could not be read" in " ".join(result.output.split()) and "Traceback" not in result.output
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and "HF_HUB_OFFLINE=1 is set" in said and "not in this machine's Hub cache" in said and "Traceback" not in result.output
