@@ -282,7 +282,11 @@ class IsolatedHandler(http.server.SimpleHTTPRequestHandler):
         super().end_headers()
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
-        pass
+        pass  # requests that succeed are not logged
+
+    def log_error(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        """One line on stderr per failed request (a 404, a malformed request, a client gone)."""
+        print(f"mitp bundle serve: {self.address_string()} {(format % args)[:300]!r}", file=sys.stderr)
 
 
 def site_server(site: Path, host: str = "127.0.0.1", port: int = 8000) -> http.server.ThreadingHTTPServer:
