@@ -21,6 +21,7 @@ from mitp.cli import app
 from mitp.paths import Within, inside
 
 from .loopback import Route
+from .test_importer import _images
 
 runner = CliRunner()
 
@@ -36,14 +37,7 @@ def _one_line_refusal(result, code=2):
 
 
 def _pairs_folder(folder, count=30):
-    rows = []
-    for i in range(count):
-        colour = ("red", "blue")[i % 2]
-        path = folder / "pics" / f"{i}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.new("RGB", (40, 30), {"red": (220, 30, 30), "blue": (30, 30, 220)}[colour]).save(path)
-        rows.append({"image": f"pics/{i}.png", "text": f"a {colour} thing number {i}", "label": colour})
-    return rows
+    return _images(folder, count)  # red and blue PNGs under pics/, with rows naming them
 
 
 def _write_csv(path, rows, fields=("image", "text", "label"), bom=False):
