@@ -10,7 +10,6 @@ repository's `blobs/`; a link from such a snapshot anywhere else is still outsid
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -36,20 +35,6 @@ def inside(path: Path | str, root: Path | str) -> bool:
         return False
     written = Path(os.path.abspath(path))  # as written, `..` folded: the link itself must stand in the snapshot
     return written.is_relative_to(Path(os.path.abspath(root))) or written.is_relative_to(real_root)
-
-
-def regular_files(root: Path) -> Iterator[Path]:
-    """Every regular file under `root` whose real path stays inside it (links out, sockets and the like are
-    passed over), sorted, as paths under `root`."""
-    root = Path(root)
-    for folder, subfolders, files in os.walk(root):
-        subfolders.sort()
-        here = Path(folder)
-        subfolders[:] = [name for name in subfolders if not (here / name).is_symlink() or inside(here / name, root)]
-        for name in sorted(files):
-            path = here / name
-            if path.is_file() and inside(path, root):
-                yield path
 
 
 class Within:
