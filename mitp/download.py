@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import errno
 import gzip
-import hashlib
 import http.client
 import json
 import os
@@ -29,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .atomic import atomic_write_json
+from .atomic import atomic_write_json, file_sha256
 from .errors import MitpError
 from .outputs import build_output, claim, mark, marker_kind
 
@@ -287,14 +286,6 @@ def _check_json_lines(path: Path) -> None:
             raise ValueError("not an object")
     except (ValueError, UnicodeDecodeError) as err:
         raise _NotJsonLines(f"{path.name} is not JSON lines: its first line starts {first[:40]!r}") from err
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _extract_tar(tar: tarfile.TarFile, into: Path) -> None:

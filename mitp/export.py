@@ -21,9 +21,8 @@ import numpy as np
 import torch
 
 from . import __version__
-from .atomic import atomic_write_json
+from .atomic import atomic_write_json, file_sha256
 from .backbone import hub_id
-from .download import file_sha256
 from .errors import MitpError
 from .factory import image_size, load_trained
 from .outputs import build_output, claim

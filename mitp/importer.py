@@ -96,7 +96,7 @@ def _pairs(rows: list[dict[str, Any]], root: Path, task: str, report: Report) ->
         image, text, given_split = row.get("image"), row.get("text"), row.get("split")
         split = _split(given_split)
         if "_bad" in row or not isinstance(image, str) or not image or not isinstance(text, str) or label is None or split == "?":
-            report.drop(_known(split), row_id, MALFORMED_LINE, row.get("_bad") or _what_is_wrong(image, text, label, given_split, split))
+            report.drop(_known(split), row_id, MALFORMED_LINE, row.get("_bad") or _what_is_wrong(image, text, label, given_split))
             continue
         if label_respelled:
             respelled["labels given as numbers or with extra spaces, read as names"] += 1
@@ -129,7 +129,7 @@ def _known(split: str | None) -> str:
     return split if split in SPLITS else "train"
 
 
-def _what_is_wrong(image: Any, text: Any, label: Any, given_split: Any, split: str | None) -> str:
+def _what_is_wrong(image: Any, text: Any, label: Any, given_split: Any) -> str:
     if not isinstance(image, str) or not image:
         return "no image path (a text column `image`)"
     if not isinstance(text, str):

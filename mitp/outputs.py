@@ -14,12 +14,21 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from . import __version__
-from .atomic import FOLDER_TMP_SUFFIX, OLD_SUFFIX, TMP_SUFFIX, atomic_write_json, build_directory, clear_leftovers
+from .atomic import (
+    FOLDER_TMP_SUFFIX,
+    OLD_SUFFIX,
+    TMP_SUFFIX,
+    atomic_write_json,
+    build_directory,
+    clear_leftovers,
+    file_sha256,
+)
 from .errors import MitpError
 
 MARKER = ".mitp-output"
@@ -89,15 +98,11 @@ def build_output(path: Path, kind: str, option: str = "--out", inputs: tuple[Pat
 def file_record(folder: Path) -> dict[str, list]:
     """{relative path: [size, mtime_ns, sha256 or None]} of every file below `folder` but the marker: what a
     later build compares to tell a file mitp wrote from one a user added or edited since."""
-    record: dict[str, list] = {}
-    for base, _, names in os.walk(folder):
-        for name in names:
-            path = Path(base) / name
-            relative = path.relative_to(folder).as_posix()
-            if relative != MARKER and not path.is_symlink():
-                stat = path.stat()
-                record[relative] = [stat.st_size, stat.st_mtime_ns, _sha256(path) if stat.st_size <= HASHED_BYTES else None]
-    return record
+    return {
+        relative: [info.st_size, info.st_mtime_ns, file_sha256(folder / relative) if info.st_size <= HASHED_BYTES else None]
+        for relative, info in _files_below(folder).items()
+        if not stat.S_ISLNK(info.st_mode)
+    }
 
 
 def recorded_files(folder: Path) -> dict[str, list] | None:
@@ -107,13 +112,6 @@ def recorded_files(folder: Path) -> dict[str, list] | None:
     except (OSError, ValueError, AttributeError):
         return None
     return files if isinstance(files, dict) else None
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def claim(path: Path, kind: str, option: str = "--out", inputs: tuple[Path, ...] = ()) -> Path:
@@ -180,27 +178,26 @@ def changed_files(path: Path) -> list[str]:
     if record is None:
         return []
     changed = []
-    for relative, now in sorted(file_record_stats(path).items()):
+    for relative, now in sorted(_files_below(path).items()):
         written = record.get(relative)
-        if not isinstance(written, list) or len(written) != 3:
+        if not isinstance(written, list) or len(written) != 3 or stat.S_ISLNK(now.st_mode):
             changed.append(f"{relative} (added)")
-        elif now[0] != written[0] or (now[1] != written[1] and (written[2] is None or _sha256(path / relative) != written[2])):
+        elif now.st_size != written[0] or (now.st_mtime_ns != written[1] and (written[2] is None or file_sha256(path / relative) != written[2])):
             changed.append(f"{relative} (edited)")
     return changed
 
 
-def file_record_stats(folder: Path) -> dict[str, tuple[int, int]]:
-    """{relative path: (size, mtime_ns)} of every file (or link) below `folder` but the marker and build leftovers."""
-    stats = {}
+def _files_below(folder: Path) -> dict[str, os.stat_result]:
+    """{relative path: lstat} of every file or link below `folder`, but the marker and build leftovers."""
+    found = {}
     for base, subfolders, names in os.walk(folder):
         subfolders[:] = [name for name in subfolders if not _build_leftover(name)]
         for name in names:
             path = Path(base) / name
             relative = path.relative_to(folder).as_posix()
             if relative != MARKER and not _build_leftover(name):
-                stat = path.lstat()
-                stats[relative] = (stat.st_size, stat.st_mtime_ns)
-    return stats
+                found[relative] = path.lstat()
+    return found
 
 
 def _nested_output(root: Path, is_output: Callable[[Path], bool]) -> Path | None:

@@ -43,7 +43,6 @@ class Within:
 
     def __init__(self, root: Path | str):
         self.root = Path(root)
-        self.real_root = self.root.resolve()
         self._folders: dict[Path, bool] = {}
 
     def __call__(self, path: Path | str) -> bool:

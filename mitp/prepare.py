@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import atomic_write_json
+from .atomic import atomic_write_json, file_sha256
 from .cache import CACHE_DIR, decode_all, write_cache
-from .download import MARKERS, file_sha256, find_layout_root, layout_problem
+from .download import MARKERS, find_layout_root, layout_problem
 from .errors import MitpError
 from .outputs import build_output, claim
 from .paths import Within

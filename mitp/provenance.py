@@ -16,9 +16,9 @@ from typing import Any
 import torch
 
 from . import __version__
+from .atomic import file_sha256
 from .backbone import PRESET_PREFIX
 from .config import RunConfig
-from .download import file_sha256
 
 LIBRARIES = ("torch", "transformers", "accelerate", "tokenizers", "safetensors", "numpy", "onnx", "onnxruntime", "onnxruntime-gpu")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")

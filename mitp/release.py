@@ -23,8 +23,7 @@ from typing import Any
 import yaml
 
 from . import __version__
-from .atomic import atomic_write_json, atomic_write_text
-from .download import file_sha256
+from .atomic import atomic_write_json, atomic_write_text, file_sha256
 from .errors import MitpError
 from .hf import calling_hub
 from .intervals import Decisions, bootstrap_interval
@@ -209,13 +208,14 @@ def model_card(contract: dict[str, Any], results: dict[str, Any] | None) -> str:
     source = source if isinstance(source, dict) else {}
     backbone = str(source.get("backbone", "openai/clip-vit-large-patch14"))
     name = f"mitp-{dataset}-{setting}"
+    base = base_model(contract)
     # No pipeline_tag: every Hub task's widget takes one input (an image, or a text), and this model needs both;
     # library_name names the library that runs it. docs/bundle.md "Releases" gives the reasons.
     header: dict[str, Any] = {
         "license": "mit",
         "library_name": "mitp",
-        "base_model": base_model(contract),
-        "base_model_relation": "adapter" if base_model(contract) else None,
+        "base_model": base,
+        "base_model_relation": "adapter" if base else None,
         "datasets": [dataset],
         "tags": ["mitp", "text-image-classification", "multimodal", "clip", "prompt-tuning", "onnx", task],
     }

@@ -19,8 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import build_directory
-from .download import file_sha256
+from .atomic import build_directory, file_sha256
 from .outputs import add_entries
 from .runtime.tokenizer import ClipTokenizer
 

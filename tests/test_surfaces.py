@@ -226,7 +226,7 @@ def _cache_snapshot(folder, hf_home, repo="org/mitp-food"):
     return base / "snapshots" / commit
 
 
-def test_a_release_in_the_hub_cache_predicts_and_builds_a_site(trained, tmp_path, monkeypatch):
+def test_a_release_in_the_hub_cache_predicts_and_verifies(trained, tmp_path, monkeypatch):
     import huggingface_hub.constants
 
     release = _release(trained, tmp_path)

@@ -172,8 +172,10 @@ def _info(values: dict[str, Any], source: str) -> BundleInfo:
     length = tokenizer.get("max_length") if isinstance(tokenizer, dict) else None
     if isinstance(length, bool) or not isinstance(length, int) or not 2 <= length <= MAX_TOKENS:
         raise BundleError(f"{source}: tokenizer max_length {length!r} is not a whole number in 2..{MAX_TOKENS}")
+    if not isinstance(tokenizer.get("file", ""), str):
+        raise BundleError(f"{source}: tokenizer file {tokenizer.get('file')!r:.60} is not a file name")
     models = values.get("models", {})
-    if not isinstance(models, dict) or any(name not in VARIANT_FILES or not isinstance(entry, dict) for name, entry in models.items()):
+    if not isinstance(models, dict) or any(name not in VARIANT_FILES or not isinstance(entry, dict) or not isinstance(entry.get("file"), str) for name, entry in models.items()):
         names = ", ".join(map(repr, models)) if isinstance(models, dict) else repr(models)
         raise BundleError(f"{source}: models {names:.120} are not among this mitp's variants ({', '.join(VARIANT_FILES)})")
     decision = values["decision"]

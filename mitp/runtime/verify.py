@@ -163,11 +163,8 @@ def bundle_files(bundle: Path, contract: dict[str, Any], variants: list[str] | N
     if not isinstance(tokenizer, str):
         raise BundleError(f"{Path(bundle) / CONTRACT_FILE}: tokenizer names no file, as `mitp export` writes it")
     names = [CONTRACT_FILE, tokenizer, VECTORS_FILE]
-    for variant in variants:
-        entry = contract.get("models", {}).get(variant)
-        if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
-            raise BundleError(f"{Path(bundle) / CONTRACT_FILE}: models.{variant} names no file, as `mitp export` writes it")
-        names += [name for name in (entry["file"], external_data(bundle, contract, variant)) if name]
+    for variant in variants:  # each entry's file checked by read_contract
+        names += [name for name in (contract["models"][variant]["file"], external_data(bundle, contract, variant)) if name]
     vectors = read_vectors(bundle, [])
     names += [name for vector in vectors["vectors"] for name in (vector["image"], vector["crop"])]
     if (Path(bundle) / REPORT_FILE).is_file():
@@ -181,7 +178,7 @@ def read_vectors(bundle: Path, variants: list[str]) -> dict[str, Any]:
     """test_vectors/vectors.json, every field the checks read present and typed, with at least one vector
     and an expectation for each of `variants`: a bundle without test vectors is never reported verified."""
     where = Path(bundle) / VECTORS_FILE
-    if not (Path(bundle) / VECTORS_FILE).is_file() and not (Path(bundle) / VECTORS_FILE).is_symlink():
+    if not os.path.lexists(where):
         raise BundleError(f"{bundle} has no test vectors ({VECTORS_FILE}), so it cannot be verified: export it again with `mitp export`")
     try:
         vectors = json.loads(bundle_file(bundle, VECTORS_FILE, "test vectors", MAX_VECTORS_BYTES).read_text())
