@@ -1,5 +1,6 @@
 # mitp: the paper as one DAG. Rules call the `mitp` CLI; this file only wires paths.
 #   snakemake --cores 8 all                         full reproduction (GPU, internet)
+#   snakemake --profile workflow/profiles/demo quick  one data set end to end, offline (CPU, under 3 minutes)
 #   snakemake --profile workflow/profiles/demo      offline demo on the twins (CPU, minutes)
 from snakemake.utils import min_version, validate
 
@@ -26,3 +27,8 @@ rule all:
     input:
         all_targets(),
     default_target: True
+
+
+rule quick:
+    input:
+        quick_targets(),

@@ -185,17 +185,30 @@ def train(
     precision: Annotated[str | None, typer.Option(help="auto | bf16 | fp32")] = None,
     seed: Annotated[int | None, typer.Option(help="Override the config's seed.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    evaluate: Annotated[
+        list[str] | None,
+        typer.Option("--evaluate", help="Then evaluate the best checkpoint on this split (repeatable): OUT/metrics-<split>.json, as mitp evaluate writes it."),
+    ] = None,
 ) -> None:
     """Train one (data set, setting) run; resumes from the last finished epoch after a kill."""
     _require(*TRAINING_LIBRARIES)
+    from .data import SPLITS
+
+    splits = list(dict.fromkeys(evaluate or []))
+    for split in splits:
+        if split not in SPLITS:
+            _fail(f"--evaluate {split}: name a split, one of {', '.join(SPLITS)}")
     _claim_gpu_slot()
     run = _resolve(
         config, dataset, setting, backbone, seed, lr=lr,
         epochs=epochs, max_steps_per_epoch=max_steps, fraction=fraction, num_workers=num_workers, precision=precision,
     )
+    from .evaluate import check_metrics_target
     from .train import train_run
 
-    result = train_run(run, out, console=console, progress=progress)
+    for split in splits:  # before any work: a file in the way is found now, not after training
+        check_metrics_target(out / f"metrics-{split}.json")
+    result = train_run(run, out, console=console, progress=progress, evaluate=splits)
     if result.main_process:
         console.print(f"[bold green]done[/]: best epoch {result.best_epoch} ({result.best_metric:.4f}) in {out}")
 
@@ -212,21 +225,14 @@ def evaluate(
     _require(*TRAINING_LIBRARIES)
     _claim_gpu_slot()
     target = out or Path(checkpoint) / f"metrics-{split}.json"
-    from .evaluate import check_metrics_target, evaluate_checkpoint, write_metrics
+    from .evaluate import ablation_line, check_metrics_target, evaluate_checkpoint, metrics_line, write_metrics
 
     check_metrics_target(target)
     metrics = evaluate_checkpoint(checkpoint, split, batch_size, num_workers)
     write_metrics(metrics, target)
-    values = metrics["metrics"]
-    shown = ", ".join(f"{k} {values[k]:.4f}" for k in ("accuracy", "f1_micro", "f1_macro") if k in values)
-    console.print(f"{metrics['dataset']}/{metrics['setting']} {split}: {shown} (n={values['num_samples']}) -> {target}")
-    ablation = metrics.get("memory_ablation")
-    if ablation:
-        console.print(
-            f"memory strategy: {ablation['metric']} {ablation['live']:.4f} with the gates, {ablation['frozen_gates']:.4f} with "
-            f"them frozen at their training means (contribution {ablation['contribution']:+.4f}; "
-            f"{100 * ablation['predictions_unchanged']:.1f}% of decisions unchanged)"
-        )
+    console.print(f"{metrics['dataset']}/{metrics['setting']} {split}: {metrics_line(metrics)} -> {target}", soft_wrap=True)
+    if metrics.get("memory_ablation"):
+        console.print(ablation_line(metrics["memory_ablation"]), soft_wrap=True)
 
 
 @app.command("export")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from .cache import ImageCache, decode_all
 from .config import RunConfig
@@ -50,6 +50,18 @@ def pixel_values(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     table = NORMALIZE_TABLE.to(pixels.device)  # (3, 256)
     channel = torch.arange(3, device=pixels.device).view(1, 3, 1, 1) * 256
     return table.flatten()[pixels + channel]  # (B, 3, S, S) float32
+
+
+def collate_pairs(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """A batch, with the captions' padding beyond the batch's longest caption cut off: (B, T) with T the
+    longest real length, at most 77. Padding is never attended to and pooling reads the EOS inside T, so
+    the logits are those of the padded batch (to float rounding), for a fraction of the text tower's work:
+    twin captions and SNLI-VE hypotheses hold about a dozen tokens. The per-class head pads each caption
+    again for its class prompt (mitp.model.caption_with_class_prompts), so no caption is cut shorter."""
+    batch = default_collate(items)
+    length = int(batch["attention_mask"].sum(dim=1).max())  # tokens of the longest caption, SOT and EOS included
+    batch["input_ids"], batch["attention_mask"] = batch["input_ids"][:, :length], batch["attention_mask"][:, :length]  # (B, T)
+    return batch
 
 
 class PairDataset(Dataset):

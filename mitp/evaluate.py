@@ -10,33 +10,48 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
 from . import __version__
 from .atomic import atomic_write_json
-from .data import DataError, build_split, data_fingerprint
+from .config import RunConfig
+from .data import DataError, build_split, collate_pairs, data_fingerprint
 from .engine import has_gates, make_accelerator, memory_ablation, predict_loader, worker_count
 from .factory import image_size, load_trained
 from .intervals import per_sample_decisions
 from .metrics import PRIMARY_METRIC, classification_metrics
 from .outputs import OutputError
 from .provenance import environment_record
+from .runtime.tokenizer import ClipTokenizer
 
 
 def evaluate_checkpoint(checkpoint: str | Path, split: str = "test", batch_size: int | None = None, num_workers: int | None = None) -> dict[str, Any]:
     """Metrics of a checkpoint on a split, with counts, the split, the checkpoint and its config."""
     model, run, backbone, state = load_trained(checkpoint)
-    dataset = build_split(run, split, backbone.tokenizer, image_size(backbone))
+    accelerator = make_accelerator(run.train.precision)
+    model = accelerator.prepare(model)
+    return evaluate_model(model, run, backbone.tokenizer, image_size(backbone), state, accelerator, split, batch_size, num_workers)
+
+
+def evaluate_model(
+    model, run: RunConfig, tokenizer: ClipTokenizer, size: int, state: dict[str, Any], accelerator: Accelerator, split: str = "test",
+    batch_size: int | None = None, num_workers: int | None = None,
+) -> dict[str, Any]:
+    """Metrics of `model` (prepared by `accelerator`, holding the trained weights of checkpoint `state`) on a
+    split: what `evaluate_checkpoint` computes, shared with `mitp train --evaluate`, which evaluates the best
+    checkpoint in the process that trained it instead of loading the backbone again in a new one."""
+    dataset = build_split(run, split, tokenizer, size)
     if dataset.classes != state["classes"]:
         raise DataError(f"the {split} split's classes differ from the ones the checkpoint was trained on")
-    accelerator = make_accelerator(run.train.precision)
     loader = DataLoader(
         dataset,
         batch_size=batch_size or run.train.eval_batch_size,
         num_workers=worker_count(run.train.num_workers if num_workers is None else num_workers),
         pin_memory=torch.cuda.is_available(),
+        collate_fn=collate_pairs,
     )
-    model, loader = accelerator.prepare(model, loader)
+    loader = accelerator.prepare(loader)
     core = accelerator.unwrap_model(model)
     logits, labels = predict_loader(model, loader, accelerator)
     metrics = classification_metrics(run.dataset.task, logits, labels)
@@ -76,6 +91,22 @@ def check_metrics_target(path: Path) -> None:
             earlier = None
         if not (isinstance(earlier, dict) and "mitp_version" in earlier and "metrics" in earlier):
             raise OutputError(f"--out {path} exists and is not a metrics file written by mitp evaluate; it is left as it is: name another file")
+
+
+def metrics_line(metrics: dict[str, Any]) -> str:
+    """The metrics of an evaluation in a few words (accuracy, or the F1 scores) with the number of samples."""
+    values = metrics["metrics"]
+    shown = ", ".join(f"{k} {values[k]:.4f}" for k in ("accuracy", "f1_micro", "f1_macro") if k in values)
+    return f"{shown} (n={values['num_samples']})"
+
+
+def ablation_line(ablation: dict[str, Any]) -> str:
+    """What the memory strategy contributed (docs/readings.md), in one line."""
+    return (
+        f"memory strategy: {ablation['metric']} {ablation['live']:.4f} with the gates, {ablation['frozen_gates']:.4f} with "
+        f"them frozen at their training means (contribution {ablation['contribution']:+.4f}; "
+        f"{100 * ablation['predictions_unchanged']:.1f}% of decisions unchanged)"
+    )
 
 
 def write_metrics(metrics: dict[str, Any], path: str | Path) -> None:

@@ -53,6 +53,7 @@ class MITPModel(nn.Module):
         self.eos_token_id = eos_token_id
         text_cfg, vision_cfg = towers(clip.config)
         self.n_text, self.n_vision = text_cfg.num_hidden_layers, vision_cfg.num_hidden_layers
+        self.context_length = text_cfg.max_position_embeddings  # 77: the longest [SOT, caption, EOS]
         d_t, d_v, L = text_cfg.hidden_size, vision_cfg.hidden_size, config.prompt_length
         variant = config.variant
 
@@ -260,6 +261,12 @@ class MITPModel(nn.Module):
     def _class_sequences(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.class_prompt_ids.numel() == 0:
             raise RuntimeError("class prompts are not set: call set_class_prompts() first")
+        # A batch trimmed to its longest caption (mitp.data.collate_pairs) gets back the room a class prompt
+        # needs, up to the text context: each caption is then cut exactly where it would be at full length.
+        room = min(self.context_length, input_ids.shape[1] + self.class_prompt_ids.shape[1]) - input_ids.shape[1]
+        if room > 0:
+            input_ids = nn.functional.pad(input_ids, (0, room), value=self.eos_token_id)  # (B, T + room)
+            attention_mask = nn.functional.pad(attention_mask, (0, room), value=0)
         ids, mask = caption_with_class_prompts(
             input_ids, attention_mask, self.class_prompt_ids, self.class_prompt_lengths, self.eos_token_id
         )  # (B, K, T) each

@@ -107,7 +107,9 @@ def pretrain_standin(out: Path, config: StandinConfig = StandinConfig(), log=pri
     pool, scenes = render_pool(rng, config.pool_size, image_size)  # (P, 3, S, S)
     for step in range(config.steps):
         index = rng.choice(len(scenes), config.batch_size, replace=False)
-        ids, mask = tokenizer([caption(rng, scenes[i]) for i in index])
+        ids, mask = tokenizer([caption(rng, scenes[i]) for i in index])  # (B, 77) each
+        length = int(mask.sum(axis=1).max())  # the longest caption: padding past it is never attended to
+        ids, mask = ids[:, :length], mask[:, :length]  # (B, T), a sixth of the text tower's work
         loss = clip(
             input_ids=torch.from_numpy(ids),
             attention_mask=torch.from_numpy(mask),

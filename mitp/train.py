@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -23,16 +24,19 @@ from torch.utils.data import DataLoader, Sampler, Subset
 
 from .atomic import atomic_write_json
 from .backbone import image_size_of, load_backbone, load_tokenizer
+from .checkpoint import load_checkpoint, resolve_checkpoint
 from .config import RunConfig
-from .data import PairDataset, build_split, data_fingerprint, image_path_lines, pixel_values
+from .data import PairDataset, build_split, collate_pairs, data_fingerprint, image_path_lines, pixel_values
 from .engine import GATE_SPREAD_FLOOR, evaluate_loader, low_spread_gates, make_accelerator, observe_gates, worker_count
 from .errors import MitpError
+from .evaluate import ablation_line, evaluate_model, metrics_line, write_metrics
 from .factory import build_model
 from .metrics import PRIMARY_METRIC
 from .model import MITPModel, classification_loss
 from .progress import progress_bar
 from .provenance import environment_record
 from .rundir import RESULT_FILE, locked_run_folder, repair, resume_point, save_epoch
+from .runtime.tokenizer import ClipTokenizer
 
 CLASS_COSINE_WARNING = 0.98
 
@@ -90,8 +94,11 @@ class TrainingError(MitpError, RuntimeError):
     """Training cannot go on (a non-finite loss); the message says what to change."""
 
 
-def train_run(run: RunConfig, run_dir: Path, console: Console | None = None, progress: bool = True) -> TrainResult:
-    """Train one (data set, setting) run into `run_dir`, resuming from its last checkpoint if any."""
+def train_run(
+    run: RunConfig, run_dir: Path, console: Console | None = None, progress: bool = True, evaluate: Sequence[str] = ()
+) -> TrainResult:
+    """Train one (data set, setting) run into `run_dir`, resuming from its last checkpoint if any; then
+    evaluate its best checkpoint on each split of `evaluate` into `run_dir/metrics-<split>.json`."""
     console = console or Console(stderr=True)
     run_dir = Path(run_dir)
     accelerator = make_accelerator(run.train.precision, run.train.log_with, run_dir / LOGS_DIR)
@@ -111,7 +118,11 @@ def train_run(run: RunConfig, run_dir: Path, console: Console | None = None, pro
         if main:
             repair(run_dir, resumed[1] if resumed else None, run.epochs)
         accelerator.wait_for_everyone()
-        return Trainer(run, run_dir, accelerator, console, progress).fit(train_set, val_set, resumed, fingerprint)
+        trainer = Trainer(run, run_dir, accelerator, console, progress)
+        result = trainer.fit(train_set, val_set, resumed, fingerprint)
+        for split in evaluate:
+            trainer.evaluate_best(split, tokenizer, size)
+        return result
 
 
 class Trainer:
@@ -149,11 +160,14 @@ class Trainer:
         sampler = EpochShuffleSampler(len(train_set), run.seed)
         workers = worker_count(run.train.num_workers)
         pin = torch.cuda.is_available()  # uint8 pixels go to the GPU from pinned memory
-        train_loader = DataLoader(train_set, batch_size=run.dataset.batch_size, sampler=sampler, num_workers=workers, drop_last=False, pin_memory=pin)
-        val_loader = DataLoader(val_set, batch_size=run.train.eval_batch_size, num_workers=workers, pin_memory=pin)
+        train_loader = DataLoader(
+            train_set, batch_size=run.dataset.batch_size, sampler=sampler, num_workers=workers, drop_last=False, pin_memory=pin, collate_fn=collate_pairs
+        )
+        val_loader = DataLoader(val_set, batch_size=run.train.eval_batch_size, num_workers=workers, pin_memory=pin, collate_fn=collate_pairs)
         model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
         if run.train.log_with:
             accelerator.init_trackers(TRACKER_PROJECT, config=tracker_config(run))
+        self.model = model  # kept for evaluate_best
         core: MITPModel = accelerator.unwrap_model(model)
         if resumed is None and core.class_bias is not None:
             state.class_bias_init = init = init_class_bias(core, train_set, run, accelerator)
@@ -179,6 +193,23 @@ class Trainer:
         if run.train.log_with:
             accelerator.end_training()  # flushes and closes the trackers
         return TrainResult(self.run_dir, state.best_epoch, state.best_metric, len(state.history), state.history, accelerator.is_main_process)
+
+    def evaluate_best(self, split: str, tokenizer: ClipTokenizer, size: int) -> dict[str, Any]:
+        """The best checkpoint on `split`, in the process that trained it, written where and as
+        `mitp evaluate --checkpoint RUN --split SPLIT` writes it (the same numbers, without a second process
+        loading the backbone and the data again)."""
+        best = resolve_checkpoint(self.run_dir)
+        trainable, saved_run, state = load_checkpoint(best)
+        self.accelerator.unwrap_model(self.model).load_trainable_state_dict(trainable)
+        state = {**state, "checkpoint": str(best)}
+        metrics = evaluate_model(self.model, saved_run, tokenizer, size, state, self.accelerator, split)
+        if self.accelerator.is_main_process:
+            target = self.run_dir / f"metrics-{split}.json"
+            write_metrics(metrics, target)
+            self.say(f"{split}: {metrics_line(metrics)} -> {target}")
+            if metrics.get("memory_ablation"):
+                self.say(ablation_line(metrics["memory_ablation"]))
+        return metrics
 
     def train_one_epoch(self, model, core: MITPModel, optimizer, loader: DataLoader, epoch: int, state: TrainState):
         """One pass over the training data; returns the epoch's record and the gates it observed."""
@@ -317,7 +348,7 @@ def init_class_bias(model: MITPModel, dataset: PairDataset, run: RunConfig, acce
     labels = dataset.labels.numpy()  # (N, K) multi-hot
     prior = labels.mean(axis=0)  # (K,)
     order = np.random.default_rng(run.seed).permutation(len(dataset))[:BIAS_INIT_SAMPLES]
-    loader = DataLoader(Subset(dataset, np.sort(order).tolist()), batch_size=run.train.eval_batch_size, num_workers=0)
+    loader = DataLoader(Subset(dataset, np.sort(order).tolist()), batch_size=run.train.eval_batch_size, num_workers=0, collate_fn=collate_pairs)
     model.class_bias.zero_()
     was_training = model.training
     model.eval()

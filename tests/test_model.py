@@ -90,6 +90,30 @@ def test_padding_does_not_change_outputs(tiny, variant):
     assert torch.allclose(reference[2:], alone, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "variant, head",
+    [("mitp", "fused"), ("mitp", "image"), ("mitp", "per-class"), ("mlp-interaction", "fused"), ("p-clip", "per-class"), ("linear-probe", "fused")],
+)
+def test_a_batch_cut_to_its_longest_caption_gives_the_logits_of_the_padded_batch(tiny, variant, head):
+    """Training and evaluation batches are cut to their longest caption (mitp.data.collate_pairs); the
+    logits must be those of the 77-token batch, also under the per-class head when a caption nearly fills
+    the context and has to be cut for its class prompt."""
+    from mitp.data import collate_pairs
+
+    model = make_model(tiny, variant=variant, head=head).eval()
+    nearly_full = " ".join(["alpha"] * 74)  # 74 words + SOT + EOS: the class prompt must cut it
+    for captions in (CAPTIONS, [*CAPTIONS, nearly_full]):
+        ids, mask = text_batch(tiny, captions)
+        items = [{"input_ids": i, "attention_mask": m, "labels": torch.tensor(0)} for i, m in zip(ids, mask, strict=True)]
+        batch = collate_pairs(items)
+        longest = int(mask.sum(dim=1).max())
+        assert batch["input_ids"].shape == batch["attention_mask"].shape == (len(captions), longest)
+        pixels = images(len(captions))
+        with torch.no_grad():
+            full, cut = model(pixels, ids, mask), model(pixels, batch["input_ids"], batch["attention_mask"])
+        assert (full - cut).abs().max() <= 1e-4, (captions[-1][:20], (full - cut).abs().max())
+
+
 @pytest.mark.parametrize("variant", ["mitp", "prompts-only", "mlp-interaction", "p-clip", "linear-probe"])
 def test_the_caption_reaches_every_prediction_under_the_fused_head(tiny, variant):
     pixels = images(1).expand(2, -1, -1, -1)

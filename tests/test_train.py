@@ -153,7 +153,7 @@ def test_a_swap_killed_between_its_two_renames_is_repaired(tmp_path):
 def test_cli_train_then_evaluate(write_config, tmp_path, task, setting):
     config = write_config(synthetic_config(task=task, epochs=1, sizes={"train": 64, "val": 32, "test": 48}))
     run_dir = tmp_path / "run"
-    result = runner.invoke(app, ["train", "-c", str(config), "-d", "toy", "-s", setting, "--out", str(run_dir), "--no-progress"])
+    result = runner.invoke(app, ["train", "-c", str(config), "-d", "toy", "-s", setting, "--out", str(run_dir), "--no-progress", "--evaluate", "test"])
     assert result.exit_code == 0, result.output
     assert ckpt.is_complete(run_dir / "best")
     result = runner.invoke(app, ["evaluate", "--checkpoint", str(run_dir), "--split", "test", "--out", str(tmp_path / "m.json")])
@@ -164,6 +164,41 @@ def test_cli_train_then_evaluate(write_config, tmp_path, task, setting):
     keys = ("f1_micro", "f1_macro") if task == "multi-label" else ("accuracy",)
     for key in keys:
         assert 0.0 <= metrics["metrics"][key] <= 1.0
+    # the training process's own evaluation (--evaluate) writes what a separate mitp evaluate writes
+    in_training = json.loads((run_dir / "metrics-test.json").read_text())
+    assert (setting == "p-clip") == (in_training["memory_ablation"] is None)
+    for key in ("metrics", "per_sample", "memory_ablation", "checkpoint", "epoch", "config", "trainable_params"):
+        assert in_training[key] == metrics[key], key
+
+
+def test_train_evaluates_its_best_epoch_not_its_last(write_config, tmp_path, monkeypatch):
+    """Validation says epoch 1 was best; the weights in memory after training are epoch 2's. The in-process
+    evaluation must load best/, as `mitp evaluate --checkpoint RUN` does."""
+    config = write_config(synthetic_config(epochs=2, sizes={"train": 64, "val": 32, "test": 48}))
+    scores = iter([0.9, 0.1])
+    real = train_module.evaluate_loader
+    monkeypatch.setattr(train_module, "evaluate_loader", lambda *a, **k: {**real(*a, **k), "accuracy": next(scores)})
+    result = train_run(run_for(config), tmp_path / "run", progress=False, evaluate=["test", "val"])
+    assert result.best_epoch == 1
+    from mitp.evaluate import evaluate_checkpoint
+
+    for split in ("test", "val"):
+        in_training = json.loads((tmp_path / "run" / f"metrics-{split}.json").read_text())
+        separate = evaluate_checkpoint(tmp_path / "run", split)
+        assert in_training["epoch"] == separate["epoch"] == 1
+        assert in_training["per_sample"] == separate["per_sample"] and in_training["metrics"] == separate["metrics"]
+        assert in_training["memory_ablation"] == separate["memory_ablation"]
+
+
+def test_train_refuses_a_bad_evaluate_split_or_target_before_training(write_config, tmp_path):
+    config = write_config(synthetic_config())
+    result = runner.invoke(app, ["train", "-c", str(config), "-d", "toy", "--out", str(tmp_path / "r"), "--evaluate", "tset"])
+    assert result.exit_code == 2 and "--evaluate tset: name a split, one of train, val, test" in result.output
+    (tmp_path / "r2").mkdir()
+    (tmp_path / "r2" / "metrics-test.json").write_text("my notes\n")
+    result = runner.invoke(app, ["train", "-c", str(config), "-d", "toy", "--out", str(tmp_path / "r2"), "--evaluate", "test"])
+    assert result.exit_code == 2 and "not a metrics file written by mitp evaluate" in result.output
+    assert (tmp_path / "r2" / "metrics-test.json").read_text() == "my notes\n" and not (tmp_path / "r2" / "checkpoints").exists()
 
 
 def test_cli_reports_bad_input_with_a_clear_message(write_config, tmp_path):
@@ -208,6 +243,7 @@ def test_two_processes_train_like_one_process_with_their_combined_batch(write_co
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
         "-m", "mitp.cli", "train", "-c", str(config), "-d", "toy", "-s", "mitp", "--out", str(tmp_path / "ddp"), "--no-progress",
+        "--evaluate", "test",
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -217,6 +253,8 @@ def test_two_processes_train_like_one_process_with_their_combined_batch(write_co
     assert result["processes"] == 2
     history = json.loads((tmp_path / "ddp" / "history.json").read_text())
     assert [h["val"]["num_samples"] for h in history] == [40, 40]  # gathered from both, padding dropped
+    metrics = json.loads((tmp_path / "ddp" / "metrics-test.json").read_text())
+    assert metrics["metrics"]["num_samples"] == 32 and len(metrics["per_sample"]["predicted"]) == 32
     assert [h["train_loss"] for h in history] == pytest.approx([h["train_loss"] for h in single.history], abs=1e-5)
     trained, _, _ = ckpt.load_checkpoint(ckpt.epoch_directory(tmp_path / "ddp", 2))
     reference, _, _ = ckpt.load_checkpoint(ckpt.epoch_directory(tmp_path / "single", 2))

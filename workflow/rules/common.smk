@@ -17,6 +17,7 @@ RESULTS = W["results"]
 RUNS = f"{RESULTS}/runs"
 BUNDLES = f"{RESULTS}/bundles"
 REPORT = f"{RESULTS}/report"
+QUICK_REPORT = f"{RESULTS}/quick/report"
 LOGS = f"{RESULTS}/logs"
 GRID_SETTINGS = list(expand_grid(config.get("grid") or []))
 SCRIPTS = os.path.join(workflow.basedir, "workflow", "scripts")
@@ -157,16 +158,34 @@ def all_targets():
     return targets
 
 
+def quick_run():
+    """The one run of `snakemake quick`: the first data set, the first exported setting, the first seed."""
+    return W["datasets"][0], (W["export"] or W["settings"])[0], W["seeds"][0]
+
+
+def quick_targets():
+    """One data set end to end, the newcomer's first look: prepared, one run trained and evaluated, exported,
+    its bundle verified and run on test pairs, and a report of that data set (results/<...>/quick/report)."""
+    dataset, setting, seed = quick_run()
+    targets = [f"{run_dir(dataset, setting, seed)}/metrics-test.json", f"{QUICK_REPORT}/summary.json"]
+    if setting in W["export"]:
+        targets.append(f"{BUNDLES}/{dataset}/{setting}.predictions.jsonl")
+    return targets
+
+
 wildcard_constraints:
     dataset="[A-Za-z0-9_-]+",
     setting="[A-Za-z0-9_-]+",
     run="[A-Za-z0-9_-]+",
     seed="[0-9]+",
+    split="train|val|test",
 
 
 # Glue, and the rules that need the internet, run where Snakemake runs (a cluster's login node).
 localrules:
     all,
+    quick,
     download,
     sample_pairs,
     report,
+    report_quick,

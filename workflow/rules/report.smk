@@ -23,3 +23,23 @@ rule report:
         report=lambda wildcards, output: os.path.dirname(output.summary),
     shell:
         f"{LOGGED} mitp report --runs {{params.runs}} --paper {{input.paper}} --out {{params.report}} --datasets {{params.datasets}}"
+
+
+rule report_quick:
+    input:
+        paper=local("workflow/report/paper.yaml"),
+        metrics=lambda wildcards: f"{run_dir(*quick_run())}/metrics-test.json",
+    output:
+        table1=f"{QUICK_REPORT}/table1.md",
+        summary=f"{QUICK_REPORT}/summary.json",
+    conda:
+        "../envs/mitp.yaml"
+    log:
+        f"{LOGS}/report_quick.log",
+    params:
+        dataset=lambda wildcards: quick_run()[0],
+        runs=RUNS,
+        report=QUICK_REPORT,
+    # the quick target's data set alone; runs of it that the full workflow has finished appear too
+    shell:
+        f"{LOGGED} mitp report --runs {{params.runs}} --paper {{input.paper}} --out {{params.report}} --datasets {{params.dataset}}"

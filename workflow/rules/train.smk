@@ -3,7 +3,9 @@ rule train:
         data="data/{dataset}/prepare_report.json",
         backbone=backbone_input,
     output:
-        f"{RUNS}/{{dataset}}/{{run}}/seed{{seed}}/result.json",
+        result=f"{RUNS}/{{dataset}}/{{run}}/seed{{seed}}/result.json",
+        # evaluated in the process that trained it (mitp train --evaluate): no second process loads the backbone
+        metrics=f"{RUNS}/{{dataset}}/{{run}}/seed{{seed}}/metrics-test.json",
     conda:
         "../envs/mitp.yaml"
     log:
@@ -25,4 +27,4 @@ rule train:
     shell:
         f"OMP_NUM_THREADS={{threads}} {OFFLINE} {LOGGED} {{params.launcher}} train --config {{params.mitp_config}} "
         f"--dataset {{wildcards.dataset}} --setting {{params.setting}} --backbone {BACKBONE} {{params.fraction}} "
-        f"{{params.epochs}} --seed {{wildcards.seed}} --out $(dirname {{output}}) --no-progress"
+        f"{{params.epochs}} --seed {{wildcards.seed}} --out $(dirname {{output.result}}) --evaluate test --no-progress"
