@@ -24,12 +24,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from .atomic import atomic_write_json, build_directory
 from .errors import MitpError
 from .outputs import add_entries
-from .runtime.preprocess import MAX_PIXELS, RULE_VERSION, ImageError, clip_crop, load_image
+from .runtime.preprocess import MAX_PIXELS, RULE_VERSION, ImageError, clip_crop, decoded_rgb, opened_image
 
 CACHE_DIR = "image-cache"
 PIXELS, IMAGES, INFO = "pixels.npy", "images.json", "cache.json"
@@ -68,15 +67,6 @@ class PixelBudget:
                 self._changed.notify_all()
 
 
-def header_pixels(path: Path) -> int:
-    """Width x height from the image's header (nothing decoded), or 0 when it cannot be read (load_image says why)."""
-    try:
-        with Image.open(path) as image:
-            return image.width * image.height
-    except Exception:  # any unreadable file: its decode fails with its own message
-        return 0
-
-
 def decode_all(
     paths: list[Path], size: int | None, workers: int, progress: Callable | None = None, pixels: np.ndarray | None = None
 ) -> dict[Path, ImageError]:
@@ -87,8 +77,8 @@ def decode_all(
     def work(index_path: tuple[int, Path]) -> tuple[Path, ImageError | None]:
         index, path = index_path
         try:
-            with budget.hold(header_pixels(path)):
-                image = load_image(path)
+            with opened_image(path) as opened, budget.hold(opened.width * opened.height):  # one open: header, then decode
+                image = decoded_rgb(opened)
                 if pixels is not None and size is not None:
                     pixels[index] = clip_crop(image, size)
                 del image

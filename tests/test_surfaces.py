@@ -432,6 +432,35 @@ def test_decodes_across_workers_stay_within_the_pixel_budget():
     assert peak[0] <= 10 and budget.used == 0 and not any(t.is_alive() for t in threads)
 
 
+def test_the_cache_opens_each_image_once_and_holds_its_pixels_while_decoding(tmp_path, monkeypatch):
+    """The pixel budget is sized from the header of the same open that decodes (no second open per image,
+    which costs a round trip on a network file system), and a broken image still gets its own message."""
+    import os
+
+    import numpy as np
+    from PIL import Image
+
+    import mitp.cache as cache
+    import mitp.runtime.preprocess as preprocess
+
+    paths = []
+    for n, (w, h) in enumerate([(40, 30), (64, 64), (33, 50)]):
+        paths.append(tmp_path / f"{n}.png")
+        Image.fromarray(np.full((h, w, 3), 40 * n, np.uint8)).save(paths[-1])
+    (tmp_path / "broken.jpg").write_bytes(b"not an image")
+    paths.append(tmp_path / "broken.jpg")
+    opens, held = [], []
+    real_open, real_hold = Image.open, cache.PixelBudget.hold
+    monkeypatch.setattr(preprocess.Image, "open", lambda path, *a, **k: opens.append(os.path.basename(path)) or real_open(path, *a, **k))
+    monkeypatch.setattr(cache.PixelBudget, "hold", lambda self, pixels: held.append(pixels) or real_hold(self, pixels))
+    pixels = np.zeros((len(paths), 16, 16, 3), np.uint8)
+    problems = cache.decode_all(paths, 16, workers=2, pixels=pixels)
+    assert sorted(opens) == sorted(p.name for p in paths)  # once each
+    assert sorted(held) == sorted([40 * 30, 64 * 64, 33 * 50])
+    assert list(problems) == [paths[-1]] and "cannot decode image" in str(problems[paths[-1]])
+    assert pixels[1].mean() == 40 and pixels[2].mean() == 80
+
+
 def test_alpha_and_sixteen_bit_images_convert_by_bands_to_the_same_pixels(monkeypatch):
     import numpy as np
 

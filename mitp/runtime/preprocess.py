@@ -18,6 +18,8 @@ cache stores; `normalize` can run on the GPU with the same float32 arithmetic.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +57,15 @@ def check_image_size(width: int, height: int, source: str = "image") -> None:
 
 def load_image(path: str | Path) -> Image.Image:
     """Open, check and fully decode an image as 8-bit RGB by the rule above, or raise ImageError."""
+    with opened_image(path) as image:
+        return decoded_rgb(image)
+
+
+@contextmanager
+def opened_image(path: str | Path) -> Iterator[Image.Image]:
+    """The image at `path` opened and its header checked against the size limits, not yet decoded: a caller
+    can size what the decode will cost (mitp.cache's pixel budget) from the one open. Failures inside the
+    block, decoding included, become ImageError."""
     path = Path(path)
     try:
         found = path.is_file()
@@ -65,14 +76,19 @@ def load_image(path: str | Path) -> Image.Image:
     try:
         with Image.open(path) as img:
             check_image_size(img.width, img.height, f"image {path}")
-            img.load()
-            if img.getexif().get(EXIF_ORIENTATION, 1) != 1:
-                return to_rgb(ImageOps.exif_transpose(img))
-            return to_rgb(img)
+            yield img
     except ImageError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise ImageError(f"cannot decode image {path}: {err}") from err
+
+
+def decoded_rgb(img: Image.Image) -> Image.Image:
+    """An opened image decoded whole, turned by its EXIF orientation, as 8-bit RGB."""
+    img.load()
+    if img.getexif().get(EXIF_ORIENTATION, 1) != 1:
+        return to_rgb(ImageOps.exif_transpose(img))
+    return to_rgb(img)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
