@@ -207,7 +207,7 @@ def train(
     from .train import train_run
 
     for split in splits:  # before any work: a file in the way is found now, not after training
-        check_metrics_target(out / f"metrics-{split}.json")
+        check_metrics_target(out / f"metrics-{split}.json", f"--evaluate {split}: the metrics file", "move it away, or pick another --out")
     result = train_run(run, out, console=console, progress=progress, evaluate=splits)
     if result.main_process:
         console.print(f"[bold green]done[/]: best epoch {result.best_epoch} ({result.best_metric:.4f}) in {out}")

@@ -79,18 +79,19 @@ def evaluate_model(
     }
 
 
-def check_metrics_target(path: Path) -> None:
-    """`--out` may be a new file or an earlier metrics file of mitp's, nothing else (checked before any work)."""
+def check_metrics_target(path: Path, given_as: str = "--out", instead: str = "name another file") -> None:
+    """The metrics file may be new or an earlier metrics file of mitp's, nothing else (checked before any
+    work). `given_as` and `instead` say in the message how the user named it and what to do."""
     path = Path(path)
     if path.is_dir():
-        raise OutputError(f"--out {path} is a folder: name a file for the metrics")
+        raise OutputError(f"{given_as} {path} is a folder: {instead}")
     if path.exists():
         try:
             earlier = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             earlier = None
         if not (isinstance(earlier, dict) and "mitp_version" in earlier and "metrics" in earlier):
-            raise OutputError(f"--out {path} exists and is not a metrics file written by mitp evaluate; it is left as it is: name another file")
+            raise OutputError(f"{given_as} {path} exists and is not a metrics file written by mitp evaluate; it is left as it is: {instead}")
 
 
 def metrics_line(metrics: dict[str, Any]) -> str:

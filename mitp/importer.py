@@ -59,8 +59,7 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
             rows = []
             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
                 if line.strip():
-                    record = json.loads(line)
-                    rows.append(record if isinstance(record, dict) else {"_bad": f"line {number} is not a JSON object"})
+                    rows.append(_json_line(line, number))
         elif suffix == ".parquet":
             rows = _parquet_rows(path)
         else:
@@ -70,10 +69,20 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     rows = [{key.strip().lower() if isinstance(key, str) else key: value for key, value in row.items()} for row in rows]
     if len(rows) > MAX_ROWS:
         raise PrepareError(f"{path} has {len(rows):,} rows; an import holds at most {MAX_ROWS:,}")
-    missing = {"image", "text"} - set(rows[0]) if rows and "_bad" not in rows[0] else set()
-    if missing or (rows and not {"label", "labels"} & set(rows[0]) and "_bad" not in rows[0]):
-        raise PrepareError(f"{path}: each row needs image, text and label (or labels); the first has {', '.join(map(str, rows[0]))}")
+    first = next((row for row in rows if "_bad" not in row), None)  # the header, or the first readable line
+    if first is not None and ({"image", "text"} - set(first) or not {"label", "labels"} & set(first)):
+        raise PrepareError(f"{path}: each row needs image, text and label (or labels); the first has {', '.join(map(str, first))}")
     return rows
+
+
+def _json_line(line: str, number: int) -> dict[str, Any]:
+    """One JSON-lines record; a line that is not a JSON object is kept as a bad row (dropped and listed with
+    its line number, as a malformed CSV row is), not the end of the import."""
+    try:
+        record = json.loads(line)
+    except (json.JSONDecodeError, RecursionError) as err:
+        return {"_bad": f"line {number} is not JSON ({getattr(err, 'msg', type(err).__name__)})", "id": f"line {number}"}
+    return record if isinstance(record, dict) else {"_bad": f"line {number} is not a JSON object", "id": f"line {number}"}
 
 
 def _parquet_rows(path: Path) -> list[dict[str, Any]]:
@@ -96,7 +105,8 @@ def _pairs(rows: list[dict[str, Any]], root: Path, task: str, report: Report) ->
         image, text, given_split = row.get("image"), row.get("text"), row.get("split")
         split = _split(given_split)
         if "_bad" in row or not isinstance(image, str) or not image or not isinstance(text, str) or label is None or split == "?":
-            report.drop(_known(split), row_id, MALFORMED_LINE, row.get("_bad") or _what_is_wrong(image, text, label, given_split))
+            where = str(given_split)[:40] if split == "?" else _known(split)  # a split of its own ("holdout") is named as given
+            report.drop(where, row_id, MALFORMED_LINE, row.get("_bad") or _what_is_wrong(image, text, label, given_split, row, task))
             continue
         if label_respelled:
             respelled["labels given as numbers or with extra spaces, read as names"] += 1
@@ -129,11 +139,13 @@ def _known(split: str | None) -> str:
     return split if split in SPLITS else "train"
 
 
-def _what_is_wrong(image: Any, text: Any, label: Any, given_split: Any) -> str:
+def _what_is_wrong(image: Any, text: Any, label: Any, given_split: Any, row: dict[str, Any], task: str) -> str:
     if not isinstance(image, str) or not image:
         return "no image path (a text column `image`)"
     if not isinstance(text, str):
         return "no text (a text column `text`)"
+    if label is None and task != "multi-label" and len(_label_list(row.get("labels", row.get("label"))) or []) > 1:
+        return "several labels in a single-label import (import it with --task multi-label)"
     if label is None:
         return "no label (a name, a number, or for labels a JSON list or names joined by |)"
     return f"split {given_split!r} is not one of {', '.join(SPLIT_SPELLINGS)}"
@@ -153,21 +165,32 @@ def _name(value: Any) -> tuple[str | None, bool]:
 
 
 def _label(row: dict[str, Any], task: str) -> tuple[str | list[str] | None, bool]:
-    """The row's label (a name) or labels (a list of names), or None; and whether any was respelled."""
-    value = row.get("labels", row.get("label"))
-    if task != "multi-label":
-        return _name(value)
-    if isinstance(value, str) and value.strip().startswith("["):  # a JSON list in a CSV cell
-        try:
-            value = json.loads(value)
-        except (ValueError, RecursionError):
-            return None, False
+    """The row's label (a name) or labels (a list of names), or None; and whether any was respelled. A
+    single-label import takes a one-element list as its one label, and refuses several (None)."""
+    value = _label_list(row.get("labels", row.get("label")))
+    if value is None:
+        return None, False
     if isinstance(value, str):
-        value = [part for part in value.split("|") if part.strip()]
+        value = [part for part in value.split("|") if part.strip()] if task == "multi-label" else [value]
     names = [_name(v) for v in (value if isinstance(value, list | tuple) else [value])]
     if not names or any(name is None for name, _ in names):
         return None, False
-    return list(dict.fromkeys(name for name, _ in names if name is not None)), any(changed for _, changed in names)
+    unique = list(dict.fromkeys(name for name, _ in names if name is not None))
+    respelled = any(changed for _, changed in names)
+    if task != "multi-label":  # a list of one label is that label, respelled
+        return (unique[0], respelled or isinstance(value, list | tuple)) if len(unique) == 1 else (None, False)
+    return unique, respelled
+
+
+def _label_list(value: Any) -> Any:
+    """A label cell as given, or the list a JSON list in a text cell holds (a CSV's `["a", "b"]`); None for a
+    cell that starts like a JSON list and is not one."""
+    if isinstance(value, str) and value.strip().startswith("["):
+        try:
+            return json.loads(value)
+        except (ValueError, RecursionError):
+            return None
+    return value
 
 
 def _drop_leaks(pairs: dict[str, list[Pair]], report: Report) -> None:

@@ -133,6 +133,30 @@ def test_imports_read_what_users_write_and_say_what_they_cannot(tmp_path):
     assert json.loads((tmp_path / "multi" / "prepare_report.json").read_text())["num_classes"] == 3
 
 
+def test_imports_say_which_row_is_wrong_and_read_one_label_lists(tmp_path):
+    """A bad JSON line is that row's drop with its line number, not the end of the import; a split of
+    another name is recorded as given; a single-label import reads ["a"] as a and drops several labels
+    with the reason, instead of making class names of the lists."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    rows = _pairs_folder(folder, 40)
+    with open(folder / "pairs.jsonl", "w") as f:
+        for i, row in enumerate(rows):
+            f.write("{broken\n" if i == 12 else json.dumps({**row, "split": "holdout" if i == 20 else ("train", "train", "val", "test")[i % 4]}) + "\n")
+    result = runner.invoke(app, ["data", "import", str(folder / "pairs.jsonl"), "--name", "lines", "--out", str(tmp_path / "lines")])
+    assert result.exit_code == 0, result.output
+    dropped = [json.loads(line) for line in (tmp_path / "lines" / "dropped.jsonl").read_text().splitlines()]
+    assert {(d["split"], d["id"]) for d in dropped} == {("train", "line 13"), ("holdout", "row 21")}, dropped
+    assert "line 13 is not JSON" in next(d["detail"] for d in dropped if d["id"] == "line 13")
+    listed = [{"image": row["image"], "text": row["text"], "labels": json.dumps([row["label"]] if i % 4 else [row["label"], "other"])} for i, row in enumerate(rows)]
+    _write_csv(folder / "lists.csv", listed, ("image", "text", "labels"))
+    result = runner.invoke(app, ["data", "import", str(folder / "lists.csv"), "--name", "lists", "--task", "single-label", "--out", str(tmp_path / "lists")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "lists" / "classes.json").read_text()) == sorted({row["label"] for row in rows})
+    reasons = {json.loads(line)["detail"] for line in (tmp_path / "lists" / "dropped.jsonl").read_text().splitlines()}
+    assert reasons == {"several labels in a single-label import (import it with --task multi-label)"}
+
+
 @pytest.mark.parametrize(
     "make, said",
     [
@@ -347,6 +371,8 @@ def _deep(depth):
         (lambda b: _edit(b / "test_vectors" / "vectors.json", lambda v: v["vectors"][0].update(logits={})), "logits"),
         (lambda b: _edit(b / "test_vectors" / "vectors.json", lambda v: v.update(vectors=[])), "holds no test vectors"),
         (lambda b: shutil.rmtree(b / "test_vectors"), "has no test vectors"),
+        (lambda b: _link_out(b, "model.onnx"), "'model.onnx' leads out of the bundle"),
+        (lambda b: _edit(b / "bundle.json", lambda c: c.update(mitp_bundle_format=str(c["mitp_bundle_format"]))), "is bundle format '"),
     ],
 )
 def test_a_damaged_bundle_is_one_line_and_never_verified(trained, tmp_path, damage, said):
@@ -357,6 +383,13 @@ def test_a_damaged_bundle_is_one_line_and_never_verified(trained, tmp_path, dama
     _one_line_refusal(result)
     assert said in _said(result), result.output
     assert "verified" not in result.output.replace("cannot be verified", "")
+
+
+def _link_out(bundle, name):
+    """`name` moved out of the bundle and linked back in."""
+    outside = bundle.parent / f"outside-{name}"
+    (bundle / name).rename(outside)
+    (bundle / name).symlink_to(outside)
 
 
 def _edit(path, change):

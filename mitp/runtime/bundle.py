@@ -157,7 +157,7 @@ def read_contract(bundle: Path) -> dict[str, Any]:
 def _info(values: dict[str, Any], source: str) -> BundleInfo:
     if values["mitp_bundle_format"] != BUNDLE_FORMAT:
         raise BundleError(
-            f"{source} is bundle format {values['mitp_bundle_format']} (mitp {values['mitp_version']}); this mitp reads "
+            f"{source} is bundle format {values['mitp_bundle_format']!r} (mitp {values['mitp_version']}); this mitp reads "
             f"format {BUNDLE_FORMAT}: export it again with this version"
         )
     labels = values["labels"]

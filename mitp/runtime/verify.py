@@ -141,6 +141,7 @@ def verify_bundle(bundle: Path, variants: list[str] | None = None, provider: str
     chosen = variants or present
     checks = [Check("files", not set(contract.get("models", {})) - set(present), _missing_models(contract, present))]
     vectors = read_vectors(bundle, chosen)
+    bundle_files(bundle, contract, chosen)  # every file it names a regular file inside it: no model read through a link out
     tokenizer_file = contract["tokenizer"].get("file") if isinstance(contract["tokenizer"], dict) else None
     tokenizer = load_tokenizer_file(bundle_file(bundle, tokenizer_file, "tokenizer file", MAX_TOKENIZER_BYTES))
     checks.append(_check_tokenizer(tokenizer, vectors["vectors"]))
@@ -148,7 +149,7 @@ def verify_bundle(bundle: Path, variants: list[str] | None = None, provider: str
     for variant in chosen:
         from .predict import open_session
 
-        session, _, _ = open_session(bundle / VARIANT_FILES[variant], provider)
+        session, _, _ = open_session(bundle_file(bundle, VARIANT_FILES[variant], "model"), provider)  # a link out of the bundle is refused
         checks.append(_check_metadata(session, contract, variant))
         checks.append(_check_model(session, bundle, contract, variant, vectors))
     return checks
