@@ -70,6 +70,8 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     if len(rows) > MAX_ROWS:
         raise PrepareError(f"{path} has {len(rows):,} rows; an import holds at most {MAX_ROWS:,}")
     first = next((row for row in rows if "_bad" not in row), None)  # the header, or the first readable line
+    if rows and first is None:  # not one readable line: the file, not a row, is what is wrong
+        raise PrepareError(f"cannot read {path}: {rows[0]['_bad']}")
     if first is not None and ({"image", "text"} - set(first) or not {"label", "labels"} & set(first)):
         raise PrepareError(f"{path}: each row needs image, text and label (or labels); the first has {', '.join(map(str, first))}")
     return rows
