@@ -38,8 +38,8 @@ rule report_quick:
         f"{LOGS}/report_quick.log",
     params:
         dataset=lambda wildcards: quick_run()[0],
-        runs=RUNS,
-        report=QUICK_REPORT,
+        runs=lambda wildcards, input: RUNS,
+        report=lambda wildcards, output: os.path.dirname(output.summary),
     # the quick target's data set alone; runs of it that the full workflow has finished appear too
     shell:
         f"{LOGGED} mitp report --runs {{params.runs}} --paper {{input.paper}} --out {{params.report}} --datasets {{params.dataset}}"
