@@ -12,6 +12,7 @@ twice); the wall time is the log's first to last stamp.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import re
 from collections import defaultdict
@@ -58,7 +59,7 @@ def main() -> None:
     args = parser.parse_args()
     logs = args.logs or [newest_log()]
     runs = [(log, *job_seconds(log)) for log in logs]
-    print(f"machine: {platform.machine()}, {platform.processor() or 'cpu'}, {__import__('os').cpu_count()} cores")
+    print(f"machine: {platform.machine()}, {platform.processor() or 'cpu'}, {os.cpu_count()} cores")
     rules = sorted({rule for _, durations, _ in runs for rule in durations}, key=lambda r: -max(sum(d.get(r, [])) for _, d, _ in runs))
     header = "| rule | " + " | ".join(f"{log.name}: jobs, job-s, mean s" for log, _, _ in runs) + " |"
     print(header)

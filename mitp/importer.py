@@ -108,7 +108,7 @@ def _pairs(rows: list[dict[str, Any]], root: Path, task: str, report: Report) ->
         split = _split(given_split)
         if "_bad" in row or not isinstance(image, str) or not image or not isinstance(text, str) or label is None or split == "?":
             where = str(given_split)[:40] if split == "?" else _known(split)  # a split of its own ("holdout") is named as given
-            report.drop(where, row_id, MALFORMED_LINE, row.get("_bad") or _what_is_wrong(image, text, label, given_split, row, task))
+            report.drop(where, row_id, MALFORMED_LINE, row.get("_bad") or _what_is_wrong(row, label, task))
             continue
         if label_respelled:
             respelled["labels given as numbers or with extra spaces, read as names"] += 1
@@ -141,7 +141,9 @@ def _known(split: str | None) -> str:
     return split if split in SPLITS else "train"
 
 
-def _what_is_wrong(image: Any, text: Any, label: Any, given_split: Any, row: dict[str, Any], task: str) -> str:
+def _what_is_wrong(row: dict[str, Any], label: Any, task: str) -> str:
+    """Why a row cannot be a pair (`label` as `_label` read it), in words for dropped.jsonl."""
+    image, text, given_split = row.get("image"), row.get("text"), row.get("split")
     if not isinstance(image, str) or not image:
         return "no image path (a text column `image`)"
     if not isinstance(text, str):
