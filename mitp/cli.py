@@ -213,6 +213,50 @@ def train(
         console.print(f"[bold green]done[/]: best epoch {result.best_epoch} ({result.best_metric:.4f}) in {out}")
 
 
+@app.command("train-runs")
+def train_runs_command(
+    plan: Annotated[Path, typer.Argument(help="Plan file (YAML): runs, a list of {out, dataset, setting, seed, fraction}.", show_default=False)],
+    config: ConfigOption = None,
+    backbone: BackboneOption = None,
+    epochs: Annotated[int | None, typer.Option(help="Override train.epochs for every run.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    evaluate: Annotated[
+        list[str] | None,
+        typer.Option("--evaluate", help="Then evaluate each run's best checkpoint on this split (repeatable), as mitp train --evaluate."),
+    ] = None,
+) -> None:
+    """Train the runs a plan lists, one after another in this process: each exactly as `mitp train` makes it,
+    with the start-up (torch, transformers) paid once. Every run is checked before the first one starts."""
+    _require(*TRAINING_LIBRARIES)
+    from .config import ConfigError, load_config, resolve_run
+    from .data import SPLITS
+    from .plan import load_plan
+
+    splits = list(dict.fromkeys(evaluate or []))
+    for split in splits:
+        if split not in SPLITS:
+            _fail(f"--evaluate {split}: name a split, one of {', '.join(SPLITS)}")
+    planned = load_plan(plan).runs
+    project = load_config(_config_path(config))
+    runs = []
+    for number, entry in enumerate(planned, 1):
+        try:
+            run = resolve_run(project, entry.dataset, entry.setting, backbone=backbone, seed=entry.seed, epochs=epochs, fraction=entry.fraction)
+        except ConfigError as err:
+            _fail(f"{plan}, run {number} ({entry.out}): {err}")
+        runs.append((run, Path(entry.out)))
+    _claim_gpu_slot()
+    from .evaluate import check_metrics_target
+    from .train import train_runs
+
+    for _, out in runs:
+        for split in splits:
+            check_metrics_target(out / f"metrics-{split}.json", f"--evaluate {split}: the metrics file", "move it away, or take the run out of the plan")
+    results = train_runs(runs, console=console, progress=progress, evaluate=splits)
+    if results and results[0].main_process:
+        console.print(f"[bold green]done[/]: {len(results)} runs trained ({', '.join(str(out) for _, out in runs)})", soft_wrap=True)
+
+
 @app.command()
 def evaluate(
     checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Run directory (uses best/) or a checkpoint directory.")],

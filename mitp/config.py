@@ -289,6 +289,9 @@ class WorkflowConfig(_Section):
     standin: str = ""
     standin_steps: PositiveInt = 500
     epochs: PositiveInt | None = None
+    # >1: a training job trains up to this many single-GPU runs of one data set in one process (mitp
+    # train-runs), paying the start-up once; 1: one run per job (a cluster's one-GPU-per-job layout)
+    runs_per_job: PositiveInt = 1
 
 
 class ProjectConfig(_Section):

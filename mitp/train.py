@@ -7,6 +7,7 @@ from its last finished epoch with the same data order (the sampler is seeded per
 
 from __future__ import annotations
 
+import gc
 import math
 import time
 from collections.abc import Sequence
@@ -39,6 +40,7 @@ from .rundir import RESULT_FILE, locked_run_folder, repair, resume_point, save_e
 from .runtime.tokenizer import ClipTokenizer
 
 CLASS_COSINE_WARNING = 0.98
+_runs_in_process = 0  # runs this process has started: a CPU's max RSS covers all of them (mitp train-runs)
 
 
 class EpochShuffleSampler(Sampler[int]):
@@ -99,6 +101,8 @@ def train_run(
 ) -> TrainResult:
     """Train one (data set, setting) run into `run_dir`, resuming from its last checkpoint if any; then
     evaluate its best checkpoint on each split of `evaluate` into `run_dir/metrics-<split>.json`."""
+    global _runs_in_process
+    _runs_in_process += 1
     console = console or Console(stderr=True)
     run_dir = Path(run_dir)
     accelerator = make_accelerator(run.train.precision, run.train.log_with, run_dir / LOGS_DIR)
@@ -123,6 +127,22 @@ def train_run(
         for split in evaluate:
             trainer.evaluate_best(split, tokenizer, size)
         return result
+
+
+def train_runs(
+    runs: Sequence[tuple[RunConfig, Path]], console: Console | None = None, progress: bool = True, evaluate: Sequence[str] = ()
+) -> list[TrainResult]:
+    """Train each (run, folder) in turn in this process, each exactly as `train_run` alone would: the
+    start-up (torch, transformers, Accelerate) is paid once for all of them (mitp.plan)."""
+    console = console or Console(stderr=True)
+    results = []
+    for number, (run, run_dir) in enumerate(runs, 1):
+        console.print(f"[bold]run {number} of {len(runs)}[/]: {run.dataset_name}/{run.setting_name} seed {run.seed} -> {run_dir}", soft_wrap=True)
+        results.append(train_run(run, run_dir, console=console, progress=progress, evaluate=evaluate))
+        gc.collect()  # the finished run's model and loaders, before the next one allocates its own
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return results
 
 
 class Trainer:
@@ -373,7 +393,8 @@ def _peak_memory() -> dict[str, Any]:
         return {"peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30, "peak_memory_kind": "cuda max allocated"}
     import resource
 
-    return {"peak_memory_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "peak_memory_kind": "cpu max RSS"}
+    kind = "cpu max RSS" if _runs_in_process <= 1 else f"cpu max RSS of a process that trained {_runs_in_process} runs"
+    return {"peak_memory_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "peak_memory_kind": kind}
 
 
 def result_summary(run: RunConfig, model: MITPModel, state: TrainState, metric_name: str, accelerator: Accelerator) -> dict[str, Any]:

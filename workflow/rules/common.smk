@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 
 import yaml
@@ -98,9 +99,13 @@ if workflow.local_exec and workflow.is_main_process:
         os.environ[ENV_DIR] = os.path.abspath(f"{RESULTS}/.gpu-slots")
 
 
-def gpus_for(wildcards):
+def gpus_of(run):
     """GPUs of one training run: workflow.gpus[<setting>] if given, else workflow.gpus_per_run."""
-    return W.get("gpus", {}).get(setting_of(wildcards.run), W["gpus_per_run"])
+    return W.get("gpus", {}).get(setting_of(run), W["gpus_per_run"])
+
+
+def gpus_for(wildcards):
+    return gpus_of(wildcards.run)
 
 
 def gpu_resource(wildcards):
@@ -171,6 +176,54 @@ def quick_targets():
     if setting in W["export"]:
         targets.append(f"{BUNDLES}/{dataset}/{setting}.predictions.jsonl")
     return targets
+
+
+# ------------------------------------------------------------------------------------------- packed training
+
+# workflow.runs_per_job > 1: each data set's single-GPU runs are trained in groups, one process per group
+# (`mitp train-runs <plan>`), so that torch and transformers start once per group instead of once per run.
+RUNS_PER_JOB = W.get("runs_per_job", 1)
+PLANS = f"{RESULTS}/plans"
+
+
+def training_packs():
+    """[(name, data set, [(run, seed), ...])]: each data set's single-GPU runs cut into the fewest groups of at
+    most workflow.runs_per_job, of near-equal size, in the order of runs_for; none when runs_per_job is 1.
+    The quick target's run stays with rule train, so that `snakemake quick` trains that one run alone. Only in
+    a local run: on a cluster each run is a job of its own, placed by the profile's rules for `train`."""
+    if RUNS_PER_JOB <= 1:
+        return []
+    if not workflow.local_exec:
+        if workflow.is_main_process:
+            print(f"workflow.runs_per_job: {RUNS_PER_JOB} packs runs in local runs only; here each run is a job of its own", file=sys.stderr)
+        return []
+    quick = quick_run()
+    packs = []
+    for dataset in W["datasets"]:
+        runs = [(run, seed) for run in runs_for(dataset) for seed in seeds_for(run) if gpus_of(run) <= 1 and (dataset, run, seed) != quick]
+        count = -(-len(runs) // RUNS_PER_JOB)
+        for index in range(count):
+            packs.append((f"{dataset}-{index + 1}", dataset, runs[index * len(runs) // count : (index + 1) * len(runs) // count]))
+    return packs
+
+
+def pack_plan(dataset, runs):
+    """The plan `mitp train-runs` reads for one pack: the options `rule train` passes, run by run."""
+    from mitp.plan import PlannedRun, TrainPlan
+
+    return TrainPlan(runs=[
+        PlannedRun(out=run_dir(dataset, run, seed), dataset=dataset, setting=setting_of(run), seed=seed,
+                   fraction=int(run.split("-frac")[1]) / 100 if "-frac" in run else None)
+        for run, seed in runs
+    ])
+
+
+TRAINING_PACKS = training_packs()
+if TRAINING_PACKS and workflow.is_main_process and not workflow.dryrun:
+    from mitp.plan import write_plan
+
+    for _name, _dataset, _runs in TRAINING_PACKS:
+        write_plan(pack_plan(_dataset, _runs), f"{PLANS}/{_name}.yaml")
 
 
 wildcard_constraints:

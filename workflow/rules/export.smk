@@ -7,6 +7,7 @@ rule export:
         "../envs/mitp.yaml"
     log:
         f"{LOGS}/export/{{dataset}}/{{setting}}.log",
+    priority: 1  # as soon as its run is trained, beside the other training jobs, not all at the end
     threads: res("export", "threads")
     resources:
         mem_mb=res("export", "mem_mb"),
