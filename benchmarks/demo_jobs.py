@@ -42,8 +42,13 @@ def job_seconds(log: Path) -> tuple[dict[str, list[float]], float]:
             started[match.group(1)] = stamp
             pending_start = False
         elif (match := FINISHED.match(line)) and match.group(1) in started:
-            durations[match.group(2)].append((stamp - started.pop(match.group(1))).total_seconds())
+            durations[rule_of(match.group(2))].append((stamp - started.pop(match.group(1))).total_seconds())
     return durations, (last - first).total_seconds() if first else 0.0
+
+
+def rule_of(name: str) -> str:
+    """Packed training jobs (rules train_<data set>_<n>, workflow.runs_per_job) count together."""
+    return "train (packed)" if name.startswith("train_") else name
 
 
 def newest_log() -> Path:

@@ -281,3 +281,67 @@ def test_tensorboard_tracking_writes_what_a_run_did_and_reads_back(tmp_path, wri
     assert len(events.Scalars("val/accuracy")) == 2
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert [e.value for e in events.Scalars("val/accuracy")] == pytest.approx([h["val"]["accuracy"] for h in history])
+
+
+def _same_run(packed, alone):
+    """Two run folders hold the same training: results, history and test metrics, to the last digit."""
+    timing = {"train_seconds", "peak_memory_gib", "peak_memory_kind", "environment"}
+    result_a, result_b = (json.loads((folder / "result.json").read_text()) for folder in (packed, alone))
+    assert {k: v for k, v in result_a.items() if k not in timing} == {k: v for k, v in result_b.items() if k not in timing}
+    losses = [[epoch["train_loss"] for epoch in json.loads((folder / "history.json").read_text())] for folder in (packed, alone)]
+    assert losses[0] == losses[1]
+    metrics_a, metrics_b = (json.loads((folder / "metrics-test.json").read_text()) for folder in (packed, alone))
+    assert metrics_a["metrics"] == metrics_b["metrics"] and metrics_a["per_sample"] == metrics_b["per_sample"]
+
+
+def test_train_runs_trains_a_plan_in_one_process_as_train_does_run_by_run(write_config, tmp_path):
+    config = write_config(synthetic_config(epochs=2, sizes={"train": 64, "val": 32, "test": 48}))
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        "runs:\n"
+        f"  - {{out: {tmp_path / 'packed' / 'a'}, dataset: toy, setting: mitp, seed: 0}}\n"
+        f"  - {{out: {tmp_path / 'packed' / 'b'}, dataset: toy, setting: prompts-only, seed: 3, fraction: 0.5}}\n"
+    )
+    result = runner.invoke(app, ["train-runs", str(plan), "-c", str(config), "--evaluate", "test", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "run 2 of 2" in result.output and "2 runs trained" in result.output
+    for name, args in (("a", ["-s", "mitp", "--seed", "0"]), ("b", ["-s", "prompts-only", "--seed", "3", "--fraction", "0.5"])):
+        alone = tmp_path / "alone" / name
+        done = runner.invoke(app, ["train", "-c", str(config), "-d", "toy", *args, "--out", str(alone), "--evaluate", "test", "--no-progress"])
+        assert done.exit_code == 0, done.output
+        _same_run(tmp_path / "packed" / name, alone)
+    second = json.loads((tmp_path / "packed" / "b" / "result.json").read_text())
+    assert second["fraction"] == 0.5 and second["seed"] == 3
+    assert second["peak_memory_kind"] in ("cpu max RSS of a process that trained 2 runs", "cuda max allocated")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("runs: []\n", "runs: "),
+    ("- {out: a, dataset: toy, setting: mitp}\n", "a plan is a mapping with one key, runs"),
+    ("runs:\n  - {out: a, dataset: toy, setting: mitp, sede: 1}\n", "unknown key(s) sede"),
+    ("runs:\n  - {out: a, dataset: toy, setting: mitp}\n  - {out: ./a, dataset: toy, setting: p-clip}\n", "two runs write into one folder"),
+    ("runs:\n  - {out: a, dataset: toy, setting: mitp, fraction: 2.0}\n", "fraction"),
+    ("runs: [\n", "not valid YAML"),
+])
+def test_train_runs_refuses_a_bad_plan_before_training(write_config, tmp_path, monkeypatch, text, message):
+    monkeypatch.chdir(tmp_path)
+    config = write_config(synthetic_config())
+    (tmp_path / "plan.yaml").write_text(text)
+    result = runner.invoke(app, ["train-runs", "plan.yaml", "-c", str(config)])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output, result.output
+    assert not (tmp_path / "a").exists()
+
+
+def test_train_runs_names_the_run_it_refuses_and_trains_none(write_config, tmp_path):
+    config = write_config(synthetic_config())
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(f"runs:\n  - {{out: {tmp_path / 'a'}, dataset: toy, setting: mitp}}\n  - {{out: {tmp_path / 'b'}, dataset: toy, setting: mtip}}\n")
+    result = runner.invoke(app, ["train-runs", str(plan), "-c", str(config)])
+    assert result.exit_code == 2 and f"run 2 ({tmp_path / 'b'})" in result.output and "unknown setting 'mtip'" in result.output, result.output
+    assert not (tmp_path / "a").exists()
+    plan.write_text(f"runs:\n  - {{out: {tmp_path / 'a'}, dataset: toy, setting: mitp}}\n  - {{out: {tmp_path / 'b'}, dataset: toy, setting: mitp}}\n")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "metrics-test.json").write_text("my notes\n")
+    result = runner.invoke(app, ["train-runs", str(plan), "-c", str(config), "--evaluate", "test"])
+    assert result.exit_code == 2 and "not a metrics file written by mitp evaluate" in result.output
+    assert not (tmp_path / "a").exists() and (tmp_path / "b" / "metrics-test.json").read_text() == "my notes\n"

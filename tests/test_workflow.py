@@ -106,3 +106,36 @@ def test_a_failed_jobs_reason_reaches_the_console(tmp_path):
 def test_downloads_are_not_retried_by_snakemake():
     rules = (ROOT / "workflow" / "rules" / "data.smk").read_text()
     assert "retries:" not in rules  # mitp resumes interruptions itself; other failures cannot change
+
+
+def _training_jobs(*configfiles: Path) -> dict[str, list[str]]:
+    """{rule: [run folders]} of every training job in a dry run of the demo profile, from its printed jobs."""
+    configs = [str(ROOT / "workflow/profiles/demo/demo.yaml"), *map(str, configfiles)]
+    done = subprocess.run(
+        ["snakemake", "-n", "--forceall", "--profile", "workflow/profiles/demo", "--configfile", *configs, "--", "all"],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    jobs: dict[str, list[str]] = {}
+    for block in done.stdout.split("\nrule ")[1:]:
+        name = block.split(":")[0]
+        if name.startswith("train"):
+            outputs = next(line for line in block.splitlines() if line.strip().startswith("output:"))
+            jobs.setdefault(name, []).extend(
+                path.removesuffix("/result.json") for path in outputs.split(":", 1)[1].split(", ") if path.strip().endswith("result.json")
+            )
+    return {name: [path.strip() for path in paths] for name, paths in jobs.items()}
+
+
+def test_the_demo_trains_its_runs_in_packs_and_the_quick_run_alone(tmp_path):
+    packed = _training_jobs()
+    runs = [run for folders in packed.values() for run in folders]
+    assert len(runs) == len(set(runs)) == 82  # every run of the demo, each trained by one job
+    assert packed["train"] == ["results/demo/runs/demo-food101/mitp/seed0"]  # the quick target's run, alone
+    packs = {name: folders for name, folders in packed.items() if name != "train"}
+    assert all(5 <= len(folders) <= 8 for folders in packs.values()), {k: len(v) for k, v in packs.items()}
+    assert all(len({folder.split("/")[3] for folder in folders}) == 1 for folders in packs.values())  # one data set each
+    one_per_job = tmp_path / "one.yaml"
+    one_per_job.write_text("workflow: {runs_per_job: 1}\n")
+    alone = _training_jobs(one_per_job)
+    assert list(alone) == ["train"] and sorted(alone["train"]) == sorted(runs)
