@@ -312,7 +312,9 @@ def test_train_runs_trains_a_plan_in_one_process_as_train_does_run_by_run(write_
         _same_run(tmp_path / "packed" / name, alone)
     second = json.loads((tmp_path / "packed" / "b" / "result.json").read_text())
     assert second["fraction"] == 0.5 and second["seed"] == 3
-    assert second["peak_memory_kind"] in ("cpu max RSS of a process that trained 2 runs", "cuda max allocated")
+    # on a CPU the peak is the process's, over every run it trained (in this suite's process: more than these two)
+    kind = second["peak_memory_kind"]
+    assert kind == "cuda max allocated" or (kind.startswith("cpu max RSS of a process that trained ") and int(kind.split()[-2]) >= 2)
 
 
 @pytest.mark.parametrize("text, message", [
