@@ -170,6 +170,23 @@ def _span(layers: list[int]) -> str:
     return f"{layers[0]}-{layers[-1]}" if consecutive else ",".join(map(str, layers))
 
 
+EvaluateOption = Annotated[
+    list[str] | None,
+    typer.Option("--evaluate", help="Then evaluate the best checkpoint on this split (repeatable): OUT/metrics-<split>.json, as mitp evaluate writes it."),
+]
+
+
+def _evaluation_splits(evaluate: list[str] | None) -> list[str]:
+    """The splits of --evaluate, each once, or a one-line refusal of one that is not a split."""
+    from .data import SPLITS
+
+    splits = list(dict.fromkeys(evaluate or []))
+    for split in splits:
+        if split not in SPLITS:
+            _fail(f"--evaluate {split}: name a split, one of {', '.join(SPLITS)}")
+    return splits
+
+
 @app.command()
 def train(
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory (checkpoints, history); resumed if it exists.")],
@@ -185,19 +202,11 @@ def train(
     precision: Annotated[str | None, typer.Option(help="auto | bf16 | fp32")] = None,
     seed: Annotated[int | None, typer.Option(help="Override the config's seed.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
-    evaluate: Annotated[
-        list[str] | None,
-        typer.Option("--evaluate", help="Then evaluate the best checkpoint on this split (repeatable): OUT/metrics-<split>.json, as mitp evaluate writes it."),
-    ] = None,
+    evaluate: EvaluateOption = None,
 ) -> None:
     """Train one (data set, setting) run; resumes from the last finished epoch after a kill."""
     _require(*TRAINING_LIBRARIES)
-    from .data import SPLITS
-
-    splits = list(dict.fromkeys(evaluate or []))
-    for split in splits:
-        if split not in SPLITS:
-            _fail(f"--evaluate {split}: name a split, one of {', '.join(SPLITS)}")
+    splits = _evaluation_splits(evaluate)
     _claim_gpu_slot()
     run = _resolve(
         config, dataset, setting, backbone, seed, lr=lr,
@@ -220,22 +229,15 @@ def train_runs_command(
     backbone: BackboneOption = None,
     epochs: Annotated[int | None, typer.Option(help="Override train.epochs for every run.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
-    evaluate: Annotated[
-        list[str] | None,
-        typer.Option("--evaluate", help="Then evaluate each run's best checkpoint on this split (repeatable), as mitp train --evaluate."),
-    ] = None,
+    evaluate: EvaluateOption = None,
 ) -> None:
     """Train the runs a plan lists, one after another in this process: each exactly as `mitp train` makes it,
     with the start-up (torch, transformers) paid once. Every run is checked before the first one starts."""
     _require(*TRAINING_LIBRARIES)
     from .config import ConfigError, load_config, resolve_run
-    from .data import SPLITS
     from .plan import load_plan
 
-    splits = list(dict.fromkeys(evaluate or []))
-    for split in splits:
-        if split not in SPLITS:
-            _fail(f"--evaluate {split}: name a split, one of {', '.join(SPLITS)}")
+    splits = _evaluation_splits(evaluate)
     planned = load_plan(plan).runs
     project = load_config(_config_path(config))
     runs = []

@@ -480,20 +480,25 @@ def _expanded_size(node: yaml.Node, seen: dict[int, int]) -> int:
     return size
 
 
-def load_config(path: str | Path) -> ProjectConfig:
-    """Read and validate `config.yaml`; raise ConfigError naming the first bad key."""
+def read_yaml_mapping(path: str | Path, what: str, max_bytes: int, not_a_mapping: str) -> dict[str, Any]:
+    """A small YAML file whose top level is a mapping (a config, a plan), or ConfigError saying why not."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    if path.stat().st_size > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{path} has {path.stat().st_size:,} bytes; a config holds at most {MAX_CONFIG_BYTES:,}")
+        raise ConfigError(f"{what} file not found: {path}")
+    if path.stat().st_size > max_bytes:
+        raise ConfigError(f"{path} has {path.stat().st_size:,} bytes; a {what} holds at most {max_bytes:,}")
     try:
         raw = read_yaml(path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping")
-    return parse_config(raw)
+        raise ConfigError(f"{path}: {not_a_mapping}")
+    return raw
+
+
+def load_config(path: str | Path) -> ProjectConfig:
+    """Read and validate `config.yaml`; raise ConfigError naming the first bad key."""
+    return parse_config(read_yaml_mapping(path, "config", MAX_CONFIG_BYTES, "the top level must be a mapping"))
 
 
 def parse_config(raw: dict[str, Any]) -> ProjectConfig:

@@ -21,7 +21,7 @@ import yaml
 from pydantic import Field, model_validator
 
 from .atomic import atomic_write_text
-from .config import ConfigError, Fraction, Seed, _Section, read_yaml, validated
+from .config import ConfigError, Fraction, Seed, _Section, read_yaml_mapping, validated
 
 MAX_PLAN_BYTES = 1 << 20  # a plan of a few hundred runs is a few tens of kB
 Name = Annotated[str, Field(min_length=1)]
@@ -55,17 +55,7 @@ class TrainPlan(_Section):
 
 def load_plan(path: str | Path) -> TrainPlan:
     """Read and validate a plan file; raise ConfigError naming the first bad entry."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"plan file not found: {path}")
-    if path.stat().st_size > MAX_PLAN_BYTES:
-        raise ConfigError(f"{path} has {path.stat().st_size:,} bytes; a plan holds at most {MAX_PLAN_BYTES:,}")
-    try:
-        raw = read_yaml(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from err
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a plan is a mapping with one key, runs: a list of runs")
+    raw = read_yaml_mapping(path, "plan", MAX_PLAN_BYTES, "a plan is a mapping with one key, runs: a list of runs")
     try:
         return validated(TrainPlan, raw)
     except ConfigError as err:

@@ -146,8 +146,13 @@ def setting_of(run):
     return run.split("-frac")[0]
 
 
+def fraction_of(run):
+    """The training share of a `<setting>-frac<percent>` run; None for a run on the whole split."""
+    return int(run.split("-frac")[1]) / 100 if "-frac" in run else None
+
+
 def fraction_option(run):
-    return f"--fraction {int(run.split('-frac')[1]) / 100}" if "-frac" in run else ""
+    return f"--fraction {fraction_of(run)}" if fraction_of(run) is not None else ""
 
 
 def run_dir(dataset, run, seed):
@@ -212,18 +217,18 @@ def pack_plan(dataset, runs):
     from mitp.plan import PlannedRun, TrainPlan
 
     return TrainPlan(runs=[
-        PlannedRun(out=run_dir(dataset, run, seed), dataset=dataset, setting=setting_of(run), seed=seed,
-                   fraction=int(run.split("-frac")[1]) / 100 if "-frac" in run else None)
+        PlannedRun(out=run_dir(dataset, run, seed), dataset=dataset, setting=setting_of(run), seed=seed, fraction=fraction_of(run))
         for run, seed in runs
     ])
 
 
 TRAINING_PACKS = training_packs()
-if TRAINING_PACKS and workflow.is_main_process and not workflow.dryrun:
+PACK_PLANS = {name: pack_plan(dataset, runs) for name, dataset, runs in TRAINING_PACKS}
+if PACK_PLANS and workflow.is_main_process and not workflow.dryrun:
     from mitp.plan import write_plan
 
-    for _name, _dataset, _runs in TRAINING_PACKS:
-        write_plan(pack_plan(_dataset, _runs), f"{PLANS}/{_name}.yaml")
+    for _name, _plan in PACK_PLANS.items():
+        write_plan(_plan, f"{PLANS}/{_name}.yaml")
 
 
 wildcard_constraints:

@@ -56,7 +56,7 @@ for _name, _dataset, _runs in TRAINING_PACKS:
             runtime=res("train", "runtime") * len(_runs),
         params:
             plan=f"{PLANS}/{_name}.yaml",
-            runs=pack_plan(_dataset, _runs).model_dump_json(),  # a changed pack reruns it
+            runs=PACK_PLANS[_name].model_dump_json(),  # a changed pack reruns it
             mitp_config=MITP_CONFIG,
             config_hash=CONFIG_HASH,
             epochs=f"--epochs {W['epochs']}" if W.get("epochs") else "",
