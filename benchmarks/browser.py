@@ -83,8 +83,8 @@ def onnxruntime_times(bundle: Path, inputs: dict, variants: list[str], threads: 
 def torch_time(run: Path, inputs: dict, repeats: int) -> tuple[float, int]:
     import torch
 
-    from mitp.export import ExportGraph
-    from mitp.factory import load_trained
+    from mitp.ship.export import ExportGraph
+    from mitp.train.factory import load_trained
 
     graph = ExportGraph(load_trained(run)[0]).eval()
     feeds = {k: torch.from_numpy(v) for k, v in inputs.items()}

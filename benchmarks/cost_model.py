@@ -37,7 +37,7 @@ def flops_per_sample(run, arch, num_classes: int) -> tuple[float, float]:
     from torch.utils.flop_counter import FlopCounterMode
     from transformers import CLIPModel
 
-    from mitp.model import MITPModel
+    from mitp.model.base import MITPModel
 
     batch = 2
     with torch.device("meta"):
@@ -85,8 +85,8 @@ def main() -> None:
     parser.add_argument("--readings", default=None, help="comma-separated readings to price instead of workflow.readings (e.g. pairwise,per-class)")
     args = parser.parse_args()
 
-    from mitp.backbone import architecture_config
     from mitp.config import load_config, read_yaml, resolve_run
+    from mitp.model.backbone import architecture_config
 
     raw = read_yaml(Path(args.config).read_text())
     project = load_config(args.config)

@@ -61,8 +61,8 @@ def main() -> None:
     import torch
     from torch.utils.data import DataLoader
 
-    from mitp.cache import ImageCache, write_cache
-    from mitp.data import PairDataset
+    from mitp.data.cache import ImageCache, write_cache
+    from mitp.data.dataset import PairDataset
     from mitp.runtime.preprocess import clip_crop, load_image
 
     torch.set_num_threads(1)

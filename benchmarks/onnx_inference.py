@@ -38,9 +38,9 @@ def timed(fn, repeats: int) -> float:
 
 
 def build(config: str, backbone: str, dataset: str, setting: str):
-    from mitp.backbone import load_backbone
     from mitp.config import load_config, resolve_run
-    from mitp.factory import build_model
+    from mitp.model.backbone import load_backbone
+    from mitp.train.factory import build_model
 
     run = resolve_run(load_config(config), dataset, setting)
     bb = load_backbone(backbone)
@@ -75,7 +75,7 @@ def main() -> None:
     import onnxruntime as ort
     import torch
 
-    from mitp.export import ExportGraph, write_fp16, write_int8, write_onnx
+    from mitp.ship.export import ExportGraph, write_fp16, write_int8, write_onnx
 
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)

@@ -1,5 +1,5 @@
 """Token ids at a run's start, at SNLI-VE's size: tokenizing every caption at once (mitp before) against
-chunked tokenization stored once beside the split (mitp.tokens), and long MM-IMDB-like plots whole against
+chunked tokenization stored once beside the split (mitp.data.tokens), and long MM-IMDB-like plots whole against
 cut to their first 77 words (mitp.runtime.tokenizer.clean_head). Each start runs in a fresh process and
 reports its wall time and peak RSS growth.
 
@@ -36,7 +36,7 @@ WORDS = (
 START = textwrap.dedent("""
     import json, sys, time
     from mitp.config import parse_config, resolve_run
-    from mitp.data import build_split
+    from mitp.data.dataset import build_split
     from mitp.runtime.tokenizer import build_word_tokenizer, load_tokenizer_file
 
     def mb(key):
@@ -100,7 +100,7 @@ def main() -> None:
     parser.add_argument("--tokenizer", default="", help="a tokenizer.json (default: the in-process word tokenizer)")
     parser.add_argument("--pairs", type=int, default=529_527, help="training hypotheses (SNLI-VE: 529,527)")
     args = parser.parse_args()
-    from mitp.prepare import prepare_dataset
+    from mitp.data.prepare import prepare_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
         make_snlive(Path(tmp) / "raw", args.pairs)

@@ -30,7 +30,7 @@ def make_naive(model) -> None:
     where the head does not read it (its result joins the logits times zero)."""
     import contextlib
 
-    from mitp.heads import CAPTION, NO_TEXT, ImageHead
+    from mitp.model.heads import CAPTION, NO_TEXT, ImageHead
 
     class RunTextAnyway(ImageHead):
         text_input = CAPTION
@@ -47,10 +47,10 @@ def make_naive(model) -> None:
 def measure(backbone: str, dataset: str, setting: str, naive: bool, steps: int, batch: int | None) -> dict:
     import torch
 
-    from mitp.backbone import crop_size, load_backbone
     from mitp.config import load_config, resolve_run
-    from mitp.factory import build_model
-    from mitp.model import classification_loss
+    from mitp.model.backbone import crop_size, load_backbone
+    from mitp.model.base import classification_loss
+    from mitp.train.factory import build_model
 
     run = resolve_run(load_config("config.yaml"), dataset, setting)
     bb = load_backbone(backbone)

@@ -72,8 +72,8 @@ def _require(*modules: str, extra: str = "train") -> None:
 
 
 def _claim_gpu_slot() -> None:
-    """In a local workflow run, take this job's GPU slot before CUDA starts (mitp.gpus)."""
-    from .gpus import claim_gpu_slot
+    """In a local workflow run, take this job's GPU slot before CUDA starts (mitp.train.gpus)."""
+    from .train.gpus import claim_gpu_slot
 
     device = claim_gpu_slot()
     if device is not None:
@@ -102,8 +102,8 @@ def init(
     demo: Annotated[bool, typer.Option("--demo", help="The offline demo's config (twins, stand-in CLIP) instead of the paper's.")] = False,
 ) -> None:
     """Write an editable config.yaml (the paper's setup, or the demo's) into a folder; never over an existing one."""
-    from .atomic import atomic_write_text
-    from .outputs import OutputError
+    from .files.atomic import atomic_write_text
+    from .files.outputs import OutputError
     from .resources import CONFIG, DEMO_CONFIG, resource
 
     target = out / "config.yaml"
@@ -130,8 +130,8 @@ def info(
 ) -> None:
     """Trainable and backbone parameter counts, built on the backbone's architecture with no download."""
     _require(*TRAINING_LIBRARIES)
-    from .budget import parameter_budget
     from .config import load_config, resolve_run
+    from .model.budget import parameter_budget
 
     project = load_config(_config_path(config))  # read once for every setting
     names = [setting] if setting else list(project.runs)
@@ -178,7 +178,7 @@ EvaluateOption = Annotated[
 
 def _evaluation_splits(evaluate: list[str] | None) -> list[str]:
     """The splits of --evaluate, each once, or a one-line refusal of one that is not a split."""
-    from .data import SPLITS
+    from .data.dataset import SPLITS
 
     splits = list(dict.fromkeys(evaluate or []))
     for split in splits:
@@ -212,8 +212,8 @@ def train(
         config, dataset, setting, backbone, seed, lr=lr,
         epochs=epochs, max_steps_per_epoch=max_steps, fraction=fraction, num_workers=num_workers, precision=precision,
     )
-    from .evaluate import check_metrics_target
-    from .train import train_run
+    from .train.evaluate import check_metrics_target
+    from .train.runs import train_run
 
     for split in splits:  # before any work: a file in the way is found now, not after training
         check_metrics_target(out / f"metrics-{split}.json", f"--evaluate {split}: the metrics file", "move it away, or pick another --out")
@@ -235,7 +235,7 @@ def train_runs_command(
     with the start-up (torch, transformers) paid once. Every run is checked before the first one starts."""
     _require(*TRAINING_LIBRARIES)
     from .config import ConfigError, load_config, resolve_run
-    from .plan import load_plan
+    from .train.plan import load_plan
 
     splits = _evaluation_splits(evaluate)
     planned = load_plan(plan).runs
@@ -248,8 +248,8 @@ def train_runs_command(
             _fail(f"{plan}, run {number} ({entry.out}): {err}")
         runs.append((run, Path(entry.out)))
     _claim_gpu_slot()
-    from .evaluate import check_metrics_target
-    from .train import train_runs
+    from .train.evaluate import check_metrics_target
+    from .train.runs import train_runs
 
     for _, out in runs:
         for split in splits:
@@ -271,7 +271,7 @@ def evaluate(
     _require(*TRAINING_LIBRARIES)
     _claim_gpu_slot()
     target = out or Path(checkpoint) / f"metrics-{split}.json"
-    from .evaluate import ablation_line, check_metrics_target, evaluate_checkpoint, metrics_line, write_metrics
+    from .train.evaluate import ablation_line, check_metrics_target, evaluate_checkpoint, metrics_line, write_metrics
 
     check_metrics_target(target)
     metrics = evaluate_checkpoint(checkpoint, split, batch_size, num_workers)
@@ -291,7 +291,7 @@ def export_command(
 ) -> None:
     """Export a trained model to an ONNX bundle, verified against PyTorch before it is written."""
     _require(*TRAINING_LIBRARIES, "onnxscript", "onnxruntime")
-    from .export import ExportError, export_bundle
+    from .ship.export import ExportError, export_bundle
 
     try:
         report = export_bundle(checkpoint, out, fp16=fp16, int8=int8, tolerance=tolerance)
@@ -362,7 +362,7 @@ def _model_folder(model: Path) -> Path:
         import huggingface_hub  # noqa: F401
     except ImportError:
         _fail(f"--model {name}: not a folder here; reading a release from the Hub needs huggingface_hub (python -m pip install huggingface_hub)")
-    from .hf import download_release
+    from .ship.hf import download_release
 
     return download_release(name)
 
@@ -390,9 +390,9 @@ def _predict_batch(predictor, batch: Path, out: Path | None, bundle: Path, top_k
     import contextlib
     import sys
 
-    from .atomic import atomic_writer
-    from .outputs import claim_file
-    from .progress import progress_bar
+    from .files.atomic import atomic_writer
+    from .files.outputs import claim_file
+    from .files.progress import progress_bar
     from .runtime.predict import InputError, is_predictions_file, predict_batch_file
 
     if not batch.is_file():
@@ -422,7 +422,7 @@ def report(
 ) -> None:
     """Rebuild Tables 1-3, parameter/time/memory per run, Fig. 3, Fig. 4 and training curves beside the paper."""
     _require("yaml", "pyarrow", "matplotlib", extra="workflow")
-    from .report import write_report
+    from .report.tables import write_report
     from .resources import PAPER, resource
 
     paper = paper or resource(PAPER)
@@ -474,7 +474,7 @@ def bundle_web(
 
     Any static host serves it (GitHub Pages, a Hugging Face static Space, python -m http.server); with the
     COOP/COEP headers of `mitp bundle serve`, _headers or the Space's README the wasm runs multi-threaded."""
-    from .progress import progress_bar
+    from .files.progress import progress_bar
     from .runtime.site import build_site
 
     with progress_bar(console, unit_bytes=True) as bar:
@@ -532,8 +532,8 @@ def data_download(
     Only interruptions are retried: a refusal, a missing credential or an unreachable host is said at once."""
     import time
 
-    from .download import TransientDownloadError, download_dataset
-    from .progress import progress_bar
+    from .data.download import TransientDownloadError, download_dataset
+    from .files.progress import progress_bar
 
     raw = raw or Path("data/raw") / dataset
     for attempt in range(retries + 1):
@@ -560,8 +560,8 @@ def data_prepare(
 ) -> None:
     """Write {train,val,test}.parquet, classes.json and prepare_report.json; bad pairs are dropped and counted."""
     _require("pyarrow")
-    from .prepare import prepare_dataset
-    from .progress import progress_bar
+    from .data.prepare import prepare_dataset
+    from .files.progress import progress_bar
 
     raw, out = raw or Path("data/raw") / dataset, out or Path("data") / dataset
     with progress_bar(console) as bar:
@@ -591,8 +591,8 @@ def data_import(
     """Prepare a data set of your own with the checks and report of the upstream ones."""
     _require("pyarrow")
     from .config import READING_NAME
-    from .importer import import_pairs
-    from .progress import progress_bar
+    from .data.importer import import_pairs
+    from .files.progress import progress_bar
 
     if not READING_NAME.match(name):
         _fail(f"--name {name!r}: a data set name is lower-case words joined by '-' (it names a folder and a config key)")
@@ -636,7 +636,7 @@ def release_make(
     run: Annotated[Path | None, typer.Option(help="The bundle's run, for its prompts and test metrics.")] = None,
 ) -> None:
     """Write a release folder: README.md (model card), the bundle, the prompts, the config and the results."""
-    from .release import write_release
+    from .ship.release import write_release
 
     release = write_release(source, out, bundle=bundle, run=run)
     if not release.from_run:
@@ -657,7 +657,7 @@ def release_push(
     private: Annotated[bool, typer.Option(help="Create the repository as private.")] = False,
 ) -> None:
     """Upload a release folder to the Hugging Face Hub (token: HF_TOKEN or `hf auth login`)."""
-    from .release import push_release
+    from .ship.release import push_release
 
     commit = push_release(folder, repo, private)
     console.print(f"[bold green]pushed[/] {escape(str(folder))} to {escape(repo)}: {escape(commit)}", soft_wrap=True)
@@ -671,8 +671,8 @@ def data_cache(
 ) -> None:
     """Cache every image of a prepared data set once, as its uint8 CLIP crop (memory-mapped by the loader)."""
     _require("pyarrow")
-    from .cache import build_cache
-    from .progress import progress_bar
+    from .data.cache import build_cache
+    from .files.progress import progress_bar
 
     with progress_bar(console) as bar:
         task = bar.add_task(f"cache images of {data_dir}", total=None)
@@ -687,7 +687,7 @@ def fetch_backbone_command(
 ) -> None:
     """Save a hub backbone into a local folder, once, for machines without internet (HF_HUB_OFFLINE=1)."""
     _require(*TRAINING_LIBRARIES)
-    from .backbone import fetch_backbone
+    from .model.backbone import fetch_backbone
 
     fetch_backbone(name, out)
     console.print(f"[bold green]backbone[/] {name} saved in {out}; pass --backbone {out} (works with HF_HUB_OFFLINE=1)")
@@ -704,8 +704,8 @@ def pretrain_standin(
     _require(*TRAINING_LIBRARIES)
     if steps < 1 or batch_size < 2:
         _fail("--steps must be >= 1 and --batch-size >= 2")
-    from .standin import StandinConfig
-    from .standin import pretrain_standin as run_pretraining
+    from .model.standin import StandinConfig
+    from .model.standin import pretrain_standin as run_pretraining
 
     summary = run_pretraining(out, StandinConfig(steps=steps, batch_size=batch_size, seed=seed), log=console.print)
     console.print(f"[bold green]stand-in CLIP[/] in {out}: loss {summary['final_loss']:.3f} after {steps} steps, {summary['seconds']:.0f} s")

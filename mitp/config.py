@@ -192,7 +192,7 @@ class SplitSizes(_Section):
 
 
 class SyntheticConfig(_Section):
-    """Options of the in-process synthetic task (`mitp.synthetic`), for tests and benchmarks."""
+    """Options of the in-process synthetic task (`mitp.data.synthetic`), for tests and benchmarks."""
 
     n_colours: Annotated[int, Field(ge=1, le=6)] = 4
     n_words: Annotated[int, Field(ge=1, le=6)] = 4

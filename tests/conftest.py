@@ -10,10 +10,10 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from mitp.backbone import load_backbone
 from mitp.cli import app
-from mitp.prepare import prepare_dataset
-from mitp.twins import make_twin
+from mitp.data.prepare import prepare_dataset
+from mitp.data.twins import make_twin
+from mitp.model.backbone import load_backbone
 
 from .loopback import Loopback
 

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from mitp import atomic
+from mitp.files import atomic
 
 
 class Killed(BaseException):

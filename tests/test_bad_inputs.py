@@ -16,12 +16,12 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
-from mitp import train as train_module
 from mitp.cli import app
 from mitp.config import ConfigError, load_config, parse_config
-from mitp.download import DownloadError, fetch
-from mitp.prepare import prepare_dataset
-from mitp.twins import make_twin
+from mitp.data.prepare import prepare_dataset
+from mitp.data.twins import make_twin
+from mitp.files.fetch import DownloadError, fetch
+from mitp.train import runs as train_module
 
 from .conftest import PROJECT_CONFIG, synthetic_config
 from .loopback import Route

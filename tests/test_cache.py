@@ -11,14 +11,14 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from mitp.cache import CACHE_DIR, ImageCache
 from mitp.cli import app
 from mitp.config import parse_config, resolve_run
-from mitp.data import build_split, pixel_values
-from mitp.prepare import prepare_dataset
+from mitp.data.cache import CACHE_DIR, ImageCache
+from mitp.data.dataset import build_split, pixel_values
+from mitp.data.prepare import prepare_dataset
+from mitp.data.twins import make_twin
 from mitp.runtime.preprocess import load_image, preprocess_image
 from mitp.runtime.tokenizer import build_word_tokenizer
-from mitp.twins import make_twin
 
 from .conftest import TWIN_SIZES
 
@@ -94,7 +94,7 @@ def test_a_damaged_image_found_while_caching_is_dropped_like_at_preparation(tmp_
 
 
 def test_training_says_which_path_feeds_each_split_and_warns_for_a_gpu(tmp_path, prepared_twin):
-    from mitp.data import image_path_lines
+    from mitp.data.dataset import image_path_lines
 
     prepared_twin(into=tmp_path, prepared="food", cache_size=32)
     tokenizer = build_word_tokenizer()

@@ -8,7 +8,7 @@ from PIL import Image
 from transformers import CLIPImageProcessor
 
 from mitp.config import parse_config, resolve_run
-from mitp.data import DataError, build_split, stratified_subset
+from mitp.data.dataset import DataError, build_split, stratified_subset
 from mitp.runtime.preprocess import ImageError, ImageTooLarge, clip_crop, load_image, preprocess_image
 from mitp.runtime.tokenizer import build_word_tokenizer, clean_caption
 

@@ -13,12 +13,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import mitp.download as download
+import mitp.data.download as download
 from mitp.cli import app
-from mitp.download import RECORD, DownloadError, Source, extract, fetch, layout_problem
-from mitp.outputs import mark
-from mitp.prepare import PrepareError, prepare_dataset
-from mitp.twins import make_twin
+from mitp.data.download import RECORD, Source, extract, layout_problem
+from mitp.data.prepare import PrepareError, prepare_dataset
+from mitp.data.twins import make_twin
+from mitp.files.fetch import DownloadError, fetch
+from mitp.files.outputs import mark
 
 from .conftest import TWIN_SIZES
 from .loopback import Route

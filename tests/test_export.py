@@ -15,9 +15,9 @@ import torch
 from typer.testing import CliRunner
 
 from mitp.cli import app
-from mitp.factory import load_trained
 from mitp.runtime.bundle import BUNDLE_FORMAT, BundleError
 from mitp.runtime.predict import Predictor
+from mitp.train.factory import load_trained
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()

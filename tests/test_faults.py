@@ -11,14 +11,14 @@ import pytest
 import torch
 import yaml
 
-from mitp import atomic
-from mitp import checkpoint as ckpt
 from mitp.config import ConfigError, load_config, resolve_run
-from mitp.download import download_dataset
-from mitp.prepare import prepare_dataset
-from mitp.rundir import RunLocked, locked_run_folder
-from mitp.train import train_run
-from mitp.twins import make_twin
+from mitp.data.download import download_dataset
+from mitp.data.prepare import prepare_dataset
+from mitp.data.twins import make_twin
+from mitp.files import atomic
+from mitp.train import checkpoint as ckpt
+from mitp.train.rundir import RunLocked, locked_run_folder
+from mitp.train.runs import train_run
 
 from .conftest import synthetic_config
 from .faults import count_writes, run_killed_at
@@ -72,7 +72,7 @@ def test_a_failed_start_does_not_block_the_corrected_rerun(toy_run, tmp_path):
 
 
 def test_resume_refuses_only_result_changing_values_and_names_them(toy_run, tmp_path, monkeypatch):
-    import mitp.train as train_module
+    import mitp.train.runs as train_module
 
     real_save = train_module.save_epoch
 
@@ -162,8 +162,8 @@ def test_twin_download_killed_at_every_write_completes_on_rerun(tmp_path):
 @pytest.mark.slow
 def test_export_killed_at_every_write_keeps_a_whole_bundle(tmp_path, monkeypatch, prepared_twin):
     """A bundle already there stays whole (old or new) whatever instant the export is killed at."""
-    from mitp import export
-    from mitp.export import export_bundle
+    from mitp.ship import export
+    from mitp.ship.export import export_bundle
 
     prepared_twin(into=tmp_path, prepared="food")
     config = synthetic_config(epochs=1)
@@ -192,7 +192,7 @@ def test_resuming_on_data_prepared_again_is_refused(prepared_twin, tmp_path):
     from typer.testing import CliRunner
 
     from mitp.cli import app
-    from mitp.twins import make_twin
+    from mitp.data.twins import make_twin
 
     prepared = prepared_twin(into=tmp_path, prepared="food")
     config = synthetic_config(epochs=2)
@@ -238,8 +238,8 @@ def test_a_lost_best_checkpoint_is_said_not_reported_done(tmp_path, write_config
 def test_a_best_epoch_outside_the_run_marks_the_checkpoint_damaged(tmp_path, write_config, best_epoch):
     from typer.testing import CliRunner
 
-    from mitp.checkpoint import CheckpointError, epoch_checkpoints, load_checkpoint
     from mitp.cli import app
+    from mitp.train.checkpoint import CheckpointError, epoch_checkpoints, load_checkpoint
 
     config = write_config(synthetic_config(epochs=1, sizes={"train": 64, "val": 32, "test": 32}))
     assert CliRunner().invoke(app, ["train", "-c", str(config), "-d", "toy", "--out", str(tmp_path / "run"), "--no-progress"]).exit_code == 0

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from mitp.config import HubConfig, ModelConfig
-from mitp.hub import GateStatistics, MemoryHub, MLPExchange, NoExchange, build_exchange
-from mitp.similarity import EPS, MMDSimilarity, Similarity, covariance
+from mitp.model.hub import GateStatistics, MemoryHub, MLPExchange, NoExchange, build_exchange
+from mitp.model.similarity import EPS, MMDSimilarity, Similarity, covariance
 
 
 def hub(map="token", similarity="cos", gate="softmax", scale="fixed", dims=(6, 6)):

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from mitp.intervals import (
+from mitp.report.intervals import (
     Decisions,
     bootstrap_interval,
     paired_bootstrap,
@@ -61,7 +61,7 @@ def test_the_paired_bootstrap_says_which_run_is_better_on_the_same_pairs():
 
 
 def test_the_report_gives_each_cell_its_interval_the_paper_beside_it_and_the_comparisons(tmp_path):
-    from mitp.report import write_report
+    from mitp.report.tables import write_report
 
     from .conftest import ROOT
 

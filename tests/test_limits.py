@@ -65,7 +65,7 @@ def test_a_read_only_file_system_gives_one_line(prepared_twin, small_disk, tmp_p
 
 def test_a_full_disk_in_any_command_is_a_sentence(monkeypatch, tmp_path, write_config):
     """Wherever the error comes from (here: the first file a training run writes), the CLI says it in one line."""
-    import mitp.rundir as rundir
+    import mitp.train.rundir as rundir
 
     from .conftest import synthetic_config
 

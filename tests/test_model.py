@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from mitp.config import HubConfig, ModelConfig
-from mitp.model import (
+from mitp.model.base import (
     MITPModel,
     caption_with_class_prompts,
     classification_loss,
@@ -95,10 +95,10 @@ def test_padding_does_not_change_outputs(tiny, variant):
     [("mitp", "fused"), ("mitp", "image"), ("mitp", "per-class"), ("mlp-interaction", "fused"), ("p-clip", "per-class"), ("linear-probe", "fused")],
 )
 def test_a_batch_cut_to_its_longest_caption_gives_the_logits_of_the_padded_batch(tiny, variant, head):
-    """Training and evaluation batches are cut to their longest caption (mitp.data.collate_pairs); the
+    """Training and evaluation batches are cut to their longest caption (mitp.data.dataset.collate_pairs); the
     logits must be those of the 77-token batch, also under the per-class head when a caption nearly fills
     the context and has to be cut for its class prompt."""
-    from mitp.data import collate_pairs
+    from mitp.data.dataset import collate_pairs
 
     model = make_model(tiny, variant=variant, head=head).eval()
     nearly_full = " ".join(["alpha"] * 74)  # 74 words + SOT + EOS: the class prompt must cut it

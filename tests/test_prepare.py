@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mitp.prepare import MMIMDB_GENRES, PrepareError, parse_food101_line, prepare_dataset
+from mitp.data.prepare import MMIMDB_GENRES, PrepareError, parse_food101_line, prepare_dataset
 
 
 def _image(path: Path, colour=(200, 30, 30)) -> None:
@@ -241,7 +241,7 @@ def test_prepare_refuses_a_foreign_layout_and_keeps_the_previous_output(tmp_path
 
 def test_prepared_images_decode_at_the_backbone_size(tmp_path, tiny):
     from mitp.config import parse_config, resolve_run
-    from mitp.data import build_split
+    from mitp.data.dataset import build_split
 
     raw, out = tmp_path / "raw", tmp_path / "food101"
     _food101_raw(raw)

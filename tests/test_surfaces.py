@@ -18,7 +18,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from mitp.cli import app
-from mitp.paths import Within, inside
+from mitp.files.paths import Within, inside
 
 from .loopback import Route
 from .test_importer import _images
@@ -286,7 +286,7 @@ def test_the_card_names_its_library_and_base_model_and_promises_no_widget(traine
 def test_the_card_escapes_markup_in_labels_and_names_a_hub_base_model(trained, tmp_path):
     from huggingface_hub import ModelCard
 
-    from mitp.release import model_card
+    from mitp.ship.release import model_card
 
     contract = json.loads((trained / "bundle" / "bundle.json").read_text())
     contract["labels"] = ["<img src=x onerror=alert(1)>", "**bold** [link](http://x)"]
@@ -301,7 +301,7 @@ def test_the_card_escapes_markup_in_labels_and_names_a_hub_base_model(trained, t
 
 
 def test_a_release_carries_no_path_of_the_building_machine(trained, tmp_path):
-    from mitp.release import _shareable, public_backbone
+    from mitp.ship.release import _shareable, public_backbone
 
     assert public_backbone(str(tmp_path / "models" / "clip")) == "local folder 'clip'"
     assert public_backbone("openai/clip-vit-large-patch14") == "openai/clip-vit-large-patch14"
@@ -447,7 +447,7 @@ def test_decodes_across_workers_stay_within_the_pixel_budget():
     import threading
     import time
 
-    from mitp.cache import PixelBudget
+    from mitp.data.cache import PixelBudget
 
     budget, peak, lock = PixelBudget(10), [0], threading.Lock()
 
@@ -473,7 +473,7 @@ def test_the_cache_opens_each_image_once_and_holds_its_pixels_while_decoding(tmp
     import numpy as np
     from PIL import Image
 
-    import mitp.cache as cache
+    import mitp.data.cache as cache
     import mitp.runtime.preprocess as preprocess
 
     paths = []

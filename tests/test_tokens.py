@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import mitp.tokens as tokens
+import mitp.data.tokens as tokens
 from mitp.config import parse_config, resolve_run
-from mitp.data import build_split
-from mitp.prepare import prepare_dataset
+from mitp.data.dataset import build_split
+from mitp.data.prepare import prepare_dataset
+from mitp.data.tokens import TOKENS_DIR, tokenize_texts
 from mitp.runtime.tokenizer import build_word_tokenizer
-from mitp.tokens import TOKENS_DIR, tokenize_texts
 
 from .conftest import ROOT
 
@@ -134,7 +134,7 @@ def test_a_large_split_starts_from_its_stored_ids_in_bounded_memory(tmp_path, la
     script = textwrap.dedent(f"""
         import json
         from mitp.config import parse_config, resolve_run
-        from mitp.data import build_split
+        from mitp.data.dataset import build_split
         from mitp.runtime.tokenizer import build_word_tokenizer
 
         def mb(key):

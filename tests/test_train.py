@@ -6,13 +6,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from mitp import checkpoint as ckpt
-from mitp import train as train_module
-from mitp.atomic import OLD_SUFFIX, repair_directory
 from mitp.cli import app
 from mitp.config import ConfigError, load_config, resolve_run
-from mitp.metrics import classification_metrics, multilabel_f1
-from mitp.train import train_run
+from mitp.files.atomic import OLD_SUFFIX, repair_directory
+from mitp.report.metrics import classification_metrics, multilabel_f1
+from mitp.train import checkpoint as ckpt
+from mitp.train import runs as train_module
+from mitp.train.runs import train_run
 
 from .conftest import synthetic_config
 
@@ -69,10 +69,10 @@ def test_the_head_decides_whether_the_caption_reaches_the_prediction(write_confi
 def test_multilabel_bias_starts_at_the_training_prior(write_config):
     """At CLIP's logit scale of 100 a zero bias predicts nearly every label positive; the initialised bias
     predicts each label about as often as the training data have it."""
-    from mitp.backbone import load_backbone
-    from mitp.data import build_split
-    from mitp.factory import build_model
+    from mitp.data.dataset import build_split
+    from mitp.model.backbone import load_backbone
     from mitp.runtime.decision import multilabel_decisions
+    from mitp.train.factory import build_model
 
     run = run_for(write_config(synthetic_config(task="multi-label", sizes={"train": 256, "val": 32, "test": 32})))
     backbone = load_backbone(run.backbone)
@@ -180,7 +180,7 @@ def test_train_evaluates_its_best_epoch_not_its_last(write_config, tmp_path, mon
     monkeypatch.setattr(train_module, "evaluate_loader", lambda *a, **k: {**real(*a, **k), "accuracy": next(scores)})
     result = train_run(run_for(config), tmp_path / "run", progress=False, evaluate=["test", "val"])
     assert result.best_epoch == 1
-    from mitp.evaluate import evaluate_checkpoint
+    from mitp.train.evaluate import evaluate_checkpoint
 
     for split in ("test", "val"):
         in_training = json.loads((tmp_path / "run" / f"metrics-{split}.json").read_text())

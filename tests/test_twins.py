@@ -15,9 +15,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from mitp.cli import app
-from mitp.download import DownloadError, extract, fetch
-from mitp.prepare import prepare_dataset
-from mitp.twins import COLOURS, PATTERNS, make_twin
+from mitp.data.download import extract
+from mitp.data.prepare import prepare_dataset
+from mitp.data.twins import COLOURS, PATTERNS, make_twin
+from mitp.files.fetch import DownloadError, fetch
 
 from .loopback import Route
 
@@ -79,8 +80,8 @@ def test_twins_prepare_like_their_real_counterparts(tmp_path, twin, classes):
 def test_standin_pretrains_saves_and_loads_as_a_backbone(tmp_path):
     import torch
 
-    from mitp.backbone import load_backbone
-    from mitp.standin import StandinConfig, pretrain_standin
+    from mitp.model.backbone import load_backbone
+    from mitp.model.standin import StandinConfig, pretrain_standin
 
     logs: list[str] = []
     summary = pretrain_standin(tmp_path / "standin", StandinConfig(steps=50, batch_size=16, pool_size=64, warmup=2), log=logs.append)
@@ -180,7 +181,7 @@ def test_food101_download_with_kaggle_credentials_unpacks_a_nested_layout(tmp_pa
     import io
     import zipfile
 
-    import mitp.download as download
+    import mitp.data.download as download
 
     twin = tmp_path / "twin"
     make_twin("demo-food101", twin, sizes=SMALL)
@@ -208,7 +209,7 @@ def test_food101_download_with_kaggle_credentials_unpacks_a_nested_layout(tmp_pa
 def test_download_resumes_interruptions_itself_and_says_permanent_failures_at_once(tmp_path, loopback, monkeypatch):
     """An interrupted body is resumed by `mitp data download` (exit 0); with no retries left it exits 75
     (EX_TEMPFAIL), while a refusal exits 2 at once."""
-    import mitp.download as download
+    import mitp.data.download as download
 
     server = loopback()
     url = server.url("/file.gz")
@@ -220,7 +221,7 @@ def test_download_resumes_interruptions_itself_and_says_permanent_failures_at_on
         calls.append(1)
         if len(calls) == 2:
             server.routes["/file.gz"].cut = None  # the link comes back
-        download.fetch(url, raw / "file.gz", progress=progress)
+        fetch(url, raw / "file.gz", progress=progress)
         return raw
 
     monkeypatch.setattr(download, "download_dataset", fake_dataset)

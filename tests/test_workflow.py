@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mitp.gpus import GPUSlotError, claim_gpu_slot
+from mitp.train.gpus import GPUSlotError, claim_gpu_slot
 
 ROOT = Path(__file__).resolve().parents[1]
 

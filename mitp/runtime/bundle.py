@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MitpError
-from ..paths import inside
+from ..files.paths import inside
 from .decision import SIGMOID_THRESHOLD, decision_rule
 
 BUNDLE_FORMAT = 2  # bumped when the graph's inputs/outputs or the contract change incompatibly

@@ -64,7 +64,7 @@ def load_image(path: str | Path) -> Image.Image:
 @contextmanager
 def opened_image(path: str | Path) -> Iterator[Image.Image]:
     """The image at `path` opened and its header checked against the size limits, not yet decoded: a caller
-    can size what the decode will cost (mitp.cache's pixel budget) from the one open. Failures inside the
+    can size what the decode will cost (mitp.data.cache's pixel budget) from the one open. Failures inside the
     block, decoding included, become ImageError."""
     path = Path(path)
     try:

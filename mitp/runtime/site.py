@@ -35,10 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..atomic import atomic_write_json, atomic_write_text
 from ..errors import MitpError, machine_limit
-from ..outputs import build_output
-from ..paths import inside
+from ..files.atomic import atomic_write_json, atomic_write_text
+from ..files.outputs import build_output
+from ..files.paths import inside
 from .bundle import CONTRACT_FILE, external_data, read_contract
 from .verify import bundle_files, user_cache
 
@@ -77,7 +77,7 @@ Progress = Callable[[str, int, int | None], None]  # (package, bytes done, bytes
 
 def package_tarball(name: str, pin: dict[str, Any], progress: Progress | None = None) -> bytes:
     """The package's npm tarball, from the mitp cache or downloaded into it once, checked against its pin."""
-    from ..download import DownloadError, fetch
+    from ..files.fetch import DownloadError, fetch
 
     cached = user_cache() / "npm" / f"{name.replace('/', '+')}-{pin['version']}.tgz"
     if not cached.is_file():

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import yaml
 
-from mitp.atomic import atomic_write_text
+from mitp.files.atomic import atomic_write_text
 from mitp.config import expand_grid, parse_config, reading_setting, run_seeds
-from mitp.gpus import ENV_DIR, ENV_SLOTS, slots_spec, visible_gpus
-from mitp.presets import known_image_size
+from mitp.train.gpus import ENV_DIR, ENV_SLOTS, slots_spec, visible_gpus
+from mitp.model.presets import known_image_size
 
 W = config["workflow"]
 RESULTS = W["results"]
@@ -214,7 +214,7 @@ def training_packs():
 
 def pack_plan(dataset, runs):
     """The plan `mitp train-runs` reads for one pack: the options `rule train` passes, run by run."""
-    from mitp.plan import PlannedRun, TrainPlan
+    from mitp.train.plan import PlannedRun, TrainPlan
 
     return TrainPlan(runs=[
         PlannedRun(out=run_dir(dataset, run, seed), dataset=dataset, setting=setting_of(run), seed=seed, fraction=fraction_of(run))
@@ -225,7 +225,7 @@ def pack_plan(dataset, runs):
 TRAINING_PACKS = training_packs()
 PACK_PLANS = {name: pack_plan(dataset, runs) for name, dataset, runs in TRAINING_PACKS}
 if PACK_PLANS and workflow.is_main_process and not workflow.dryrun:
-    from mitp.plan import write_plan
+    from mitp.train.plan import write_plan
 
     for _name, _plan in PACK_PLANS.items():
         write_plan(_plan, f"{PLANS}/{_name}.yaml")

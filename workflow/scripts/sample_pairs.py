@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from mitp.atomic import atomic_writer
+from mitp.files.atomic import atomic_writer
 
 data_dir = Path(snakemake.input[0]).parent  # noqa: F821 (injected by Snakemake)
 table = pq.read_table(data_dir / "test.parquet").to_pydict()
