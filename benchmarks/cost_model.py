@@ -37,12 +37,12 @@ def flops_per_sample(run, arch, num_classes: int) -> tuple[float, float]:
     from torch.utils.flop_counter import FlopCounterMode
     from transformers import CLIPModel
 
-    from mitp.model.base import MITPModel
+    from mitp.model.build import prompted_clip
 
     batch = 2
     with torch.device("meta"):
         clip = CLIPModel(arch).requires_grad_(False)
-        model = MITPModel(clip, run.model, num_classes, arch.text_config.eos_token_id).train()
+        model = prompted_clip(clip, run.model, num_classes, arch.text_config.eos_token_id).train()
         model.class_embeddings = torch.zeros(num_classes, arch.projection_dim)
         model.class_prompt_ids = torch.zeros(num_classes, CLASS_PROMPT_TOKENS, dtype=torch.long)  # per-class head
         model.class_prompt_lengths = torch.full((num_classes,), CLASS_PROMPT_TOKENS)
@@ -61,16 +61,18 @@ def flops_per_sample(run, arch, num_classes: int) -> tuple[float, float]:
 def workflow_runs(raw: dict, readings: list[str] | None = None) -> list[tuple[str, str, float]]:
     """(data set, setting, training fraction) of every training run the workflow block asks for, once per
     seed (the readings comparison with workflow.readings_seeds); `readings` replaces workflow.readings."""
-    from mitp.config import expand_grid, reading_setting, run_seeds
+    from mitp.config import expand_grid, parse_config, reading_setting, run_seeds
 
     workflow = raw["workflow"]
+    validated_workflow = parse_config(raw).workflow
+    assert validated_workflow is not None
     grid = list(expand_grid(raw.get("grid") or []))
     readings = workflow.get("readings", []) if readings is None else readings
     runs = []
     for dataset in workflow["datasets"]:
         settings = list(workflow["settings"]) + [reading_setting(r) for r in readings]
         settings += [s for s in grid if s not in settings] if dataset in workflow["grid_datasets"] else []
-        runs += [(dataset, setting, 1.0) for setting in settings for _ in run_seeds(setting, workflow, readings, grid)]
+        runs += [(dataset, setting, 1.0) for setting in settings for _ in run_seeds(setting, validated_workflow, readings, grid)]
         if dataset in workflow["fractions"]["datasets"]:
             runs += [(dataset, "mitp", p / 100) for p in workflow["fractions"]["percents"] for _ in workflow["seeds"]]
     return runs

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from mitp.config import HubConfig, ModelConfig
+from mitp.config import HubConfig, ModelConfig, variant
 from mitp.model.hub import GateStatistics, MemoryHub, MLPExchange, NoExchange, build_exchange
 from mitp.model.similarity import EPS, MMDSimilarity, Similarity, covariance
 
@@ -191,9 +191,12 @@ def test_each_variant_gets_its_exchange():
     def config(variant):
         return ModelConfig(variant=variant, layers=(2, 3), similarity="cos", prompt_length=2, task="single-label", hub=HubConfig(width=4))
 
-    assert isinstance(build_exchange(config("mitp"), 8, 8), MemoryHub)
-    assert isinstance(build_exchange(config("mlp-interaction"), 8, 8), MLPExchange)
-    assert isinstance(build_exchange(config("prompts-only"), 8, 8), NoExchange)
-    assert build_exchange(config("p-clip"), 8, 8) is None
+    def exchange(name):
+        return build_exchange(variant(name).exchange, config(name), 8, 8)
+
+    assert isinstance(exchange("mitp"), MemoryHub)
+    assert isinstance(exchange("mlp-interaction"), MLPExchange)
+    assert isinstance(exchange("prompts-only"), NoExchange)
+    assert variant("p-clip").family != "temporal" and variant("linear-probe").family != "temporal"  # no exchange built
     p_t, p_v = prompts()
     assert NoExchange()(p_t, p_v, layer=3) == (p_t, p_v)

@@ -3,14 +3,9 @@ import pytest
 import torch
 
 from mitp.config import HubConfig, ModelConfig
-from mitp.model.base import (
-    MITPModel,
-    caption_with_class_prompts,
-    classification_loss,
-    effective_parameter_names,
-    insert_prompts,
-    text_attention_mask,
-)
+from mitp.model.base import classification_loss
+from mitp.model.build import effective_parameter_names, prompted_clip
+from mitp.model.sequences import caption_with_class_prompts, insert_prompts, text_attention_mask
 
 CAPTIONS = ["a photo of red alpha", "the caption says blue beta and some very old words", "dot"]
 
@@ -20,7 +15,7 @@ def make_model(backbone, variant="mitp", layers=(2, 3), similarity="cos", task="
         variant=variant, layers=layers, similarity=similarity, prompt_length=length, task=task, hub=HubConfig(width=16, map=map), head=head
     )
     torch.manual_seed(0)
-    model = MITPModel(backbone.clip, config, classes, backbone.tokenizer.info.eos_token_id)
+    model = prompted_clip(backbone.clip, config, classes, backbone.tokenizer.info.eos_token_id)
     ids, mask = backbone.tokenizer([f"a photo of class {k}" for k in ("one", "two", "three", "four")[:classes]])
     model.set_class_embeddings(torch.from_numpy(ids), torch.from_numpy(mask), 1)
     if head == "per-class":
@@ -137,7 +132,7 @@ def test_fused_head_is_the_normalised_sum_of_image_and_caption_embeddings(tiny):
     ids, mask = text_batch(tiny)
     pixels = images(3)
     with torch.no_grad():
-        image, text = model._mitp_encode(pixels, ids, mask)
+        image, text = model.encode(pixels, ids, mask)
         logits = model(pixels, ids, mask)
     unit = torch.nn.functional.normalize
     expected = model.clip.logit_scale.exp() * unit(unit(image, dim=-1) + unit(text, dim=-1), dim=-1) @ model.class_embeddings.T

@@ -57,7 +57,7 @@ def collate_pairs(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tenso
     longest real length, at most 77. Padding is never attended to and pooling reads the EOS inside T, so
     the logits are those of the padded batch (to float rounding), for a fraction of the text tower's work:
     twin captions and SNLI-VE hypotheses hold about a dozen tokens. The per-class head pads the batch back
-    by the room its class prompts need (MITPModel._class_sequences), so no caption is cut shorter."""
+    by the room its class prompts need (PromptedCLIP._class_sequences), so no caption is cut shorter."""
     batch = default_collate(items)
     length = int(batch["attention_mask"].sum(dim=1).max())  # tokens of the longest caption, SOT and EOS included
     batch["input_ids"], batch["attention_mask"] = batch["input_ids"][:, :length], batch["attention_mask"][:, :length]  # (B, T)

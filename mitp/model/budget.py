@@ -11,7 +11,7 @@ from transformers import CLIPModel
 from ..config import RunConfig
 from ..data.dataset import num_classes
 from .backbone import architecture_config, text_eos_id
-from .base import MITPModel, effective_parameter_names
+from .build import effective_parameter_names, prompted_clip
 
 
 def parameter_budget(run: RunConfig) -> dict[str, Any]:
@@ -21,21 +21,20 @@ def parameter_budget(run: RunConfig) -> dict[str, Any]:
     arch._attn_implementation = "sdpa"
     with torch.device("meta"):
         clip = CLIPModel(arch).requires_grad_(False)
-        model = MITPModel(clip, run.model, num_classes(run), text_eos_id(arch))
+        model = prompted_clip(clip, run.model, num_classes(run), text_eos_id(arch))
     effective = effective_parameter_names(run.model, arch, num_classes(run))
     by_module: dict[str, int] = {}
     for name, param in model.trainable_parameters().items():
         by_module[name.split(".")[0]] = by_module.get(name.split(".")[0], 0) + param.numel()
-    linear = run.model.variant == "linear-probe"
     return {
         "dataset": run.dataset_name,
         "setting": run.setting_name,
         "variant": run.model.variant,
-        "head": "linear" if linear else run.model.head,
-        "layers": [i + 1 for i in model.layer_ids] if not linear else [],
-        "text_layers": [i + 1 for i in model.text_layer_ids] if not linear else [],
-        "vision_layers": [i + 1 for i in model.vision_layer_ids] if not linear else [],
-        "similarity": run.model.similarity if run.model.variant == "mitp" else "-",
+        "head": run.model.effective_head,
+        "layers": [i + 1 for i in model.layer_ids],
+        "text_layers": [i + 1 for i in model.text_layer_ids],
+        "vision_layers": [i + 1 for i in model.vision_layer_ids],
+        "similarity": run.model.similarity if model.spec.exchange == "memory-hub" else "-",
         "reading": run.model.reading(),
         "prompt_length": run.model.prompt_length,
         "backbone": run.backbone,

@@ -63,7 +63,11 @@ class LinearHead(Head):
         return self.linear(torch.cat([image, nn.functional.normalize(text, dim=-1)], dim=-1))  # (B, K)
 
 
-def build_head(variant: str, head: str, embed_dim: int, num_classes: int) -> Head:
-    if variant == "linear-probe":
+HEADS: dict[str, type[Head]] = {"fused": FusedHead, "image": ImageHead, "per-class": PerClassHead}
+
+
+def build_head(head: str, embed_dim: int, num_classes: int) -> Head:
+    """The head a run reads logits with (ModelConfig.effective_head: the linear probe's is `linear`)."""
+    if head == "linear":
         return LinearHead(embed_dim, num_classes)
-    return {"fused": FusedHead, "image": ImageHead, "per-class": PerClassHead}[head]()
+    return HEADS[head]()

@@ -7,7 +7,7 @@ Every exchange takes the prompt-position outputs of interaction layer `layer` (p
 - `MemoryHub`    MITP (Eq. 4-6): similarity maps gate how much of each prompt is kept (consolidation) and
                  how much of the other modality is taken in (activation), per sample.
 One instance is shared by all interaction layers, so trainable parameters do not grow with their number.
-`build_exchange` picks the exchange from the run's config, the way peft picks a method from its config.
+`build_exchange` builds the exchange that the variant registry (mitp.config.variants) names.
 """
 
 from __future__ import annotations
@@ -143,18 +143,18 @@ class MemoryHub(Exchange):
         self.frozen = None if means is None else {key: torch.tensor(value, dtype=torch.float32) for key, value in means.items()}
 
 
-def build_exchange(model_config: ModelConfig, text_dim: int, vision_dim: int) -> Exchange | None:
-    """The exchange of a run's variant (None for the variants without interaction layers)."""
+def build_exchange(kind: str, model_config: ModelConfig, text_dim: int, vision_dim: int) -> Exchange:
+    """The exchange `kind` (mitp.config.variants: memory-hub, mlp or none) with the run's hub options."""
     hub = model_config.hub
-    if model_config.variant == "mitp":
+    if kind == "memory-hub":
         return MemoryHub(
             text_dim, vision_dim, hub.width, model_config.similarity, hub.map, hub.gate, hub.scale, hub.mmd_features, hub.mmd_bandwidth
         )
-    if model_config.variant == "mlp-interaction":
+    if kind == "mlp":
         return MLPExchange(text_dim, vision_dim, hub.width)
-    if model_config.variant == "prompts-only":
+    if kind == "none":
         return NoExchange()
-    return None
+    raise ValueError(f"unknown exchange {kind!r}; known: memory-hub, mlp, none")
 
 
 class GateStatistics:

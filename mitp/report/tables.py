@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from ..config.variants import VARIANTS
 from ..files.atomic import atomic_write_json, atomic_write_text, atomic_writer
 from ..files.outputs import claim, mark
 from .intervals import Decisions, Interval, bootstrap_interval, paired_bootstrap, seed_interval
@@ -239,7 +240,12 @@ def _fmt_contribution(records: list[dict[str, Any]], dataset: str, run: str) -> 
     return _with_sd(_mean(values), _sd(values), sign=True)
 
 
-READING_VARIANTS = ("mitp", "mlp-interaction", "prompts-only")  # the exchanges compared in readings.md
+
+
+def _has_interaction(name: Any) -> bool:
+    """Whether a recorded variant carries temporal prompts between interaction layers (readings.md compares these)."""
+    spec = VARIANTS.get(str(name))
+    return spec is not None and spec.has_interaction
 
 
 def describe_reading(reading: dict[str, Any] | None) -> str:
@@ -258,7 +264,7 @@ def reading_rows(records: list[dict[str, Any]], datasets: list[str]) -> list[dic
     gates' statistics at the best epoch. Numbers stay numbers here; readings.md formats them."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in records:
-        if r["dataset"] in datasets and r.get("variant") in READING_VARIANTS and r["fraction"] == 1.0 and grid_point(r["run"]) is None:
+        if r["dataset"] in datasets and _has_interaction(r.get("variant")) and r["fraction"] == 1.0 and grid_point(r["run"]) is None:
             groups[(r["dataset"], r["run"])].append(r)
     rows = []
     for (dataset, run), members in sorted(groups.items(), key=lambda item: (datasets.index(item[0][0]), item[0][1])):

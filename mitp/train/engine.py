@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from ..config import ConfigError
 from ..data.dataset import pixel_values
-from ..model.base import MITPModel
+from ..model.base import PromptedCLIP
 from ..model.hub import GateStatistics
 from ..report.metrics import PRIMARY_METRIC, classification_metrics
 from ..runtime.decision import multilabel_decisions
@@ -73,17 +75,23 @@ def evaluate_loader(model, loader: DataLoader, accelerator: Accelerator, task: s
     return classification_metrics(task, *predict_loader(model, loader, accelerator))
 
 
-def has_gates(model: MITPModel) -> bool:
-    return model.hub is not None and model.hub.has_gates
+def has_gates(model: PromptedCLIP) -> bool:
+    return model.exchange is not None and model.exchange.has_gates
 
 
-def observe_gates(model: MITPModel) -> GateStatistics | None:
-    """Start collecting gate statistics (None for a run without a memory hub)."""
-    hub = model.hub
-    if hub is None or not hub.has_gates:
-        return None
-    hub.observer = GateStatistics()
-    return hub.observer
+@contextmanager
+def gates_observed(model: PromptedCLIP) -> Iterator[GateStatistics | None]:
+    """Collect the memory hub's gate statistics while the block runs (None for a run without a memory
+    hub); the hub stops reporting when the block ends, however it ends."""
+    exchange = model.exchange
+    if exchange is None or not exchange.has_gates:
+        yield None
+        return
+    exchange.observer = GateStatistics()
+    try:
+        yield exchange.observer
+    finally:
+        exchange.observer = None
 
 
 def low_spread_gates(summary: dict[str, dict[str, float]]) -> list[str]:
@@ -101,7 +109,7 @@ def memory_ablation(
     """The memory strategy's contribution: the same checkpoint with every gate frozen at its training mean,
     against its live `logits` and metrics `live` on the same loader. Returns the primary metric both ways,
     their difference and the share of samples whose decision stays the same."""
-    hub = accelerator.unwrap_model(model).hub
+    hub = accelerator.unwrap_model(model).exchange
     hub.freeze_gates(gate_means)
     try:
         frozen_logits, _ = predict_loader(model, loader, accelerator)

@@ -9,15 +9,16 @@ import torch
 
 from ..config import RunConfig
 from ..model.backbone import Backbone, crop_size, load_backbone
-from ..model.base import MITPModel
+from ..model.base import PromptedCLIP
+from ..model.build import prompted_clip
 from ..model.heads import PER_CLASS
 from .checkpoint import load_checkpoint, resolve_checkpoint
 
 
-def build_model(run: RunConfig, backbone: Backbone, classes: list[str]) -> MITPModel:
+def build_model(run: RunConfig, backbone: Backbone, classes: list[str]) -> PromptedCLIP:
     """A fresh model (trainable parts drawn from the run's seed) with cached class embeddings."""
     torch.manual_seed(run.seed)
-    model = MITPModel(backbone.clip, run.model, len(classes), backbone.tokenizer.info.eos_token_id)
+    model = prompted_clip(backbone.clip, run.model, len(classes), backbone.tokenizer.info.eos_token_id)
     templates = run.dataset.templates
     texts = [template.format(class_phrase(name)) for name in classes for template in templates]  # class-major
     ids, mask = backbone.tokenizer(texts)
@@ -33,7 +34,7 @@ def class_phrase(name: str) -> str:
     return name.replace("_", " ")
 
 
-def load_trained(checkpoint: str | Path) -> tuple[MITPModel, RunConfig, Backbone, dict[str, Any]]:
+def load_trained(checkpoint: str | Path) -> tuple[PromptedCLIP, RunConfig, Backbone, dict[str, Any]]:
     """Rebuild a trained model from a run directory (its best checkpoint) or a checkpoint directory."""
     directory = resolve_checkpoint(Path(checkpoint))
     trainable, run, state = load_checkpoint(directory)

@@ -29,11 +29,11 @@ from ..errors import MitpError
 from ..files.atomic import atomic_write_json
 from ..files.progress import progress_bar
 from ..model.backbone import image_size_of, load_backbone, load_tokenizer
-from ..model.base import MITPModel, classification_loss
+from ..model.base import PromptedCLIP, classification_loss
 from ..report.metrics import PRIMARY_METRIC
 from ..runtime.tokenizer import ClipTokenizer
 from .checkpoint import load_checkpoint, resolve_checkpoint
-from .engine import GATE_SPREAD_FLOOR, evaluate_loader, low_spread_gates, make_accelerator, observe_gates, worker_count
+from .engine import GATE_SPREAD_FLOOR, evaluate_loader, gates_observed, low_spread_gates, make_accelerator, worker_count
 from .evaluate import ablation_line, evaluate_model, metrics_line, write_metrics
 from .factory import build_model
 from .provenance import environment_record
@@ -188,7 +188,7 @@ class Trainer:
         if run.train.log_with:
             accelerator.init_trackers(TRACKER_PROJECT, config=tracker_config(run))
         self.model = model  # kept for evaluate_best
-        core: MITPModel = accelerator.unwrap_model(model)
+        core: PromptedCLIP = accelerator.unwrap_model(model)
         if resumed is None and core.class_bias is not None:
             state.class_bias_init = init = init_class_bias(core, train_set, run, accelerator)
             self.say(
@@ -231,17 +231,16 @@ class Trainer:
                 self.say(ablation_line(metrics["memory_ablation"]))
         return metrics
 
-    def train_one_epoch(self, model, core: MITPModel, optimizer, loader: DataLoader, epoch: int, state: TrainState):
+    def train_one_epoch(self, model, core: PromptedCLIP, optimizer, loader: DataLoader, epoch: int, state: TrainState):
         """One pass over the training data; returns the epoch's record and the gates it observed."""
         run, accelerator = self.run, self.accelerator
         steps = len(loader) if run.train.max_steps_per_epoch is None else min(len(loader), run.train.max_steps_per_epoch)
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
-        gates = observe_gates(core)
         model.train()
         losses, samples = [], 0
         started = time.perf_counter()
-        with progress_bar(self.console, enabled=self.progress) as bar:
+        with gates_observed(core) as gates, progress_bar(self.console, enabled=self.progress) as bar:
             task = bar.add_task(f"epoch {epoch}/{run.epochs}", total=steps)
             for step, batch in enumerate(loader):
                 if step >= steps:
@@ -268,12 +267,11 @@ class Trainer:
         seconds = time.perf_counter() - started
         record = {"epoch": epoch, "train_loss": float(np.mean(losses)), "train_seconds": seconds, "train_samples_per_s": samples / seconds}
         record.update(_peak_memory())  # the training steps' peak, before validation allocates its own
-        if gates is not None and core.hub is not None:
-            core.hub.observer = None
+        if gates is not None:
             gates.reduce(lambda t: accelerator.reduce(t.to(accelerator.device), reduction="sum").cpu())
         return record, gates
 
-    def end_epoch(self, core: MITPModel, optimizer, state: TrainState, record: dict, score: float, gates, classes: list[str]) -> None:
+    def end_epoch(self, core: PromptedCLIP, optimizer, state: TrainState, record: dict, score: float, gates, classes: list[str]) -> None:
         """Record the epoch, keep the best, checkpoint, and say how it went (and whether a gate is constant)."""
         if gates:
             record["gates"] = gates.summary()
@@ -344,7 +342,7 @@ def gate_line(summary: dict[str, dict[str, float]]) -> str:
     return "  gates (layer.modality): " + "; ".join(parts)
 
 
-def make_optimizer(model: MITPModel, run: RunConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: PromptedCLIP, run: RunConfig) -> torch.optim.Optimizer:
     """Adam over the trainable parameters; the multi-label class bias gets its own learning rate."""
     params = model.trainable_parameters()
     groups = [{"params": [p for name, p in params.items() if name != "class_bias"], "lr": run.lr}]
@@ -357,7 +355,7 @@ BIAS_INIT_SAMPLES = 1024  # training pairs whose initial logits set the multi-la
 
 
 @torch.no_grad()
-def init_class_bias(model: MITPModel, dataset: PairDataset, run: RunConfig, accelerator: Accelerator) -> dict[str, Any]:
+def init_class_bias(model: PromptedCLIP, dataset: PairDataset, run: RunConfig, accelerator: Accelerator) -> dict[str, Any]:
     """Start the multi-label bias where the data are (docs/decisions.md §7). At CLIP's logit scale of 100 and
     cosines of 0.15-0.35 a zero bias predicts every label positive, and Adam at the prompts' learning rate
     would need the whole training to move it. The bias of class k is set so that, on a seeded sample of
@@ -397,7 +395,7 @@ def _peak_memory() -> dict[str, Any]:
     return {"peak_memory_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "peak_memory_kind": kind}
 
 
-def result_summary(run: RunConfig, model: MITPModel, state: TrainState, metric_name: str, accelerator: Accelerator) -> dict[str, Any]:
+def result_summary(run: RunConfig, model: PromptedCLIP, state: TrainState, metric_name: str, accelerator: Accelerator) -> dict[str, Any]:
     """What the report needs of a finished run, written last (its presence means the run is done)."""
     history = state.history
     best = next((h for h in history if h["epoch"] == state.best_epoch), {})
@@ -405,7 +403,7 @@ def result_summary(run: RunConfig, model: MITPModel, state: TrainState, metric_n
         "dataset": run.dataset_name,
         "setting": run.setting_name,
         "variant": run.model.variant,
-        "head": "linear" if run.model.variant == "linear-probe" else run.model.head,
+        "head": run.model.effective_head,
         "reading": run.model.reading(),
         "layers": list(run.model.layers),
         "similarity": run.model.similarity,

@@ -42,7 +42,7 @@ if workflow.is_main_process and not workflow.dryrun:
 
 # The schema checked types and bounds; mitp's own models check the rest (names the workflow uses exist,
 # templates, layer order) before any job starts, with the message `mitp` itself would give.
-parse_config(config)
+PROJECT = parse_config(config)
 
 for _name in W["datasets"]:
     if config["datasets"][_name]["data_dir"] != f"data/{_name}":
@@ -135,7 +135,7 @@ def runs_for(dataset):
 
 
 def seeds_for(run):
-    return run_seeds(run, W, grid=GRID_SETTINGS)
+    return run_seeds(run, PROJECT.workflow, grid=GRID_SETTINGS)
 
 
 def run_dirs(dataset):
