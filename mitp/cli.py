@@ -355,16 +355,9 @@ def predict(
 def _model_folder(model: Path) -> Path:
     """A bundle or release folder as given, or a release on the Hugging Face Hub (ORG/NAME, not a folder
     here) downloaded into the Hub's cache (HF_HUB_OFFLINE=1 reads the cache only)."""
-    name = str(model)
-    if model.exists() or name.count("/") != 1 or name.startswith((".", "/")):
-        return model
-    try:
-        import huggingface_hub  # noqa: F401
-    except ImportError:
-        _fail(f"--model {name}: not a folder here; reading a release from the Hub needs huggingface_hub (python -m pip install huggingface_hub)")
-    from .ship.hf import download_release
+    from .ship.hf import model_folder
 
-    return download_release(name)
+    return model_folder(model)
 
 
 def _default_bundle() -> Path:
@@ -530,23 +523,17 @@ def data_download(
 ) -> None:
     """Fetch a data set in its upstream layout (resumable, checksummed); twins are generated offline.
     Only interruptions are retried: a refusal, a missing credential or an unreachable host is said at once."""
-    import time
-
-    from .data.download import TransientDownloadError, download_dataset
+    from .data.download import download_dataset_resuming
     from .files.progress import progress_bar
 
     raw = raw or Path("data/raw") / dataset
-    for attempt in range(retries + 1):
-        try:
-            with progress_bar(console, unit_bytes=True) as bar:
-                task = bar.add_task(f"download {dataset}", total=None)
-                root = download_dataset(dataset, raw, progress=lambda done, total, bar=bar, task=task: bar.update(task, completed=done, total=total), seed=seed)
-            break
-        except TransientDownloadError as err:
-            if attempt == retries:
-                raise
-            console.print(f"[yellow]interrupted[/] ({escape(str(err))}); resuming, try {attempt + 2} of {retries + 1}", soft_wrap=True)
-            time.sleep(min(2**attempt, 30))
+    with progress_bar(console, unit_bytes=True) as bar:
+        task = bar.add_task(f"download {dataset}", total=None)
+        root = download_dataset_resuming(
+            dataset, raw, retries, seed=seed,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+            on_retry=lambda err, attempt: console.print(f"[yellow]interrupted[/] ({escape(str(err))}); resuming, try {attempt} of {retries + 1}", soft_wrap=True),
+        )
     console.print(f"[bold green]ready[/]: {dataset} in {root}")
 
 

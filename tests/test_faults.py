@@ -109,7 +109,7 @@ def test_a_damaged_checkpoint_is_named_and_resume_falls_back(toy_run, tmp_path, 
     (tmp_path / "run" / "result.json").unlink()  # so the rerun has an epoch to redo
     messages = []
     found = ckpt.latest_good_checkpoint(tmp_path / "run", warn=messages.append)
-    assert found[0] == ckpt.epoch_directory(tmp_path / "run", 1)
+    assert found is not None and found.directory == ckpt.epoch_directory(tmp_path / "run", 1)
     assert str(newest / damaged) in messages[0]
     result = train_run(run, tmp_path / "run", progress=False)  # redoes epoch 2 from epoch 1
     assert [h["train_loss"] for h in result.history] == pytest.approx([h["train_loss"] for h in reference.history], abs=1e-6)

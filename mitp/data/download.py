@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import tarfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -148,6 +149,25 @@ def download_dataset(name: str, raw: Path, progress: Callable | None = None, see
     if problem is not None:
         raise DownloadError(f"downloaded every file of {name}, but {problem}: the upstream layout changed?")
     return find_layout_root(raw, MARKERS[name]) or raw
+
+
+def download_dataset_resuming(
+    name: str, raw: Path, retries: int, seed: int = 0, progress: Callable | None = None,
+    on_retry: Callable[[TransientDownloadError, int], object] | None = None,
+) -> Path:
+    """`download_dataset`, resuming an interrupted download up to `retries` times (1, 2, 4... s apart, at most
+    30 s). Only interruptions are retried: a refusal, a missing credential or an unreachable host is raised
+    at once. `on_retry(error, attempt)` hears of each retry (attempt 2 is the first)."""
+    for attempt in range(retries + 1):
+        try:
+            return download_dataset(name, raw, progress=progress, seed=seed)
+        except TransientDownloadError as err:
+            if attempt == retries:
+                raise
+            if on_retry is not None:
+                on_retry(err, attempt + 2)
+            time.sleep(min(2**attempt, 30))
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def _kaggle_headers(raw: Path) -> dict[str, str]:

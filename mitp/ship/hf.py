@@ -64,6 +64,19 @@ def calling_hub(doing: str, repo: str, call: Callable[[], Any]) -> Any:
         raise HubError(_without_token(hub_message(err, doing, repo))) from err
 
 
+def model_folder(model: Path) -> Path:
+    """A bundle or release folder as given, or a release on the Hugging Face Hub (ORG/NAME, not a folder
+    here) downloaded into the Hub's cache (HF_HUB_OFFLINE=1 reads the cache only)."""
+    name = str(model)
+    if model.exists() or name.count("/") != 1 or name.startswith((".", "/")):
+        return model
+    try:
+        import huggingface_hub  # noqa: F401
+    except ImportError:
+        raise HubError(f"--model {name}: not a folder here; reading a release from the Hub needs huggingface_hub (python -m pip install huggingface_hub)") from None
+    return download_release(name)
+
+
 def download_release(repo: str) -> Path:
     """The snapshot of release `repo` in the Hub cache (downloaded if needed; HF_HUB_OFFLINE=1 reads the cache only)."""
     from huggingface_hub import snapshot_download

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -133,10 +134,21 @@ def clear_leftovers(run_dir: Path) -> None:
         shutil.rmtree(leftover, ignore_errors=True)
 
 
-def latest_good_checkpoint(run_dir: Path, warn: Callable[[str], object] = print) -> tuple[Path, dict, RunConfig, dict, dict | None] | None:
-    """(folder, tensors, run config, state, optimizer state) of the newest epoch checkpoint that reads
-    back whole; a damaged newer one is reported through `warn` and skipped. None if there is none; a
-    CheckpointError (naming the damaged file) if every checkpoint is damaged."""
+@dataclass(frozen=True)
+class EpochCheckpoint:
+    """An epoch checkpoint read back whole: what a run resumes from."""
+
+    directory: Path
+    tensors: dict[str, Any]  # the trainable tensors, by parameter name
+    run: RunConfig  # the config it was trained with
+    state: dict[str, Any]  # the training state (TrainState.to_dict)
+    optimizer: dict[str, Any] | None  # the optimizer's state, where it was saved
+
+
+def latest_good_checkpoint(run_dir: Path, warn: Callable[[str], object] = print) -> EpochCheckpoint | None:
+    """The newest epoch checkpoint that reads back whole; a damaged newer one is reported through `warn`
+    and skipped. None if there is none; a CheckpointError (naming the damaged file) if every checkpoint
+    is damaged."""
     checkpoints = epoch_checkpoints(run_dir)
     first_error = None
     for directory in reversed(checkpoints):
@@ -147,7 +159,7 @@ def latest_good_checkpoint(run_dir: Path, warn: Callable[[str], object] = print)
             first_error = first_error or err
             warn(f"{err}; trying the epoch before it")
             continue
-        return directory, tensors, run, state, optimizer
+        return EpochCheckpoint(directory, tensors, run, state, optimizer)
     if first_error is not None:
         raise CheckpointError(f"{first_error}, and no earlier epoch checkpoint is readable: remove {run_dir} to train afresh")
     return None

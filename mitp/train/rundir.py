@@ -68,26 +68,25 @@ def locked_run_folder(run_dir: Path, main: bool = True) -> Iterator[Path]:
 
 def resume_point(
     run_dir: Path, run: RunConfig, warn: Callable[[str], object], fingerprint: str | None = None
-) -> tuple[dict, dict, dict | None] | None:
-    """(trained tensors, state, optimizer state) of the newest readable checkpoint, after checking that
-    it was made by the same config on the same prepared data (`fingerprint`); None for a fresh run."""
+) -> ckpt.EpochCheckpoint | None:
+    """The newest readable checkpoint, after checking that it was made by the same config on the same
+    prepared data (`fingerprint`); None for a fresh run."""
     found = ckpt.latest_good_checkpoint(run_dir, warn)
     if found is None:
         return None
-    directory, tensors, saved_run, state, optimizer = found
-    differing = config_differences(saved_run, run)
+    differing = config_differences(found.run, run)
     if differing:
         raise ConfigError(
             f"{run_dir} holds a run whose {', '.join(differing)} differ{'s' if len(differing) == 1 else ''} from this "
             f"command's (it would change the results); use the same values to resume, or pick another --out"
         )
-    saved = state.get("data_fingerprint")
+    saved = found.state.get("data_fingerprint")
     if saved is not None and fingerprint is not None and saved != fingerprint:
         raise ConfigError(
             f"{run_dir} was trained on other prepared data than {run.dataset.data_dir} holds now (it was prepared again "
             f"since): resuming would mix two training and validation sets; prepare the data it began with, or pick another --out"
         )
-    return tensors, state, optimizer
+    return found
 
 
 def config_differences(saved: RunConfig, new: RunConfig) -> list[str]:

@@ -32,7 +32,7 @@ from ..model.backbone import image_size_of, load_backbone, load_tokenizer
 from ..model.base import PromptedCLIP, classification_loss
 from ..report.metrics import PRIMARY_METRIC
 from ..runtime.tokenizer import ClipTokenizer
-from .checkpoint import load_checkpoint, resolve_checkpoint
+from .checkpoint import EpochCheckpoint, load_checkpoint, resolve_checkpoint
 from .engine import GATE_SPREAD_FLOOR, evaluate_loader, gates_observed, low_spread_gates, make_accelerator, worker_count
 from .evaluate import ablation_line, evaluate_model, metrics_line, write_metrics
 from .factory import build_model
@@ -120,7 +120,7 @@ def train_run(
         warn = (lambda message: console.print(f"[bold yellow]warning:[/] {escape(message)}", soft_wrap=True)) if main else (lambda message: None)
         resumed = resume_point(run_dir, run, warn, fingerprint)
         if main:
-            repair(run_dir, resumed[1] if resumed else None, run.epochs)
+            repair(run_dir, resumed.state if resumed else None, run.epochs)
         accelerator.wait_for_everyone()
         trainer = Trainer(run, run_dir, accelerator, console, progress)
         result = trainer.fit(train_set, val_set, resumed, fingerprint)
@@ -157,7 +157,7 @@ class Trainer:
         if self.accelerator.is_main_process:
             self.console.print(message, soft_wrap=True)
 
-    def fit(self, train_set: PairDataset, val_set: PairDataset, resumed, fingerprint: str | None = None) -> TrainResult:
+    def fit(self, train_set: PairDataset, val_set: PairDataset, resumed: EpochCheckpoint | None, fingerprint: str | None = None) -> TrainResult:
         run, accelerator = self.run, self.accelerator
         set_seed(run.seed)
         backbone = load_backbone(run.backbone, seed=run.seed)
@@ -165,11 +165,10 @@ class Trainer:
         optimizer = make_optimizer(model, run)
         state = TrainState(data_fingerprint=fingerprint)
         if resumed is not None:
-            trainable, saved_state, optimizer_state = resumed
-            model.load_trainable_state_dict(trainable)
-            state = TrainState.from_dict(saved_state)
-            if optimizer_state is not None:
-                optimizer.load_state_dict(optimizer_state)
+            model.load_trainable_state_dict(resumed.tensors)
+            state = TrainState.from_dict(resumed.state)
+            if resumed.optimizer is not None:
+                optimizer.load_state_dict(resumed.optimizer)
             self.say(f"[bold]resuming[/] {self.run_dir} after epoch {state.epoch} of {run.epochs}")
         class_cosine = model.max_class_cosine()
         if class_cosine > CLASS_COSINE_WARNING:
