@@ -31,7 +31,7 @@ def _run(runs: Path, dataset: str, run: str, setting: str, score: dict | None, f
 
 
 def test_grid_runs_are_read_back_into_layers_and_similarity():
-    from mitp.report.tables import grid_point
+    from mitp.report.records import grid_point
 
     assert grid_point("l4-5-6-cov-pearson") == ("4-5-6", "cov-pearson")
     assert grid_point("l2-mmd") == ("2", "mmd")
@@ -146,7 +146,7 @@ def test_table1_has_the_avg_column_when_all_three_data_sets_are_reported(tmp_pat
 
 
 def test_fig4_panels_follow_the_papers_layer_spacing():
-    from mitp.report.tables import fig4_panel
+    from mitp.report.figures import fig4_panel
 
     assert fig4_panel("11") == fig4_panel("2") == "one layer (MITP-small)"
     assert fig4_panel("2-3-4") == fig4_panel("4-5-6") == "interval 1"

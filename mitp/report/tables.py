@@ -10,7 +10,6 @@ placed in the paper's `<x>` column (the offline twins), so the demo report has t
 from __future__ import annotations
 
 import functools
-import json
 import math
 import re
 import statistics
@@ -24,7 +23,9 @@ import yaml
 from ..config.variants import VARIANTS
 from ..files.atomic import atomic_write_json, atomic_write_text, atomic_writer
 from ..files.outputs import claim, mark
+from .figures import plot_curves, plot_fig3, plot_fig4
 from .intervals import Decisions, Interval, bootstrap_interval, paired_bootstrap, seed_interval
+from .records import collect_runs, grid_point, paper_column, primary_score, score_of
 
 MISSING = "missing"
 IMAGE_HEAD_SUFFIX = "-image"  # a setting named <s>-image is setting <s> read with the image head (heads table)
@@ -32,69 +33,9 @@ TABLE2_SETTINGS = {"Model 1": "mitp", "Model 2": "mlp-interaction", "Model 3": "
 TABLE1_OURS = {"MITP-base": "mitp", "MITP-small": "mitp-small", "P-CLIP": "p-clip"}
 
 
-def paper_column(dataset: str) -> str:
-    return dataset.removeprefix("demo-")
-
-
-RESULT_KEYS = ("dataset", "seed", "trainable_params", "backbone_params", "epochs", "train_seconds", "peak_memory_gib", "metric", "fraction")
-
-
-def collect_runs(runs: Path, warn: Callable[[str], object] = print) -> tuple[list[dict[str, Any]], list[str]]:
-    """One record per finished run (result.json merged with its test metrics and history), and the
-    folders of runs whose files could not be read: those are reported, and the report is still written."""
-    records, unreadable = [], []
-    for result_path in sorted(Path(runs).glob("*/*/seed*/result.json")):
-        folder = result_path.parent
-        try:
-            record = _read_json(result_path, dict)
-            missing = [key for key in RESULT_KEYS if key not in record]
-            if missing:
-                raise ValueError(f"{result_path} lacks {', '.join(missing)}")
-            record["run"] = folder.parent.name
-            metrics_path = folder / "metrics-test.json"
-            metrics = _read_json(metrics_path, dict) if metrics_path.is_file() else None
-            record["test"] = metrics["metrics"] if metrics else None
-            record["ablation"] = metrics.get("memory_ablation") if metrics else None
-            record["per_sample"] = metrics.get("per_sample") if metrics else None
-            history_path = folder / "history.json"
-            record["history"] = _read_json(history_path, list) if history_path.is_file() else []
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            warn(f"run {folder} is unreadable and shown as such: {err}")
-            unreadable.append(str(folder))
-            continue
-        records.append(record)
-    return records, unreadable
-
-
-def _read_json(path: Path, kind: type) -> Any:
-    try:
-        value = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON ({err})") from err
-    if not isinstance(value, kind):
-        raise ValueError(f"{path} does not hold a JSON {kind.__name__}")
-    return value
-
-
-def _score(record: dict[str, Any]) -> tuple[float, ...] | None:
-    """Test score(s) in percent: (accuracy,) or (F1-micro, F1-macro)."""
-    test = record.get("test")
-    if not test:
-        return None
-    if "accuracy" in test:
-        return (100 * test["accuracy"],)
-    return (100 * test["f1_micro"], 100 * test["f1_macro"])
-
-
-def _primary(record: dict[str, Any]) -> float | None:
-    """The first test score (accuracy, or F1-micro) in percent; None before evaluation."""
-    score = _score(record)
-    return None if score is None else score[0]
-
-
 def _aggregate(records: list[dict[str, Any]]) -> tuple[float, ...] | None:
     """Mean over seeds of each score component (None when no run of this cell finished evaluation)."""
-    scores = [s for s in (_score(r) for r in records) if s is not None]
+    scores = [s for s in (score_of(r) for r in records) if s is not None]
     if not scores:
         return None
     return tuple(statistics.fmean(values) for values in zip(*scores, strict=True))
@@ -121,9 +62,9 @@ def _task(record: dict[str, Any]) -> str:
 def cell_interval(records: list[dict[str, Any]], dataset: str, run: str) -> list[Interval] | None:
     """A 95% interval per score component: over seeds (t) with two or more, else a bootstrap over the test
     pairs of the one seed (from its per-sample decisions); None when neither is possible."""
-    members = [r for r in _members(records, dataset, run) if _score(r) is not None]
+    members = [r for r in _members(records, dataset, run) if score_of(r) is not None]
     if len(members) >= 2:
-        scores = [_score(r) for r in members]
+        scores = [score_of(r) for r in members]
         intervals = [seed_interval([s[c] for s in scores if s is not None]) for c in range(len(scores[0] or ()))]
         return [i for i in intervals if i is not None] or None
     if len(members) == 1 and members[0].get("per_sample"):
@@ -152,7 +93,7 @@ def _interval_columns(row: dict[str, str], records: list[dict[str, Any]], datase
         row[f"{dataset} (ours, 95% interval)"], row[f"{dataset} paper inside"] = "-", "-"
         return
     intervals = interval_of(dataset, run)
-    seeds = len([r for r in _members(records, dataset, run) if _score(r) is not None])
+    seeds = len([r for r in _members(records, dataset, run) if score_of(r) is not None])
     row[f"{dataset} (ours, 95% interval)"] = _fmt_interval(intervals, seeds)
     row[f"{dataset} paper inside"] = _paper_inside(intervals, paper)
 
@@ -226,7 +167,7 @@ def build_tables(records: list[dict[str, Any]], paper: dict[str, Any], datasets:
     runs = []
     for r in sorted(records, key=lambda r: (r["dataset"], r["run"], r["seed"])):
         runs.append({
-            "dataset": r["dataset"], "run": r["run"], "seed": str(r["seed"]), "head": r.get("head", "image"), "test score": _fmt(_score(r)),
+            "dataset": r["dataset"], "run": r["run"], "seed": str(r["seed"]), "head": r.get("head", "image"), "test score": _fmt(score_of(r)),
             "trainable params": f"{r['trainable_params']:,}", "backbone params": f"{r['backbone_params']:,}",
             "epochs": str(r["epochs"]), "train time (s)": f"{r['train_seconds']:.1f}",
             "peak memory (GiB)": f"{r['peak_memory_gib']:.2f}" if math.isfinite(r["peak_memory_gib"]) else MISSING,
@@ -238,8 +179,6 @@ def build_tables(records: list[dict[str, Any]], paper: dict[str, Any], datasets:
 def _fmt_contribution(records: list[dict[str, Any]], dataset: str, run: str) -> str:
     values = [100 * r["ablation"]["contribution"] for r in records if r["dataset"] == dataset and r["run"] == run and r.get("ablation")]
     return _with_sd(_mean(values), _sd(values), sign=True)
-
-
 
 
 def _has_interaction(name: Any) -> bool:
@@ -268,7 +207,7 @@ def reading_rows(records: list[dict[str, Any]], datasets: list[str]) -> list[dic
             groups[(r["dataset"], r["run"])].append(r)
     rows = []
     for (dataset, run), members in sorted(groups.items(), key=lambda item: (datasets.index(item[0][0]), item[0][1])):
-        scores = [s for s in map(_primary, members) if s is not None]
+        scores = [s for s in map(primary_score, members) if s is not None]
         contributions = [100 * r["ablation"]["contribution"] for r in members if r.get("ablation")]
         unchanged = [100 * r["ablation"]["predictions_unchanged"] for r in members if r.get("ablation")]
         spreads = [row[f"{g}_spread"] for r in members for row in (r.get("gates") or {}).values() for g in ("z", "r")]
@@ -491,190 +430,3 @@ def _markdown(rows: list[dict[str, str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-PAPER_BUDGET = 2.0e6  # MITP's trainable parameters on ViT-L/14, as the paper states
-
-
-def plot_fig3(records: list[dict[str, Any]], path: Path, datasets: list[str]) -> None:
-    """Fig. 3: test score against trainable parameters, one panel per data set, the paper's 2.0M marked;
-    for runs that measured GPU memory, a second row against peak training memory (a CPU process's RSS
-    says nothing about a GPU's memory, so CPU runs get the parameter panels alone). Labels do not overlap."""
-    plt = _pyplot()
-    chosen = [r for r in records if r["dataset"] in datasets and _score(r) and r["fraction"] == 1.0 and grid_point(r["run"]) is None]
-    gpu = [r for r in chosen if str(r.get("peak_memory_kind", "")).startswith("cuda") and math.isfinite(r["peak_memory_gib"])]
-    shown = [d for d in datasets if any(r["dataset"] == d for r in chosen)] or datasets[:1]
-    rows = [("trainable_params", "trainable parameters (log)", chosen)] + ([("peak_memory_gib", "peak GPU training memory (GiB)", gpu)] if gpu else [])
-    columns = min(2, len(shown))
-    grid_rows = -(-len(shown) // columns)  # data sets, two to a row
-    fig, axes = plt.subplots(
-        grid_rows * len(rows), columns, figsize=(6.4 * columns, 4.4 * grid_rows * len(rows)), squeeze=False, dpi=DPI
-    )
-    for block in range(len(rows)):  # an odd number of data sets leaves one panel per row of panels empty
-        for index in range(len(shown), grid_rows * columns):
-            axes[block * grid_rows + index // columns][index % columns].set_visible(False)
-    for row, (key, label, records_here) in enumerate(rows):
-        for index, dataset in enumerate(shown):
-            axis = axes[row * grid_rows + index // columns][index % columns]
-            points = _mean_by_run([r for r in records_here if r["dataset"] == dataset], key)
-            axis.set_title(dataset)
-            axis.set_xlabel(label)
-            axis.set_ylabel("test accuracy / F1-micro (%)")
-            axis.grid(alpha=0.3)
-            if key == "trainable_params":
-                axis.set_xscale("log")
-                axis.axvline(PAPER_BUDGET, color="grey", linestyle="--", linewidth=1)
-                axis.text(PAPER_BUDGET, 0.98, "paper: 2.0M ", transform=axis.get_xaxis_transform(), color="grey", fontsize=8, ha="right", va="top")
-            if points:
-                axis.scatter([x for _, x, _ in points], [y for _, _, y in points], color="tab:blue", zorder=3)
-                _pad_limits(axis)
-                _place_labels(axis, points)  # last: it needs the final limits
-            else:
-                axis.text(0.5, 0.5, "no evaluated runs yet", ha="center", transform=axis.transAxes)
-    fig.suptitle("Fig. 3: score against trainable parameters" + (" and GPU memory" if gpu else "") + " (ours, mean over seeds)")
-    fig.tight_layout()
-    _save_figure(fig, path)
-
-
-def _mean_by_run(rows: list[dict[str, Any]], key: str) -> list[tuple[str, float, float]]:
-    """(run, x, mean score over seeds) per run."""
-    by_run: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in rows:
-        by_run[r["run"]].append(r)
-    means = []
-    for run, rs in sorted(by_run.items()):
-        scores = [s for s in map(_primary, rs) if s is not None]
-        if scores:
-            means.append((run, statistics.fmean(r[key] for r in rs), statistics.fmean(scores)))
-    return means
-
-
-def _place_labels(axis, points: list[tuple[str, float, float]]) -> None:
-    """Label each point to its right; where labels would overlap, later ones move down one text line at a
-    time (greedy, in display coordinates), with a thin line back to their point."""
-    axis.figure.canvas.draw()  # the transforms below need the final limits
-    transform = axis.transData
-    taken: list[tuple[float, float, float]] = []  # (x, y, width) of placed labels, in pixels
-    font = 7 * axis.figure.dpi / 72  # pixels of a 7 pt font
-    line = 1.25 * font
-    for name, x, y in sorted(points, key=lambda p: -p[2]):
-        px, py = transform.transform((x, y))
-        width = 0.62 * font * len(name) + 6
-        ty = py
-        while any(abs(ty - oy) < line and px < ox + ow and ox < px + width for ox, oy, ow in taken):
-            ty -= line
-        taken.append((px, ty, width))
-        axis.annotate(
-            name, (x, y), xytext=(6, ty - py), textcoords="offset pixels", fontsize=7, va="center",
-            arrowprops={"arrowstyle": "-", "color": "grey", "lw": 0.5} if ty != py else None,
-        )
-
-
-def _pad_limits(axis, minimum_span: float = 2.0) -> None:
-    """At least `minimum_span` points on the score axis, so that two close points do not look far apart."""
-    low, high = axis.get_ylim()
-    if high - low < minimum_span:
-        middle = (low + high) / 2
-        axis.set_ylim(middle - minimum_span / 2, middle + minimum_span / 2)
-
-
-DPI = 120  # figures are drawn and saved at one resolution, so that label offsets in pixels hold
-
-
-def _save_figure(fig, path: Path) -> None:
-    plt = _pyplot()
-    with atomic_writer(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=DPI)
-    plt.close(fig)
-
-
-def grid_point(run: str) -> tuple[str, str] | None:
-    """("4-5-6", "cov-pearson") for a grid setting named like l4-5-6-cov-pearson; None for other runs."""
-    for similarity in ("cov-pearson", "mmd", "cos"):
-        if run.startswith("l") and run[1:2].isdigit() and run.endswith(f"-{similarity}"):
-            return run[1 : -len(similarity) - 1], similarity
-    return None
-
-
-FIG4_PANELS = ("one layer (MITP-small)", "interval 1", "interval 2")
-
-
-def fig4_panel(layers: str) -> str:
-    """Which of the paper's Fig. 4 panels a layer set belongs to: one layer, or layers 1 or 2 apart."""
-    numbers = [int(n) for n in layers.split("-")]
-    if len(numbers) == 1:
-        return FIG4_PANELS[0]
-    gaps = {b - a for a, b in zip(numbers, numbers[1:], strict=False)}
-    return FIG4_PANELS[1] if gaps == {1} else FIG4_PANELS[2] if gaps == {2} else f"layers {layers}"
-
-
-def plot_fig4(records: list[dict[str, Any]], path: Path, datasets: list[str]) -> None:
-    """Fig. 4: test score per interaction-layer set and similarity, one panel per layer spacing (as the
-    paper's three panels), layer sets in numeric order, one line per data set and similarity."""
-    plt = _pyplot()
-    points: dict[str, dict[tuple[str, str], dict[tuple[int, ...], list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
-    for r in records:
-        point, score = grid_point(r["run"]), _primary(r)
-        if point and score is not None and r["dataset"] in datasets:
-            layers, similarity = point
-            key = tuple(int(n) for n in layers.split("-"))
-            points[fig4_panel(layers)][(r["dataset"], similarity)][key].append(score)
-    panels = [p for p in FIG4_PANELS if p in points] + sorted(p for p in points if p not in FIG4_PANELS)
-    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5 * max(1, len(panels)), 4.2), squeeze=False)
-    for axis, panel in zip(axes[0], panels, strict=False):
-        lines = points[panel]
-        ticks = sorted({layers for series in lines.values() for layers in series})
-        for (dataset, similarity), series in sorted(lines.items()):
-            xs = [ticks.index(layers) for layers in sorted(series)]
-            axis.plot(xs, [statistics.fmean(series[layers]) for layers in sorted(series)], marker="o", label=f"{dataset} {similarity}")
-        axis.set_xticks(range(len(ticks)), ["-".join(map(str, t)) for t in ticks])
-        axis.set_title(panel)
-        axis.set_xlabel("interaction layers")
-        axis.set_ylabel("test accuracy / F1-micro (%)")
-        axis.grid(alpha=0.3)
-        _pad_limits(axis)
-        axis.legend(fontsize=7)
-    if not panels:
-        axes[0][0].text(0.5, 0.5, "no grid runs evaluated yet", ha="center", transform=axes[0][0].transAxes)
-    fig.suptitle("Fig. 4: interaction layers x similarity (ours, mean over seeds)")
-    fig.tight_layout()
-    _save_figure(fig, path)
-
-
-def plot_curves(records: list[dict[str, Any]], path: Path) -> None:
-    """Training curves: validation metric per epoch, one panel per data set, one line per run (mean over
-    seeds), distinct colours and the legend beside the panel, not over the data."""
-    plt = _pyplot()
-    by_dataset: dict[str, dict[str, list[list[dict[str, Any]]]]] = defaultdict(lambda: defaultdict(list))
-    for r in records:
-        if r["history"]:
-            by_dataset[r["dataset"]][r["run"]].append(r["history"])
-    names = sorted(by_dataset) or ["(none)"]
-    fig, axes = plt.subplots(len(names), 1, figsize=(10, 3.2 * len(names)), squeeze=False)
-    for axis, dataset in zip(axes[:, 0], names, strict=True):
-        runs = by_dataset.get(dataset, {})
-        colours = plt.get_cmap("tab20" if len(runs) > 10 else "tab10")
-        for i, (run, histories) in enumerate(sorted(runs.items())):
-            metric = next(iter(histories[0][0]["val"]), None)
-            metric = next((r["metric"] for r in records if r["dataset"] == dataset and r["run"] == run), metric)
-            epochs = sorted({h["epoch"] for history in histories for h in history})
-            means = [statistics.fmean(100 * h["val"][metric] for history in histories for h in history if h["epoch"] == e) for e in epochs]
-            axis.plot(epochs, means, marker=".", color=colours(i % colours.N), linestyle="-" if i < colours.N else "--", label=run)
-        axis.set_title(dataset)
-        axis.set_xlabel("epoch")
-        axis.xaxis.get_major_locator().set_params(integer=True)
-        axis.set_ylabel("val accuracy / F1-micro (%)")
-        axis.grid(alpha=0.3)
-        if runs:
-            axis.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), ncol=1 + len(runs) // 14)
-        else:
-            axis.text(0.5, 0.5, "no runs yet", ha="center", transform=axis.transAxes)
-    fig.tight_layout()
-    _save_figure(fig, path)
