@@ -27,7 +27,8 @@ def collect_runs(runs: Path, warn: Callable[[str], object] = print) -> tuple[lis
             missing = [key for key in RESULT_KEYS if key not in record]
             if missing:
                 raise ValueError(f"{result_path} lacks {', '.join(missing)}")
-            record["run"] = folder.parent.name
+            record["run"] = folder.parent.name  # the run's folder: its setting, or the setting and its fraction
+            record.setdefault("setting", record["run"])  # recorded since the first release; a folder name before
             metrics_path = folder / "metrics-test.json"
             metrics = read_json(metrics_path, dict) if metrics_path.is_file() else None
             record["test"] = metrics["metrics"] if metrics else None

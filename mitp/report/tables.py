@@ -47,12 +47,13 @@ def _fmt(value: tuple[float, ...] | list[float] | None, digits: int = 2) -> str:
     return " / ".join(f"{v:.{digits}f}" for v in value)
 
 
-def _cell(records: list[dict[str, Any]], dataset: str, run: str) -> tuple[float, ...] | None:
-    return _aggregate(_members(records, dataset, run))
+def _cell(records: list[dict[str, Any]], dataset: str, setting: str, fraction: float = 1.0) -> tuple[float, ...] | None:
+    return _aggregate(_members(records, dataset, setting, fraction))
 
 
-def _members(records: list[dict[str, Any]], dataset: str, run: str) -> list[dict[str, Any]]:
-    return [r for r in records if r["dataset"] == dataset and r["run"] == run]
+def _members(records: list[dict[str, Any]], dataset: str, setting: str, fraction: float = 1.0) -> list[dict[str, Any]]:
+    """The seeds of one setting on one data set, trained on `fraction` of the training split (as recorded)."""
+    return [r for r in records if r["dataset"] == dataset and r["setting"] == setting and math.isclose(r["fraction"], fraction)]
 
 
 def _task(record: dict[str, Any]) -> str:
@@ -147,7 +148,7 @@ def build_tables(records: list[dict[str, Any]], paper: dict[str, Any], datasets:
     food = next((d for d in datasets if paper_column(d) == "food101"), None)
     all_data = _cell(records, food, "mitp") if food else None
     for percent, paper_acc in paper["table3"].items():
-        ours = _cell(records, food, f"mitp-frac{percent}") if food else None
+        ours = _cell(records, food, "mitp", int(percent) / 100) if food else None
         table3.append({
             "training data (%)": str(percent),
             "ours acc (%)": _fmt(ours),

@@ -1,5 +1,5 @@
-# Helpers: which runs exist, where their files go, what each job needs. Names follow mitp: a run is a
-# setting name, or "<setting>-frac<percent>" for the data-fraction runs of Table 3.
+# Helpers: which runs exist, where their files go, what each job needs. A run's folder is its setting's
+# name, or "<setting>-frac<percent>" for the data-fraction runs of Table 3 (FRACTION_RUNS names them once).
 import hashlib
 import json
 import os
@@ -124,13 +124,17 @@ def launcher(wildcards):
 
 # ------------------------------------------------------------------------------------------- runs
 
+# the data-fraction runs of Table 3: folder name -> (setting, share of the training split)
+FRACTION_RUNS = {f"mitp-frac{p}": ("mitp", p / 100) for p in W["fractions"]["percents"]}
+
+
 def runs_for(dataset):
     names = list(W["settings"])
     names += [reading_setting(r) for r in W.get("readings", []) if reading_setting(r) not in names]  # MITP read each way
     if dataset in W["grid_datasets"]:
         names += [s for s in GRID_SETTINGS if s not in names]
     if dataset in W["fractions"]["datasets"]:
-        names += [f"mitp-frac{p}" for p in W["fractions"]["percents"]]
+        names += list(FRACTION_RUNS)
     return names
 
 
@@ -143,12 +147,12 @@ def run_dirs(dataset):
 
 
 def setting_of(run):
-    return run.split("-frac")[0]
+    return FRACTION_RUNS[run][0] if run in FRACTION_RUNS else run
 
 
 def fraction_of(run):
-    """The training share of a `<setting>-frac<percent>` run; None for a run on the whole split."""
-    return int(run.split("-frac")[1]) / 100 if "-frac" in run else None
+    """The training share of a data-fraction run; None for a run on the whole split."""
+    return FRACTION_RUNS[run][1] if run in FRACTION_RUNS else None
 
 
 def fraction_option(run):
