@@ -63,18 +63,19 @@ def workflow_runs(raw: dict, readings: list[str] | None = None) -> list[tuple[st
     seed (the readings comparison with workflow.readings_seeds); `readings` replaces workflow.readings."""
     from mitp.config import expand_grid, parse_config, reading_setting, run_seeds
 
-    workflow = raw["workflow"]
-    validated_workflow = parse_config(raw).workflow
-    assert validated_workflow is not None
-    grid = list(expand_grid(raw.get("grid") or []))
-    readings = workflow.get("readings", []) if readings is None else readings
+    project = parse_config(raw)
+    workflow = project.workflow
+    if workflow is None:
+        raise SystemExit("the config has no workflow block: nothing to price")
+    grid = list(expand_grid(project.grid))
+    readings = workflow.readings if readings is None else readings
     runs = []
-    for dataset in workflow["datasets"]:
-        settings = list(workflow["settings"]) + [reading_setting(r) for r in readings]
-        settings += [s for s in grid if s not in settings] if dataset in workflow["grid_datasets"] else []
-        runs += [(dataset, setting, 1.0) for setting in settings for _ in run_seeds(setting, validated_workflow, readings, grid)]
-        if dataset in workflow["fractions"]["datasets"]:
-            runs += [(dataset, "mitp", p / 100) for p in workflow["fractions"]["percents"] for _ in workflow["seeds"]]
+    for dataset in workflow.datasets:
+        settings = list(workflow.settings) + [reading_setting(r) for r in readings]
+        settings += [s for s in grid if s not in settings] if dataset in workflow.grid_datasets else []
+        runs += [(dataset, setting, 1.0) for setting in settings for _ in run_seeds(setting, workflow, readings, grid)]
+        if dataset in workflow.fractions.datasets:
+            runs += [(dataset, "mitp", p / 100) for p in workflow.fractions.percents for _ in workflow.seeds]
     return runs
 
 

@@ -13,7 +13,7 @@ from ..errors import MitpError
 # ---------------------------------------------------------------------------------------------------
 # the choices
 
-Variant = Literal["mitp", "prompts-only", "mlp-interaction", "p-clip", "linear-probe"]  # = variants.VARIANT_NAMES (a test checks)
+Variant = Literal["mitp", "prompts-only", "mlp-interaction", "p-clip", "linear-probe"]  # = the registry's names (config/variants.py; a test checks)
 SimilarityKind = Literal["cos", "mmd", "cov-pearson"]
 Gate = Literal["softmax", "sigmoid"]
 HubMap = Literal["token", "pairwise"]  # what the hub's similarity compares: matching tokens, or every token pair

@@ -69,7 +69,6 @@ VARIANTS: dict[str, VariantSpec] = {
         VariantSpec("linear-probe", "probe", "none", "none", own_head="linear"),
     )
 }
-VARIANT_NAMES: tuple[str, ...] = tuple(VARIANTS)
 
 
 def variant(name: str) -> VariantSpec:

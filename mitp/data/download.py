@@ -158,16 +158,14 @@ def download_dataset_resuming(
     """`download_dataset`, resuming an interrupted download up to `retries` times (1, 2, 4... s apart, at most
     30 s). Only interruptions are retried: a refusal, a missing credential or an unreachable host is raised
     at once. `on_retry(error, attempt)` hears of each retry (attempt 2 is the first)."""
-    for attempt in range(retries + 1):
+    for attempt in range(retries):
         try:
             return download_dataset(name, raw, progress=progress, seed=seed)
         except TransientDownloadError as err:
-            if attempt == retries:
-                raise
             if on_retry is not None:
                 on_retry(err, attempt + 2)
             time.sleep(min(2**attempt, 30))
-    raise AssertionError("unreachable: the last attempt returns or raises")
+    return download_dataset(name, raw, progress=progress, seed=seed)  # the last try: its error is the caller's
 
 
 def _kaggle_headers(raw: Path) -> dict[str, str]:

@@ -1,9 +1,8 @@
-"""Rebuild the paper's tables and figures from finished runs, beside the paper's own numbers.
+"""Rebuild the paper's tables from finished runs, beside the paper's own numbers.
 
-Reads every `result.json` (written when a training run finishes), the `metrics-test.json` beside it and
-`history.json`, under a runs folder laid out as `<runs>/<dataset>/<run>/seed<n>/`. Writes Markdown and
-CSV tables (Table 1, 2, 3, parameters/time/memory per run) and PNG plots (Fig. 3, Fig. 4, training
-curves). A run that is not there shows as `missing`, never as a zero. Data sets named `demo-<x>` are
+Reads the run records (mitp.report.records) under a runs folder laid out as `<runs>/<dataset>/<run>/seed<n>/`
+and writes Markdown and CSV tables (Table 1, 2, 3, heads, readings, comparisons, parameters/time/memory per
+run); `write_report` also draws the figures (mitp.report.figures). A run that is not there shows as `missing`, never as a zero. Data sets named `demo-<x>` are
 placed in the paper's `<x>` column (the offline twins), so the demo report has the paper's shape.
 """
 
