@@ -14,12 +14,12 @@ ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT / "workflow" / "report" / "paper.yaml"
 
 
-def _run(runs: Path, dataset: str, run: str, setting: str, score: dict | None, fraction: float = 1.0, seed: int = 0, head: str = "fused") -> None:
+def _run(runs: Path, dataset: str, run: str, setting: str, score: dict | None, fraction: float = 1.0, seed: int = 0, head: str = "fused", layers: list[int] | None = None) -> None:
     folder = runs / dataset / run / f"seed{seed}"
     folder.mkdir(parents=True)
     metric = "f1_micro" if score and "f1_micro" in score else "accuracy"
     result = {
-        "dataset": dataset, "setting": setting, "variant": "mitp", "layers": [2, 3], "similarity": "cos", "fraction": fraction,
+        "dataset": dataset, "setting": setting, "variant": "mitp", "layers": layers or [2, 3], "similarity": "cos", "fraction": fraction,
         "seed": seed, "head": head, "backbone": "preset:tiny", "metric": metric, "best_epoch": 1, "best_val_metric": 0.5, "epochs": 2,
         "train_seconds": 12.5, "peak_memory_gib": 1.25, "peak_memory_kind": "cpu max RSS", "trainable_params": 1234,
         "backbone_params": 99999, "device": "cpu", "processes": 1,
@@ -30,12 +30,24 @@ def _run(runs: Path, dataset: str, run: str, setting: str, score: dict | None, f
         (folder / "metrics-test.json").write_text(json.dumps({"metrics": score}))
 
 
-def test_grid_runs_are_read_back_into_layers_and_similarity():
-    from mitp.report.records import grid_point
+def test_a_runs_meaning_comes_from_its_record_not_its_folder_name(tmp_path):
+    from mitp.report.records import read_record
+    from mitp.report.tables import head_pairs
 
-    assert grid_point("l4-5-6-cov-pearson") == ("4-5-6", "cov-pearson")
-    assert grid_point("l2-mmd") == ("2", "mmd")
-    assert grid_point("linear-probe") is None and grid_point("mitp-frac10") is None
+    runs = tmp_path / "runs"
+    _run(runs, "demo-food101", "l2-3-cos", "l2-3-cos", {"accuracy": 0.75})
+    _run(runs, "demo-food101", "l4-5-mmd", "l4-5-mmd", {"accuracy": 0.75})  # named like a grid point, trained at 2-3 cos
+    _run(runs, "demo-food101", "mitp-frac10", "mitp", {"accuracy": 0.7}, fraction=0.1)
+    _run(runs, "demo-food101", "mitp", "mitp", {"accuracy": 0.9})
+    _run(runs, "demo-food101", "read-by-image", "read-by-image", {"accuracy": 0.6}, head="image")  # same model, image head
+    _run(runs, "demo-food101", "mitp-image", "mitp-image", {"accuracy": 0.6}, head="image", layers=[4])  # another model
+    records = {r.run: r for r in (read_record(folder) for folder in sorted(runs.glob("*/*/seed0")))}
+
+    assert records["l2-3-cos"].grid_point == ((2, 3), "cos")
+    assert records["l4-5-mmd"].grid_point is None and records["mitp"].grid_point is None
+    assert (records["mitp-frac10"].setting, records["mitp-frac10"].fraction, records["mitp-frac10"].full_data) == ("mitp", 0.1, False)
+    assert records["mitp"].score == (90.0,) and records["mitp"].task == "single-label"
+    assert head_pairs(list(records.values())) == {("l4-5-mmd", "read-by-image"): {"demo-food101"}, ("mitp", "read-by-image"): {"demo-food101"}}
 
 
 def test_report_puts_ours_beside_the_paper_and_marks_missing_runs(tmp_path):
@@ -148,9 +160,9 @@ def test_table1_has_the_avg_column_when_all_three_data_sets_are_reported(tmp_pat
 def test_fig4_panels_follow_the_papers_layer_spacing():
     from mitp.report.figures import fig4_panel
 
-    assert fig4_panel("11") == fig4_panel("2") == "one layer (MITP-small)"
-    assert fig4_panel("2-3-4") == fig4_panel("4-5-6") == "interval 1"
-    assert fig4_panel("2-4-6") == "interval 2" and fig4_panel("1-5") == "layers 1-5"
+    assert fig4_panel((11,)) == fig4_panel((2,)) == "one layer (MITP-small)"
+    assert fig4_panel((2, 3, 4)) == fig4_panel((4, 5, 6)) == "interval 1"
+    assert fig4_panel((2, 4, 6)) == "interval 2" and fig4_panel((1, 5)) == "layers 1-5"
 
 
 def test_a_report_with_no_runs_is_complete(tmp_path):

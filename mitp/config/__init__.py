@@ -34,6 +34,7 @@ from .models import (
     WorkflowConfig,
     expand_grid,
     expand_readings,
+    grid_setting,
     reading_setting,
 )
 from .runs import check_layers_fit, resolve_run, run_seeds
@@ -46,6 +47,6 @@ __all__ = [
     "COMPARED_WITH_READINGS", "HEADS", "MAX_CONFIG_BYTES", "READING_BASE", "READING_NAME", "VARIANTS", "ConfigError",
     "DatasetConfig", "Fraction", "GridBlock", "HubConfig", "ModelConfig", "ProjectConfig", "ReadingConfig", "RunConfig",
     "Seed", "SettingConfig", "TrainConfig", "Variant", "VariantSpec", "WorkflowConfig", "_Section", "check_layers_fit",
-    "expand_grid", "expand_readings", "load_config", "parse_config", "read_yaml", "read_yaml_mapping", "reading_setting",
+    "expand_grid", "expand_readings", "grid_setting", "load_config", "parse_config", "read_yaml", "read_yaml_mapping", "reading_setting",
     "resolve_run", "run_seeds", "schema_yaml", "snakemake_schema", "validated", "variant",
 ]

@@ -339,6 +339,11 @@ def expand_readings(readings: dict[str, ReadingConfig], settings: dict[str, Sett
     return {reading_setting(name): base.model_copy(update={"reading": name}) for name in readings}
 
 
+def grid_setting(layers: Sequence[int], similarity: str) -> str:
+    """The name the Fig. 4 grid gives its MITP setting at these layers and similarity: `l4-5-6-cos`."""
+    return "l" + "-".join(str(n) for n in layers) + f"-{similarity}"
+
+
 def expand_grid(grid: Sequence[GridBlock | dict[str, Any]]) -> dict[str, SettingConfig]:
     """The paper's Fig. 4 grid: every layer set x similarity becomes a setting named `l4-5-6-cos`."""
     settings: dict[str, SettingConfig] = {}
@@ -346,6 +351,5 @@ def expand_grid(grid: Sequence[GridBlock | dict[str, Any]]) -> dict[str, Setting
         block = block if isinstance(block, GridBlock) else validated(GridBlock, block, f"grid[{i}]")
         for layers in block.layer_sets:
             for similarity in block.similarities:
-                name = "l" + "-".join(str(n) for n in layers) + f"-{similarity}"
-                settings[name] = SettingConfig(variant="mitp", layers=layers, similarity=similarity)
+                settings[grid_setting(layers, similarity)] = SettingConfig(variant="mitp", layers=layers, similarity=similarity)
     return settings

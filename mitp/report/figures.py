@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..files.atomic import atomic_writer
-from .records import grid_point, primary_score, score_of
+from .records import RunRecord
 
 
 def _pyplot():
@@ -23,14 +23,14 @@ def _pyplot():
 
 PAPER_BUDGET = 2.0e6  # MITP's trainable parameters on ViT-L/14, as the paper states
 
-def plot_fig3(records: list[dict[str, Any]], path: Path, datasets: list[str]) -> None:
+def plot_fig3(records: list[RunRecord], path: Path, datasets: list[str]) -> None:
     """Fig. 3: test score against trainable parameters, one panel per data set, the paper's 2.0M marked;
     for runs that measured GPU memory, a second row against peak training memory (a CPU process's RSS
     says nothing about a GPU's memory, so CPU runs get the parameter panels alone). Labels do not overlap."""
     plt = _pyplot()
-    chosen = [r for r in records if r["dataset"] in datasets and score_of(r) and r["fraction"] == 1.0 and grid_point(r["run"]) is None]
-    gpu = [r for r in chosen if str(r.get("peak_memory_kind", "")).startswith("cuda") and math.isfinite(r["peak_memory_gib"])]
-    shown = [d for d in datasets if any(r["dataset"] == d for r in chosen)] or datasets[:1]
+    chosen = [r for r in records if r.dataset in datasets and r.score and r.full_data and r.grid_point is None]
+    gpu = [r for r in chosen if r.peak_memory_kind.startswith("cuda") and math.isfinite(r.peak_memory_gib)]
+    shown = [d for d in datasets if any(r.dataset == d for r in chosen)] or datasets[:1]
     rows = [("trainable_params", "trainable parameters (log)", chosen)] + ([("peak_memory_gib", "peak GPU training memory (GiB)", gpu)] if gpu else [])
     columns = min(2, len(shown))
     grid_rows = -(-len(shown) // columns)  # data sets, two to a row
@@ -43,7 +43,7 @@ def plot_fig3(records: list[dict[str, Any]], path: Path, datasets: list[str]) ->
     for row, (key, label, records_here) in enumerate(rows):
         for index, dataset in enumerate(shown):
             axis = axes[row * grid_rows + index // columns][index % columns]
-            points = _mean_by_run([r for r in records_here if r["dataset"] == dataset], key)
+            points = _mean_by_run([r for r in records_here if r.dataset == dataset], key)
             axis.set_title(dataset)
             axis.set_xlabel(label)
             axis.set_ylabel("test accuracy / F1-micro (%)")
@@ -62,16 +62,16 @@ def plot_fig3(records: list[dict[str, Any]], path: Path, datasets: list[str]) ->
     fig.tight_layout()
     _save_figure(fig, path)
 
-def _mean_by_run(rows: list[dict[str, Any]], key: str) -> list[tuple[str, float, float]]:
+def _mean_by_run(rows: list[RunRecord], key: str) -> list[tuple[str, float, float]]:
     """(run, x, mean score over seeds) per run."""
-    by_run: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    by_run: dict[str, list[RunRecord]] = defaultdict(list)
     for r in rows:
-        by_run[r["run"]].append(r)
+        by_run[r.run].append(r)
     means = []
     for run, rs in sorted(by_run.items()):
-        scores = [s for s in map(primary_score, rs) if s is not None]
+        scores = [s for s in (r.primary_score for r in rs) if s is not None]
         if scores:
-            means.append((run, statistics.fmean(r[key] for r in rs), statistics.fmean(scores)))
+            means.append((run, statistics.fmean(getattr(r, key) for r in rs), statistics.fmean(scores)))
     return means
 
 def _place_labels(axis, points: list[tuple[str, float, float]]) -> None:
@@ -111,25 +111,23 @@ def _save_figure(fig, path: Path) -> None:
 
 FIG4_PANELS = ("one layer (MITP-small)", "interval 1", "interval 2")
 
-def fig4_panel(layers: str) -> str:
+def fig4_panel(layers: tuple[int, ...]) -> str:
     """Which of the paper's Fig. 4 panels a layer set belongs to: one layer, or layers 1 or 2 apart."""
-    numbers = [int(n) for n in layers.split("-")]
-    if len(numbers) == 1:
+    if len(layers) == 1:
         return FIG4_PANELS[0]
-    gaps = {b - a for a, b in zip(numbers, numbers[1:], strict=False)}
-    return FIG4_PANELS[1] if gaps == {1} else FIG4_PANELS[2] if gaps == {2} else f"layers {layers}"
+    gaps = {b - a for a, b in zip(layers, layers[1:], strict=False)}
+    return FIG4_PANELS[1] if gaps == {1} else FIG4_PANELS[2] if gaps == {2} else "layers " + "-".join(map(str, layers))
 
-def plot_fig4(records: list[dict[str, Any]], path: Path, datasets: list[str]) -> None:
+def plot_fig4(records: list[RunRecord], path: Path, datasets: list[str]) -> None:
     """Fig. 4: test score per interaction-layer set and similarity, one panel per layer spacing (as the
     paper's three panels), layer sets in numeric order, one line per data set and similarity."""
     plt = _pyplot()
     points: dict[str, dict[tuple[str, str], dict[tuple[int, ...], list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for r in records:
-        point, score = grid_point(r["run"]), primary_score(r)
-        if point and score is not None and r["dataset"] in datasets:
+        point, score = r.grid_point, r.primary_score
+        if point and score is not None and r.dataset in datasets:
             layers, similarity = point
-            key = tuple(int(n) for n in layers.split("-"))
-            points[fig4_panel(layers)][(r["dataset"], similarity)][key].append(score)
+            points[fig4_panel(layers)][(r.dataset, similarity)][layers].append(score)
     panels = [p for p in FIG4_PANELS if p in points] + sorted(p for p in points if p not in FIG4_PANELS)
     fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5 * max(1, len(panels)), 4.2), squeeze=False)
     for axis, panel in zip(axes[0], panels, strict=False):
@@ -151,14 +149,14 @@ def plot_fig4(records: list[dict[str, Any]], path: Path, datasets: list[str]) ->
     fig.tight_layout()
     _save_figure(fig, path)
 
-def plot_curves(records: list[dict[str, Any]], path: Path) -> None:
+def plot_curves(records: list[RunRecord], path: Path) -> None:
     """Training curves: validation metric per epoch, one panel per data set, one line per run (mean over
     seeds), distinct colours and the legend beside the panel, not over the data."""
     plt = _pyplot()
     by_dataset: dict[str, dict[str, list[list[dict[str, Any]]]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
-        if r["history"]:
-            by_dataset[r["dataset"]][r["run"]].append(r["history"])
+        if r.history:
+            by_dataset[r.dataset][r.run].append(r.history)
     names = sorted(by_dataset) or ["(none)"]
     fig, axes = plt.subplots(len(names), 1, figsize=(10, 3.2 * len(names)), squeeze=False)
     for axis, dataset in zip(axes[:, 0], names, strict=True):
@@ -166,7 +164,7 @@ def plot_curves(records: list[dict[str, Any]], path: Path) -> None:
         colours = plt.get_cmap("tab20" if len(runs) > 10 else "tab10")
         for i, (run, histories) in enumerate(sorted(runs.items())):
             metric = next(iter(histories[0][0]["val"]), None)
-            metric = next((r["metric"] for r in records if r["dataset"] == dataset and r["run"] == run), metric)
+            metric = next((r.metric for r in records if r.dataset == dataset and r.run == run), metric)
             epochs = sorted({h["epoch"] for history in histories for h in history})
             means = [statistics.fmean(100 * h["val"][metric] for history in histories for h in history if h["epoch"] == e) for e in epochs]
             axis.plot(epochs, means, marker=".", color=colours(i % colours.N), linestyle="-" if i < colours.N else "--", label=run)
