@@ -5,10 +5,9 @@
     text  ─ token embeddings  ─ blocks ... ─ EOS ─ proj ─ t ─┘    │
                               class templates ─ frozen text tower ─ z_k
 
-`PromptedCLIP` holds what the families have in common: the frozen backbone, embedding and pooling, the
-explicit attention masks, the unprompted towers (class embeddings z_k, the linear probe), the class prompts
-of the per-class head, the head and the multi-label class bias, and the trainable state a checkpoint holds.
-A family (mitp.model.temporal, .deep, .probe) adds its trainable prompts in `add_prompt_parameters` and says
+`PromptedCLIP` holds what the families have in common over the wrapped backbone (mitp.model.wrapped: the
+towers' shortcuts, the unprompted towers, the trainable state a checkpoint holds): the class embeddings z_k,
+the class prompts of the per-class head, the head and the multi-label class bias. A family (mitp.model.temporal, .deep, .probe) adds its trainable prompts in `add_prompt_parameters` and says
 how the towers run in `encode`; mitp.config.variants says which family a variant is, and mitp.model.build
 builds it. What happens at the hub is an `Exchange` (mitp.model.hub) and how logits are read is a `Head`
 (mitp.model.heads), each chosen by config. docs/decisions.md says why each open point of the paper is read
@@ -22,37 +21,30 @@ from torch import nn
 from transformers import CLIPModel
 
 from ..config import ModelConfig, check_layers_fit, variant
-from .backbone import crop_size, towers
 from .heads import build_head
 from .hub import Exchange
-from .sequences import caption_with_class_prompts, text_attention_mask
+from .sequences import caption_with_class_prompts
+from .wrapped import WrappedCLIP
 
 PROMPT_INIT_STD = 0.02  # paper 4.2: prompts ~ N(0, 0.02)
 
 
-class PromptedCLIP(nn.Module):
+class PromptedCLIP(WrappedCLIP):
     """The base of every variant: `encode` gives the head its inputs, `forward` reads the logits (Eq. 7)."""
 
     uses_class_embeddings = True  # the frozen class-template embeddings z_k (not the linear probe)
 
     def __init__(self, clip: CLIPModel, config: ModelConfig, num_classes: int, eos_token_id: int):
-        super().__init__()
-        if clip.config._attn_implementation != "sdpa":
-            raise ValueError("mitp builds boolean attention masks: load the backbone with attn_implementation='sdpa'")
-        self.clip = clip  # frozen, never edited
+        super().__init__(clip, eos_token_id)
         self.config = config
         self.spec = variant(config.variant)
         self.num_classes = num_classes
-        self.eos_token_id = eos_token_id
-        text_cfg, vision_cfg = towers(clip.config)
-        self.n_text, self.n_vision = text_cfg.num_hidden_layers, vision_cfg.num_hidden_layers
-        self.context_length = text_cfg.max_position_embeddings  # 77: the longest [SOT, caption, EOS]
         check_layers_fit(config, self.n_text, self.n_vision)
         # 0-based indices of the HF blocks that get prompts; config numbers are the paper's (1 = first block)
         self.text_layer_ids, self.vision_layer_ids = self.prompted_layers()
         self.layer_ids = self.text_layer_ids  # the interaction layers (temporal prompts: the same in both towers)
 
-        self.add_prompt_parameters(text_cfg.hidden_size, vision_cfg.hidden_size, config.prompt_length)
+        self.add_prompt_parameters(self.text_dim, self.vision_dim, config.prompt_length)
         if "hub" not in self._modules:
             self.register_module("hub", None)  # the exchange between interaction layers: the temporal family's
         self.head = build_head(config.effective_head, int(clip.config.projection_dim or 0), num_classes)
@@ -66,6 +58,10 @@ class PromptedCLIP(nn.Module):
         # per-class head: each class's prompt tokens (no SOT / EOS), padded, and their counts
         self.register_buffer("class_prompt_ids", torch.empty(0, dtype=torch.long), persistent=False)  # (K, C)
         self.register_buffer("class_prompt_lengths", torch.empty(0, dtype=torch.long), persistent=False)  # (K,)
+
+    @property
+    def prompt_length(self) -> int:
+        return self.config.prompt_length
 
     @property
     def exchange(self) -> Exchange | None:
@@ -92,59 +88,7 @@ class PromptedCLIP(nn.Module):
         raise NotImplementedError
 
     # -----------------------------------------------------------------------------------------------
-    # shortcuts into the frozen backbone
-
-    @property
-    def text_layers(self) -> nn.ModuleList:
-        return self.clip.text_model.encoder.layers
-
-    @property
-    def vision_layers(self) -> nn.ModuleList:
-        return self.clip.vision_model.encoder.layers
-
-    @property
-    def prompt_length(self) -> int:
-        return self.config.prompt_length
-
-    def _embed_text(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.clip.text_model.embeddings(input_ids=input_ids)  # (B, T, d_t)
-
-    def _embed_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        h = self.clip.vision_model.embeddings(pixel_values)  # (B, 1 + patches, d_v)
-        return self.clip.vision_model.pre_layrnorm(h)
-
-    def _pool_text(self, h: torch.Tensor, input_ids: torch.Tensor, num_prompts: int) -> torch.Tensor:
-        """Projected text embedding at the first EOS (shifted by the prompts in front of it)."""
-        h = self.clip.text_model.final_layer_norm(h)  # (B, S, d_t)
-        eos = (input_ids == self.eos_token_id).int().argmax(dim=-1) + num_prompts  # (B,)
-        pooled = h[torch.arange(h.shape[0], device=h.device), eos]  # (B, d_t)
-        return self.clip.text_projection(pooled)  # (B, P)
-
-    def _pool_image(self, h: torch.Tensor) -> torch.Tensor:
-        pooled = self.clip.vision_model.post_layernorm(h[:, 0])  # CLS: (B, d_v)
-        return self.clip.visual_projection(pooled)  # (B, P)
-
-    def _prefix_context(self):
-        """Blocks below the first prompted layer see no trainable input: no autograd through them."""
-        return torch.no_grad()
-
-    # -----------------------------------------------------------------------------------------------
-    # frozen towers without prompts (class embeddings, linear probe, parity with HF CLIP)
-
-    def encode_text_frozen(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """The unprompted text tower through this module's own layer loop: (B, P), not normalised."""
-        h = self._embed_text(input_ids)
-        mask = text_attention_mask(attention_mask, 0)
-        for layer in self.text_layers:
-            h = layer(h, mask)
-        return self._pool_text(h, input_ids, 0)
-
-    def encode_image_frozen(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """The unprompted vision tower through this module's own layer loop: (B, P), not normalised."""
-        h = self._embed_image(pixel_values)
-        for layer in self.vision_layers:
-            h = layer(h, None)
-        return self._pool_image(h)
+    # what the head compares against: class embeddings, class prompts
 
     @torch.no_grad()
     def set_class_embeddings(self, template_ids: torch.Tensor, template_mask: torch.Tensor, templates_per_class: int) -> None:
@@ -211,50 +155,6 @@ class PromptedCLIP(nn.Module):
         if self.class_bias is not None:
             logits = logits + self.class_bias.float()
         return logits
-
-    # -----------------------------------------------------------------------------------------------
-    # trainable parameters (what a checkpoint holds)
-
-    def trainable_parameters(self) -> dict[str, nn.Parameter]:
-        return {name: p for name, p in self.named_parameters() if p.requires_grad and not name.startswith("clip.")}
-
-    def parameters_receiving_gradients(self) -> set[str]:
-        """Names of the trainable parameters that one backward pass reaches (a hub input whose output
-        nothing reads gets none)."""
-        size = crop_size(self.clip.config)
-        pixels = torch.zeros(2, 3, size, size)
-        ids = torch.zeros(2, 77, dtype=torch.long)
-        ids[:, 1] = self.eos_token_id
-        mask = (torch.arange(77) < 2).long().expand(2, -1)  # SOT, EOS
-        self(pixels, ids, mask).sum().backward()
-        return {name for name, p in self.trainable_parameters().items() if p.grad is not None}
-
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        return {name: p.detach().cpu().contiguous() for name, p in self.trainable_parameters().items()}
-
-    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        expected = set(self.trainable_parameters())
-        if set(state) != expected:
-            missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-            raise ValueError(f"checkpoint does not fit this model: missing {missing}, unexpected {unexpected}")
-        params = self.trainable_parameters()
-        with torch.no_grad():
-            for name, value in state.items():
-                if params[name].shape != value.shape:
-                    raise ValueError(f"checkpoint tensor {name} has shape {tuple(value.shape)}, model expects {tuple(params[name].shape)}")
-                params[name].copy_(value)
-
-    def count_trainable(self) -> int:
-        return sum(p.numel() for p in self.trainable_parameters().values())
-
-    def count_backbone(self) -> int:
-        return sum(p.numel() for p in self.clip.parameters())
-
-    def train(self, mode: bool = True) -> PromptedCLIP:
-        super().train(mode)
-        self.clip.eval()  # the frozen backbone always runs in eval mode
-        return self
-
 
 def classification_loss(task: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Eq. 8 (cross-entropy) for single-label, Eq. 9 (binary cross-entropy with logits) for multi-label."""
