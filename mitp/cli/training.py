@@ -29,7 +29,7 @@ EvaluateOption = Annotated[
 
 def _evaluation_splits(evaluate: list[str] | None) -> list[str]:
     """The splits of --evaluate, each once, or a one-line refusal of one that is not a split."""
-    from ..data.dataset import SPLITS
+    from ..data.prepare import SPLITS
 
     splits = list(dict.fromkeys(evaluate or []))
     for split in splits:

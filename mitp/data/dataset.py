@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from .cache import ImageCache, decode_all
+from .prepare import SPLITS
 from ..config import RunConfig
 from ..errors import MitpError
 from ..runtime.preprocess import clip_crop, load_image, normalize
@@ -29,7 +30,6 @@ from ..runtime.tokenizer import ClipTokenizer
 from .synthetic import make_synthetic_split, synthetic_classes
 from .tokens import split_tokens
 
-SPLITS = ("train", "val", "test")
 
 
 class DataError(MitpError, ValueError):

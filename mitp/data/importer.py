@@ -16,9 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .prepare import MALFORMED_LINE, Pair, PrepareError, Report, carve, write_prepared
-
-SPLITS = ("train", "val", "test")
+from .prepare import MALFORMED_LINE, SPLITS, Pair, PrepareError, Report, carve, write_prepared
 SPLIT_SPELLINGS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "dev": "val", "test": "test", "testing": "test"}
 HELD_OUT = 0.1  # share of each class carved for test, then for val, when the file has no split column
 MAX_ROWS = 10_000_000

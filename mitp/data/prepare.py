@@ -36,6 +36,7 @@ MMIMDB_GENRES = (
     "Sport", "Short", "Film-Noir",
 )
 SNLIVE_LABELS = ("entailment", "neutral", "contradiction")
+SPLITS = ("train", "val", "test")  # every prepared data set has these three, in this order
 VAL_FRACTION = 0.1  # Food101 has no validation split: this share of train, stratified by class
 
 # Drop reasons (the keys of the report).
@@ -354,7 +355,7 @@ def write_prepared(
     decoded (and cached), each split written with its count and sha256, and the report."""
     report.notes["captions_cleaned"] = clean_captions(pairs)
     classes = classes_of(pairs)
-    for split in ("train", "val", "test"):
+    for split in SPLITS:
         pairs[split] = _drop_unusable(pairs[split], set(classes), split, report, root)
     label_key = "labels" if task == "multi-label" else "label"
     with build_output(out, "prepared", inputs=(source,)) as tmp:
