@@ -17,6 +17,7 @@ cache stores; `normalize` can run on the GPU with the same float32 arithmetic.
 
 from __future__ import annotations
 
+import io
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -73,14 +74,27 @@ def opened_image(path: str | Path) -> Iterator[Image.Image]:
         raise ImageError(f"cannot open image {str(path)[:200]}: {err.strerror}") from err
     if not found:
         raise ImageError(f"image not found: {path}")
+    with _checked_open(path, f"image {path}") as img:
+        yield img
+
+
+def load_image_bytes(data: bytes, source: str = "image") -> Image.Image:
+    """An encoded image file's bytes (a served request's element), checked and decoded as `load_image`."""
+    with _checked_open(io.BytesIO(data), source) as image:
+        return decoded_rgb(image)
+
+
+@contextmanager
+def _checked_open(file: Path | io.BytesIO, source: str) -> Iterator[Image.Image]:
+    """Pillow's open with the header checked against the size limits; every failure an ImageError."""
     try:
-        with Image.open(path) as img:
-            check_image_size(img.width, img.height, f"image {path}")
+        with Image.open(file) as img:
+            check_image_size(img.width, img.height, source)
             yield img
     except ImageError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise ImageError(f"cannot decode image {path}: {err}") from err
+        raise ImageError(f"cannot decode {source}: {err}") from err
 
 
 def decoded_rgb(img: Image.Image) -> Image.Image:

@@ -1,0 +1,90 @@
+"""`mitp serve`: bundles as models behind the Open Inference Protocol (KServe's server; the `serve` extra)."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from ..errors import MitpError
+from .common import _fail, _model_folder, _require, app, console
+
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+@app.command("serve")
+def serve(
+    bundles: Annotated[list[Path], typer.Argument(help="Bundle folders or releases (as `mitp predict --model` takes them).", show_default=False)],
+    name: Annotated[list[str] | None, typer.Option("--name", help="Model name, one per bundle in order; default <data set>-<setting>.", show_default=False)] = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on; 0.0.0.0 for every interface (in a container).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port (REST, health, /metrics).", min=1, max=65535)] = 8080,
+    grpc_port: Annotated[int | None, typer.Option(help="Also serve gRPC on this port (every interface: needs --host 0.0.0.0).", min=1, max=65535, show_default=False)] = None,
+    variant: Annotated[str, typer.Option(help="fp32 | fp16 (GPUs) | int8 (CPUs): which of each bundle's models serves.")] = "fp32",
+    provider: Annotated[str, typer.Option(help="auto (CUDA when it runs) | cuda | cpu.")] = "auto",
+    max_batch_size: Annotated[int, typer.Option(help="Rows gathered into one model call at most.", min=1)] = 16,
+    max_delay_ms: Annotated[float, typer.Option(help="How long the oldest request waits for others to join its batch.", min=0)] = 5.0,
+    max_queue: Annotated[int, typer.Option(help="Rows queued per model at most; past it, requests get 503 at once.", min=1)] = 256,
+    max_body_mb: Annotated[float, typer.Option(help="Largest request body; larger ones get 413 before they are read.", min=0.001)] = 64.0,
+    grace: Annotated[int, typer.Option(help="Seconds that requests in flight get to finish after SIGTERM.", min=0)] = 30,
+) -> None:
+    """Serve bundles over HTTP (and gRPC) to any Open Inference Protocol (KServe v2) client.
+
+    Each bundle is verified against its test vectors and warmed up before it is ready; one that fails is not served, and the rest are.
+
+    Routes: GET /v2/health/live, /v2/health/ready, /v2/models/NAME, /v2/models/NAME/ready and /metrics (Prometheus); POST /v2/models/NAME/infer with inputs `image` (BYTES [B], image files) and `text` (BYTES [B], captions), outputs `logits`, `probabilities` and `label`.
+
+    SIGTERM stops accepting, finishes the requests in flight and exits 0. In a container, as a KServe InferenceService, behind a Kubernetes probe: docs/serving.md.
+    """
+    _require("kserve", extra="serve")
+    from ..serve.model import Batching, BundleModel
+    from ..serve.server import Listen, check_listen, load_models
+    from ..serve.server import serve as run_server
+
+    names = list(name or [])
+    if names and len(names) != len(bundles):
+        _fail(f"give one --name per bundle, in order: {len(names)} names for {len(bundles)} bundles")
+    folders = [_model_folder(b) for b in bundles]
+    names = names or [_default_name(f) for f in folders]
+    for model_name in names:
+        if not MODEL_NAME.match(model_name):
+            _fail(f"model name {model_name!r}: use letters, digits, '.', '_' and '-' (it is part of each URL)")
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        _fail(f"two bundles would be served as {', '.join(duplicates)}: give each a --name")
+    if max_queue < max_batch_size:
+        _fail(f"--max-queue ({max_queue}) must hold at least one full batch (--max-batch-size {max_batch_size})")
+    listen = Listen(host=host, port=port, grpc_port=grpc_port, grace_seconds=grace, max_body_bytes=int(max_body_mb * 2**20))
+    check_listen(listen)
+    _configure_logging()
+    batching = Batching(max_batch_size, max_delay_ms / 1000, max_queue)
+    models = [BundleModel(n, f, variant, provider, batching) for n, f in zip(names, folders, strict=True)]
+    ready = load_models(models, say=lambda m: console.print(f"[bold yellow]warning:[/] {escape(m)}", soft_wrap=True))
+    for model in ready:
+        console.print(f"serving [bold]{escape(model.name)}[/] from {escape(str(model.bundle))} ({model.variant}, {model.predictor.provider if model.predictor else '?'})", soft_wrap=True)
+    where = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
+    console.print(f"ready on {where}/v2 (metrics at {where}/metrics)" + (f", gRPC on port {grpc_port}" if grpc_port else ""), soft_wrap=True)
+    try:
+        run_server(ready, listen)
+    except OSError as err:
+        raise MitpError(f"cannot listen on {host}:{port}: {err.strerror or err}") from err
+
+
+def _default_name(bundle: Path) -> str:
+    """<data set>-<setting> from bundle.json; the folder's name when the contract cannot be read (its
+    verification then says why it is not served)."""
+    from ..runtime.bundle import read_contract
+
+    try:
+        contract = read_contract(bundle)
+    except MitpError:
+        return bundle.name
+    return f"{contract['dataset']}-{contract['setting']}"
+
+
+def _configure_logging() -> None:
+    """One line per event on stderr, as the rest of mitp: access lines, warnings, the server's own."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

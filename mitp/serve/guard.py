@@ -1,0 +1,115 @@
+"""The outermost layer of the HTTP server (ASGI middleware): body limit, request counts, access log.
+
+A request body over the limit is refused with 413 before it is read whole: at once from its
+Content-Length, or as soon as a chunked body passes the limit. Every request to a model's routes is
+counted by model and status (mitp_requests_total), and every request gets one access-log line: client,
+method, path, status, body bytes and milliseconds; never a caption's text or an image.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Collection, MutableMapping
+from typing import Any
+
+from .metrics import ServeMetrics
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+access_log = logging.getLogger("mitp.serve.access")
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class RequestGuard:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, models: Collection[str], metrics: ServeMetrics | None = None):
+        self.app, self.max_body_bytes, self.models = app, max_body_bytes, set(models)
+        self.metrics = metrics or ServeMetrics()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started, state = time.monotonic(), {"status": 500, "bytes": 0}
+        try:
+            declared = _content_length(scope)
+            if declared is not None and declared > self.max_body_bytes:
+                raise BodyTooLarge
+            receive = await self._bounded(receive, state) if declared is None and scope["method"] in ("POST", "PUT") else receive
+            state["bytes"] = declared or state["bytes"]
+
+            async def send_status(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    state["status"] = message["status"]
+                await send(message)
+
+            await self.app(scope, receive, send_status)
+        except BodyTooLarge:
+            state["status"] = 413
+            await _error(send, 413, f"the request body is over this server's limit of {self.max_body_bytes:,} bytes: send fewer or smaller images per request")
+        finally:
+            self._record(scope, state, time.monotonic() - started)
+
+    async def _bounded(self, receive: Receive, state: dict[str, int]) -> Receive:
+        """A body without Content-Length read up to the limit (BodyTooLarge past it), then replayed."""
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise BodyTooLarge
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        state["bytes"] = size
+        body, sent = b"".join(chunks), False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if sent:
+                return await receive()  # a disconnect, after the body
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return replay
+
+    def _record(self, scope: Scope, state: dict[str, int], seconds: float) -> None:
+        path = scope.get("path", "")
+        model = _model_of(path)
+        if model is not None:
+            self.metrics.requests.labels(model if model in self.models else "(unknown)", str(state["status"])).inc()
+        client = scope.get("client") or ("-", 0)
+        access_log.info("%s %s %s %d %dB %.1fms", client[0], scope.get("method", "-"), path, state["status"], state["bytes"], 1000 * seconds)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", []):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def _model_of(path: str) -> str | None:
+    """`x` for /v2/models/x and /v2/models/x/..., None for the server's own routes."""
+    parts = path.split("/")
+    return parts[3] if len(parts) > 3 and parts[1] == "v2" and parts[2] == "models" and parts[3] else None
+
+
+async def _error(send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    body = json.dumps({"error": message}).encode()
+    head = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
+    await send({"type": "http.response.start", "status": status, "headers": head + (headers or [])})
+    await send({"type": "http.response.body", "body": body})

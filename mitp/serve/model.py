@@ -1,0 +1,189 @@
+"""One bundle as a served model: KServe's `Model` over `mitp.runtime.Predictor`, with dynamic batching.
+
+The model speaks the Open Inference Protocol's tensors. Inputs: `image` (BYTES, [B], each element an
+encoded image file) and `text` (BYTES, [B], UTF-8 captions). Outputs: `logits` (FP32, [B, K]),
+`probabilities` (FP32, [B, K], by the bundle's decision rule) and `label` (BYTES, [B]: the decision, the
+labels joined by `|` for a multi-label model, empty when no label passes its threshold). Images and
+captions follow exactly the rules of `mitp predict` (size limits, EXIF, 77 tokens): the same functions
+decode them. A request is checked whole before it queues, so one bad element fails that request with a
+400 and a one-line reason naming the element, and never the batch it would have joined.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from kserve import InferOutput, InferRequest, InferResponse, Model
+from kserve.errors import InvalidInput
+
+from ..errors import MitpError
+from ..runtime.predict import Predictor, check_caption
+from ..runtime.preprocess import load_image_bytes, preprocess_image
+from ..runtime.verify import verify_bundle
+from .batcher import DynamicBatcher
+from .metrics import ServeMetrics
+
+log = logging.getLogger("mitp.serve")
+LABEL_SEPARATOR = "|"
+
+
+@dataclass(frozen=True)
+class Batching:
+    """How requests are gathered (defaults measured in BENCHMARKS.md, serving)."""
+
+    max_batch_size: int = 16
+    max_delay: float = 0.005  # seconds the oldest request waits for others
+    max_queue: int = 256  # rows queued at most; past it, 503 at once
+
+
+class BundleNotServed(MitpError):
+    """A bundle that failed verification or warm-up: it is not served, and the server says why."""
+
+
+class BundleModel(Model):
+    """A verified, warmed-up bundle behind the v2 protocol; `load()` must succeed before it is ready."""
+
+    def __init__(self, name: str, bundle: Path, variant: str = "fp32", provider: str = "auto", batching: Batching = Batching(), metrics: ServeMetrics | None = None):
+        super().__init__(name)
+        self.bundle, self.variant, self.provider, self.batching = Path(bundle), variant, provider, batching
+        self.metrics = metrics or ServeMetrics()
+        self.predictor: Predictor | None = None
+        self.batcher: DynamicBatcher | None = None
+
+    def load(self) -> bool:
+        """Verify the bundle's test vectors for the variant served, open it, and run it once at full batch."""
+        try:
+            checks = verify_bundle(self.bundle, [self.variant])  # on the CPU, where its test vectors were made
+            failed = [c for c in checks if not c.ok]
+        except (MitpError, OSError, ValueError) as err:
+            raise BundleNotServed(f"{self.bundle} is not a bundle that can be served: {err}") from err
+        if failed:
+            raise BundleNotServed(f"{self.bundle} fails verification ({'; '.join(f'{c.name}: {c.detail}' for c in failed)})")
+        predictor = Predictor(self.bundle, self.provider, self.variant)
+        size = predictor.info.image_size
+        ids, mask, _ = predictor.tokenizer.encode(["warm-up"] * self.batching.max_batch_size)
+        for rows in sorted({1, self.batching.max_batch_size}):  # the first call of each shape allocates
+            predictor.logits(np.zeros((rows, 3, size, size), np.float32), ids[:rows], mask[:rows])
+        self.predictor = predictor
+        self.ready = True
+        return True
+
+    def get_input_types(self) -> list[dict[str, Any]]:
+        return [{"name": "image", "datatype": "BYTES", "shape": [-1]}, {"name": "text", "datatype": "BYTES", "shape": [-1]}]
+
+    def get_output_types(self) -> list[dict[str, Any]]:
+        k = len(self.labels) if self.predictor is not None else -1
+        return [
+            {"name": "logits", "datatype": "FP32", "shape": [-1, k]},
+            {"name": "probabilities", "datatype": "FP32", "shape": [-1, k]},
+            {"name": "label", "datatype": "BYTES", "shape": [-1]},
+        ]
+
+    @property
+    def labels(self) -> list[str]:
+        assert self.predictor is not None
+        return self.predictor.info.labels
+
+    async def predict(self, payload: InferRequest, headers: dict[str, str] | None = None) -> InferResponse:
+        predictor = self._started()
+        images, texts = request_inputs(payload, self.batching.max_queue)
+        pixels, ids, mask = await asyncio.to_thread(self._decode, images, texts)  # off the event loop
+        assert self.batcher is not None
+        logits = await self.batcher.infer(pixels, ids, mask)  # (B, K)
+        probabilities = predictor.decide(logits).astype(np.float32)  # (B, K)
+        labels = np.array([LABEL_SEPARATOR.join(predictor.prediction(row, False).labels).encode() for row in probabilities], dtype=object)
+        return InferResponse(
+            response_id=payload.id or "",
+            model_name=self.name,
+            infer_outputs=[
+                _output("logits", logits.astype(np.float32), "FP32"),
+                _output("probabilities", probabilities, "FP32"),
+                _output("label", labels, "BYTES"),
+            ],
+            use_binary_outputs=payload.use_binary_outputs,
+            requested_outputs=payload.request_outputs,
+        )
+
+    def _started(self) -> Predictor:
+        """The predictor, with the batcher started on the serving loop the first time."""
+        if self.predictor is None:
+            raise RuntimeError(f"model {self.name} is not loaded")
+        if self.batcher is None:
+            self.batcher = DynamicBatcher(
+                self.predictor.logits, self.batching.max_batch_size, self.batching.max_delay, self.batching.max_queue,
+                observe=self.metrics.observer(self.name),
+            )
+            self.batcher.start()
+        return self.predictor
+
+    def _decode(self, images: list[bytes], texts: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Pixels (B, 3, H, W) and tokens (B, 77) x 2, or InvalidInput naming the first bad element."""
+        assert self.predictor is not None
+        info = self.predictor.info
+        captions = []
+        for i, raw in enumerate(texts):
+            caption = raw.decode("utf-8", errors="surrogateescape")
+            try:
+                check_caption(caption)
+            except MitpError as err:
+                raise InvalidInput(f"text[{i}]: {err}") from None
+            captions.append(caption)
+        pixels = []
+        for i, data in enumerate(images):
+            try:
+                pixels.append(preprocess_image(load_image_bytes(data, f"image[{i}]"), info.image_size, *info.mean_std))
+            except MitpError as err:
+                raise InvalidInput(str(err)) from None
+        ids, mask, _ = self.predictor.tokenizer.encode(captions)
+        return np.stack(pixels), ids, mask
+
+    def stop(self) -> None:
+        self.ready = False
+
+
+def request_inputs(payload: InferRequest, max_rows: int) -> tuple[list[bytes], list[bytes]]:
+    """The request's `image` and `text` elements, checked for names, types and shapes."""
+    by_name = {i.name: i for i in payload.inputs}
+    unknown = sorted(set(by_name) - {"image", "text"})
+    if unknown or set(by_name) != {"image", "text"}:
+        raise InvalidInput(f"inputs must be `image` and `text` (BYTES, shape [B]); got {', '.join(sorted(by_name)) or 'none'}")
+    values = {}
+    for name, tensor in by_name.items():
+        if tensor.datatype != "BYTES" or len(tensor.shape) != 1:
+            raise InvalidInput(f"input `{name}` must be BYTES of shape [B]; got {tensor.datatype} of shape {list(tensor.shape)}")
+        try:
+            array = tensor.as_numpy()
+        except Exception as err:  # a tensor whose data does not fit its shape
+            raise InvalidInput(f"input `{name}` cannot be read: {err}") from None
+        values[name] = [_element(name, i, v) for i, v in enumerate(array.reshape(-1))]
+    rows = len(values["image"])
+    if rows != len(values["text"]) or rows == 0:
+        raise InvalidInput(f"`image` and `text` must hold the same number of elements, at least one; got {rows} and {len(values['text'])}")
+    if rows > max_rows:
+        raise InvalidInput(f"a request of {rows} pairs is more than this server queues ({max_rows}): send smaller requests")
+    return values["image"], values["text"]
+
+
+def _element(name: str, index: int, value: Any) -> bytes:
+    """One element as bytes. Binary-extension elements are bytes already; in a JSON body, a caption is its
+    text and an image is its file's base64 (JSON strings cannot hold an image file's bytes)."""
+    if isinstance(value, bytes):
+        return value
+    if name == "image":
+        try:
+            return base64.b64decode(str(value), validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidInput(f"image[{index}]: in a JSON body an image is its file's base64; send raw bytes with the binary data extension") from None
+    return str(value).encode("utf-8", errors="surrogateescape")
+
+
+def _output(name: str, array: np.ndarray, datatype: str) -> InferOutput:
+    return InferOutput(name=name, shape=list(array.shape), datatype=datatype, data=array)
+
