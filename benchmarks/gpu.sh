@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Every figure still owed to a GPU (BENCHMARKS.md, "Still to measure on a GPU"), in one script that fits in
-# 8 minutes on one H100/H200, each step under its own time limit, writing one Markdown file:
+# about 12 minutes on one H100/H200, each step under its own time limit, writing one Markdown file:
 #
 #   bash benchmarks/gpu.sh [OUT_DIR]          # default: benchmarks/out; prints the file at the end
 #
-# Needs the project installed with a CUDA torch and the gpu extra (python -m pip install -e ".[gpu,train]")
+# Needs the project installed with a CUDA torch and the gpu extra (python -m pip install -e ".[gpu,train,serve,dev]")
 # and no network: the backbones are presets with random weights (the same FLOPs and memory as OpenAI's).
 # Steps: bf16 training per setting on ViT-L/14 against the naive path (samples/s, MFU, training and
 # evaluation peak memory apart); evaluation throughput; the data loader on this machine's CPUs against the
 # step rate; onnxruntime CUDA fp32 and fp16 against PyTorch CUDA; one against two training processes on one
-# GPU; a two-process accelerate run where there are two GPUs; the cost model from the measured rates.
+# GPU; a two-process accelerate run where there are two GPUs; serving a ViT-L/14 bundle with and without
+# batching; the cost model from the measured rates.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-benchmarks/out}"
@@ -64,6 +65,22 @@ if [ "$gpus" -gt 1 ]; then
     step 120 accelerate launch --num_processes 2 -m mitp.cli train --config config.yaml --dataset synthetic \
         --setting mitp --backbone preset:vit-b-16 --max-steps 20 --epochs 1 --out "$out/ddp-run" --no-progress
 fi
+
+section "Serving a ViT-L/14 bundle (random weights) on the CUDA provider: 1, 8, 64 clients (serve.py)"
+vitl="$out/vitl"
+mkdir -p "$vitl"
+cat > "$vitl/config.yaml" <<'YAML'
+backbone: preset:vit-l-14
+train: {num_workers: 0, eval_batch_size: 4}
+datasets:
+  synthetic: {task: single-label, source: synthetic, batch_size: 2, prompt_length: 3, best_layers: [4, 5, 6], small_layers: [6],
+              templates: ["a photo of {}."], epochs: 1, lr: 3.0e-3, synthetic: {n_colours: 4, n_words: 4, sizes: {train: 4, val: 4, test: 4}}}
+settings: {mitp: {variant: mitp, layers: best}}
+YAML
+step 120 mitp train -c "$vitl/config.yaml" -d synthetic -s mitp --out "$vitl/run" --no-progress
+step 150 mitp export --checkpoint "$vitl/run" --out "$vitl/bundle" --fp16
+step 120 python benchmarks/serve.py "$vitl/bundle" --variant fp16 --provider cuda --requests 512 --clients 1,8,64
+step 120 python benchmarks/serve.py "$vitl/bundle" --variant fp16 --provider cuda --requests 256 --clients 64 --max-batch-size 1
 
 section "The paper's cost from the measured step rates (cost_model.py --measured)"
 step 60 python benchmarks/cost_model.py --measured "$out/train.json"

@@ -22,7 +22,7 @@ def serve(
     name: Annotated[list[str] | None, typer.Option("--name", help="Model name, one per bundle in order; default <data set>-<setting>.", show_default=False)] = None,
     host: Annotated[str, typer.Option(help="Interface to listen on; 0.0.0.0 for every interface (in a container).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="HTTP port (REST, health, /metrics).", min=1, max=65535)] = 8080,
-    grpc_port: Annotated[int | None, typer.Option(help="Also serve gRPC on this port (every interface: needs --host 0.0.0.0).", min=1, max=65535, show_default=False)] = None,
+    grpc_port: Annotated[int | None, typer.Option(help="gRPC: not served yet (refused; see docs/serving.md).", min=1, max=65535, show_default=False)] = None,
     variant: Annotated[str, typer.Option(help="fp32 | fp16 (GPUs) | int8 (CPUs): which of each bundle's models serves.")] = "fp32",
     provider: Annotated[str, typer.Option(help="auto (CUDA when it runs) | cuda | cpu.")] = "auto",
     max_batch_size: Annotated[int, typer.Option(help="Rows gathered into one model call at most.", min=1)] = 16,
@@ -31,7 +31,7 @@ def serve(
     max_body_mb: Annotated[float, typer.Option(help="Largest request body; larger ones get 413 before they are read.", min=0.001)] = 64.0,
     grace: Annotated[int, typer.Option(help="Seconds that requests in flight get to finish after SIGTERM.", min=0)] = 30,
 ) -> None:
-    """Serve bundles over HTTP (and gRPC) to any Open Inference Protocol (KServe v2) client.
+    """Serve bundles over HTTP to any Open Inference Protocol (KServe v2) client.
 
     Each bundle is verified against its test vectors and warmed up before it is ready; one that fails is not served, and the rest are.
 

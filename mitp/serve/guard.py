@@ -23,6 +23,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 access_log = logging.getLogger("mitp.serve.access")
+CLOSED_ROUTES = ("/v2/repository", "/v1/")  # models are chosen on the command line, never over the network
 
 
 class BodyTooLarge(Exception):
@@ -39,6 +40,11 @@ class RequestGuard:
             await self.app(scope, receive, send)
             return
         started, state = time.monotonic(), {"status": 500, "bytes": 0}
+        if scope.get("path", "").startswith(CLOSED_ROUTES):
+            state["status"] = 404
+            await _error(send, 404, "not a route of this server")  # KServe's model repository: load and unload by anyone
+            self._record(scope, state, time.monotonic() - started)
+            return
         try:
             declared = _content_length(scope)
             if declared is not None and declared > self.max_body_bytes:
@@ -89,7 +95,8 @@ class RequestGuard:
         if model is not None:
             self.metrics.requests.labels(model if model in self.models else "(unknown)", str(state["status"])).inc()
         client = scope.get("client") or ("-", 0)
-        access_log.info("%s %s %s %d %dB %.1fms", client[0], scope.get("method", "-"), path, state["status"], state["bytes"], 1000 * seconds)
+        shown = path.encode("unicode_escape").decode("ascii")[:300]  # a newline or escape in a URL cannot forge a log line
+        access_log.info("%s %s %s %d %dB %.1fms", client[0], scope.get("method", "-"), shown, state["status"], state["bytes"], 1000 * seconds)
 
 
 def _content_length(scope: Scope) -> int | None:

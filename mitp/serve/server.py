@@ -60,6 +60,8 @@ def load_models(models: Sequence[BundleModel], say=log.warning) -> list[BundleMo
 
 def check_listen(listen: Listen) -> None:
     """Refuse what cannot be served as asked, before any bundle loads."""
+    if listen.grpc_port is not None:
+        raise ServeError("--grpc-port: gRPC is not served yet (KServe 0.21's gRPC path fails every inference of these outputs); use HTTP")
     if listen.grpc_port is not None and listen.host not in WILDCARD_HOSTS:
         raise ServeError(f"--grpc-port: KServe's gRPC server listens on every interface, so it needs --host 0.0.0.0 (or ::), not {listen.host}")
     if listen.grpc_port == listen.port:
