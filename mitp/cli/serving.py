@@ -66,7 +66,7 @@ def serve(
     for model in ready:
         console.print(f"serving [bold]{escape(model.name)}[/] from {escape(str(model.bundle))} ({model.variant}, {model.predictor.provider if model.predictor else '?'})", soft_wrap=True)
     where = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
-    console.print(f"ready on {where}/v2 (metrics at {where}/metrics)" + (f", gRPC on port {grpc_port}" if grpc_port else ""), soft_wrap=True)
+    console.print(f"ready on {where}/v2 (metrics at {where}/metrics)", soft_wrap=True)
     try:
         run_server(ready, listen)
     except OSError as err:

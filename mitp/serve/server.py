@@ -1,6 +1,6 @@
 """`mitp serve`: bundles behind KServe's model server (the Open Inference Protocol, REST and gRPC).
 
-KServe gives the protocol's routes, health, model metadata, Prometheus metrics at /metrics, gRPC and a
+KServe gives the protocol's routes, health, model metadata, Prometheus metrics at /metrics and a
 graceful shutdown (on SIGTERM uvicorn stops accepting, finishes the requests in flight within the grace
 period, and the process exits 0). mitp adds what is its own: each bundle verified against its test vectors
 and warmed up before it is registered (a bundle that fails is not served; the server says why and serves
@@ -26,7 +26,6 @@ from .model import BundleModel, BundleNotServed
 from .protocol import BytesDataPlane
 
 log = logging.getLogger("mitp.serve")
-WILDCARD_HOSTS = ("0.0.0.0", "::", "[::]")
 
 
 class ServeError(MitpError):
@@ -37,7 +36,7 @@ class ServeError(MitpError):
 class Listen:
     host: str = "127.0.0.1"
     port: int = 8080
-    grpc_port: int | None = None  # None: no gRPC (KServe binds gRPC on every interface)
+    grpc_port: int | None = None  # refused for now: KServe 0.21's gRPC fails these outputs
     grace_seconds: int = 30
     max_body_bytes: int = 64 * 2**20
     max_connections: int = 1024  # past it uvicorn answers 503 at once
@@ -62,10 +61,6 @@ def check_listen(listen: Listen) -> None:
     """Refuse what cannot be served as asked, before any bundle loads."""
     if listen.grpc_port is not None:
         raise ServeError("--grpc-port: gRPC is not served yet (KServe 0.21's gRPC path fails every inference of these outputs); use HTTP")
-    if listen.grpc_port is not None and listen.host not in WILDCARD_HOSTS:
-        raise ServeError(f"--grpc-port: KServe's gRPC server listens on every interface, so it needs --host 0.0.0.0 (or ::), not {listen.host}")
-    if listen.grpc_port == listen.port:
-        raise ServeError(f"--grpc-port and --port are both {listen.port}: give gRPC a port of its own")
 
 
 def serve(models: Sequence[BundleModel], listen: Listen = Listen()) -> None:
@@ -73,7 +68,6 @@ def serve(models: Sequence[BundleModel], listen: Listen = Listen()) -> None:
     check_listen(listen)
     from kserve import ModelServer, model_server
     from kserve.errors import InvalidInput, ModelNotFound
-    from kserve.protocol.grpc.server import GRPCServer
     from kserve.protocol.rest.server import RESTServer
     from starlette.responses import JSONResponse
 
@@ -113,15 +107,12 @@ def serve(models: Sequence[BundleModel], listen: Listen = Listen()) -> None:
             self._rest_server.config.host = listen.host
             self._rest_server.config.limit_concurrency = listen.max_connections
             self.servers.append(self._rest_server.start())
-            if self.enable_grpc:
-                self._grpc_server = GRPCServer(self.grpc_port, self.dataplane, self.model_repository_extension, kwargs=vars(model_server.args), grace_period=self.grace_period)
-                self.servers.append(self._grpc_server.start(self.max_threads))
             self.setup_event_loop()
             self.register_signal_handler()
             asyncio.run(self._serve())
 
     server = Server(
-        http_port=listen.port, grpc_port=listen.grpc_port or 8081, enable_grpc=listen.grpc_port is not None,
+        http_port=listen.port, enable_grpc=False,
         grace_period=listen.grace_seconds, enable_docs_url=False, enable_latency_logging=False, workers=1,
     )
     server.start(list(models))
