@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +43,13 @@ def _first_pixel(pixels: np.ndarray, ids: np.ndarray, mask: np.ndarray) -> np.nd
     return pixels[:, :1, 0, 0].copy()  # (B, 1): each row's own value, so a mix-up shows
 
 
+async def _ask(batcher: DynamicBatcher, pixels: np.ndarray) -> np.ndarray:
+    """One request as the served model makes it: admitted, then queued."""
+    n = len(pixels)
+    with batcher.admitted(n):
+        return await batcher.infer(pixels, np.repeat(IDS, n, 0), np.repeat(IDS, n, 0))
+
+
 # ---------------------------------------------------------------------------------------------------
 # the batcher and the binary reader, in-process
 
@@ -57,7 +65,7 @@ def test_concurrent_requests_are_gathered_into_one_call_and_each_gets_its_own_ro
         batcher = DynamicBatcher(run, max_batch_size=8, max_delay=0.2, max_queue=16)
         batcher.start()
         sizes = [1, 3, 2, 1]
-        outs = await asyncio.gather(*[batcher.infer(_rows(k, n), np.repeat(IDS, n, 0), np.repeat(IDS, n, 0)) for k, n in enumerate(sizes)])
+        outs = await asyncio.gather(*[_ask(batcher, _rows(k, n)) for k, n in enumerate(sizes)])
         await batcher.stop()
         return sizes, outs
 
@@ -76,15 +84,17 @@ def test_a_full_batch_runs_at_once_and_a_full_queue_refuses_without_waiting():
         return _first_pixel(pixels, ids, mask)
 
     async def main():
-        batcher = DynamicBatcher(run, max_batch_size=2, max_delay=10.0, max_queue=4)
+        batcher = DynamicBatcher(run, max_batch_size=2, max_delay=10.0, max_queue=6)
         batcher.start()
-        first = asyncio.ensure_future(batcher.infer(_rows(1, 2), np.repeat(IDS, 2, 0), np.repeat(IDS, 2, 0)))
+        first = asyncio.ensure_future(_ask(batcher, _rows(1, 2)))
         await asyncio.sleep(0.2)  # a full batch does not wait out the 10 s delay: it is running
-        queued = asyncio.ensure_future(batcher.infer(_rows(2, 4), np.repeat(IDS, 4, 0), np.repeat(IDS, 4, 0)))
+        with pytest.raises(Overloaded, match="at capacity"):
+            await _ask(batcher, _rows(2, 5))  # 2 rows running: 5 more would be 7 of 6
+        queued = asyncio.ensure_future(_ask(batcher, _rows(2, 4)))
         await asyncio.sleep(0.05)
         started = time.monotonic()
         with pytest.raises(Overloaded, match="at capacity"):
-            await batcher.infer(_rows(3), IDS, IDS)  # 4 rows queued of 4
+            await _ask(batcher, _rows(3))  # 6 rows in progress of 6
         refused_after = time.monotonic() - started
         release.set()
         results = await asyncio.gather(first, queued)
@@ -92,7 +102,7 @@ def test_a_full_batch_runs_at_once_and_a_full_queue_refuses_without_waiting():
         return results, refused_after
 
     (first, queued), refused_after = asyncio.run(main())
-    assert calls == [2, 4]  # the larger request ran alone, after
+    assert calls == [2, 4]  # running rows count against the capacity; the larger request ran alone, after
     assert refused_after < 0.05
     assert (first == 1).all() and (queued == 2).all()
 
@@ -106,7 +116,7 @@ def test_a_failing_model_call_fails_its_own_batch_and_the_next_batch_runs():
     async def main():
         batcher = DynamicBatcher(run, max_batch_size=1, max_delay=0.0, max_queue=4)
         batcher.start()
-        results = await asyncio.gather(batcher.infer(_rows(9), IDS, IDS), batcher.infer(_rows(5), IDS, IDS), return_exceptions=True)
+        results = await asyncio.gather(_ask(batcher, _rows(9)), _ask(batcher, _rows(5)), return_exceptions=True)
         await batcher.stop()
         return results
 
@@ -121,11 +131,13 @@ def test_binary_bytes_elements_come_back_exactly_as_sent():
 
     elements = [b"\xff\xd8\xff\xe0 not utf-8", b"", "caf\u00e9 \u2603".encode()]
     raw = serialize_byte_tensor(np.array(elements, dtype=object)).item()
-    assert bytes_elements(raw, "image") == elements
+    assert bytes_elements(raw, "image", 3) == elements
     with pytest.raises(InvalidInput, match="runs past the end"):
-        bytes_elements(raw[:-1], "image")
+        bytes_elements(raw[:-1], "image", 3)
     with pytest.raises(InvalidInput, match="inside an element's length"):
-        bytes_elements(raw + b"\x01\x00", "image")
+        bytes_elements(raw + b"\x01\x00", "image", 4)
+    with pytest.raises(InvalidInput, match="more elements than its shape says"):
+        bytes_elements(raw + b"\x00" * 4 * 10**6, "image", 4)  # a million empty elements: read no further than 4
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -208,7 +220,8 @@ def _inputs(images: list[bytes], texts: list[bytes], binary: bool = True) -> lis
 def served(trained, tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
     bundles = [trained / "bundle", trained / "other-bundle", _broken_copy(trained / "bundle", root)]
-    server = _start(bundles, ["food", "food-other", "broken"], root / "server.log", "--max-batch-size", "8", "--max-delay-ms", "50", "--max-body-mb", "1")
+    options = ("--max-batch-size", "8", "--max-delay-ms", "50", "--max-body-mb", "1", "--read-timeout", "2")
+    server = _start(bundles, ["food", "food-other", "broken"], root / "server.log", *options)
     yield server
     assert _stop(server) == 0, server.stderr()[-3000:]
 
@@ -295,6 +308,68 @@ def test_a_body_over_the_limit_is_refused_before_it_is_read(served):
     assert status == 413, answer
 
 
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that declares width x height pixels and holds none of them."""
+    chunks = [b"IHDR" + width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0]), b"IDAT"]
+    return b"\x89PNG\r\n\x1a\n" + b"".join((len(c) - 4).to_bytes(4, "big") + c + zlib.crc32(c).to_bytes(4, "big") for c in chunks)
+
+
+def _json_request(*inputs: dict, **top: object) -> bytes:
+    return json.dumps({"inputs": list(inputs), **top}).encode()
+
+
+def _text(data: list, **fields: object) -> dict:
+    return {"name": "text", "datatype": "BYTES", "shape": [len(data)], "data": data, **fields}
+
+
+def test_every_malformed_request_is_a_one_line_400_that_does_not_echo_the_body(served, trained):
+    image = base64.b64encode(_pairs(trained, 1)[0][0].read_bytes()).decode()
+    picture = {"name": "image", "datatype": "BYTES", "shape": [1], "data": [image]}
+    huge_name = "x" * 500_000
+    cases = {
+        "inputs.0.shape": _json_request({**_text(["a"]), "shape": None}, picture),
+        "inputs.0.parameters": _json_request(_text(["a"], parameters="x"), picture),
+        "inputs.0.name": _json_request({**_text(["a"]), "name": 5}, picture),
+        "inputs.0.datatype": _json_request({**_text(["a"]), "datatype": None}, picture),
+        "id: Input should be a valid string": _json_request(_text(["a"]), picture, id={"x": 1}),
+        "text[0] must be a string; got null": _json_request(_text([None]), picture),
+        "text[0] must be a string; got int": _json_request(_text([5]), picture),
+        "named once each": _json_request(_text(["a"]), _text(["b"]), picture),
+        "has shape [3] (3 elements) but holds 1": _json_request({**_text(["a"]), "shape": [3]}, picture),
+        "this server reads at most 256": _json_request({**_text([""] * 300)}, picture),
+        "the request's JSON cannot be read": b'{"inputs": [{"name": "text", "data": ["\\ud800"]}',
+        "not a v2 inference request": _json_request({**_text(["a"]), "name": huge_name}, picture),
+        "text[0]: the caption is empty once cleaned": _json_request(_text(["\u200b\u0000 \u200e"]), picture),
+        "image[0] is too large to decode safely: 400,000,000 pixels": _json_request(_text(["a"]), {**picture, "data": [base64.b64encode(_png_header(20_000, 20_000)).decode()]}),
+        "cannot decode image[0]: not an image file": _json_request(_text(["a"]), {**picture, "data": [base64.b64encode(b"GIF89a? no").decode()]}),
+    }
+    for expected, body in cases.items():
+        status, answer = _post(served, "/v2/models/food/infer", body, {"content-type": "application/json"})
+        assert status == 400 and expected in answer and "\n" not in answer.strip(), (expected, status, answer[:500])
+        assert len(answer) < 1000 and huge_name not in answer  # the reason, never the body
+    # a binary request whose data holds 200,000 empty captions: read no further than its shape
+    header = json.dumps({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [2], "parameters": {"binary_data_size": 4 * 200_000}}]}).encode()
+    status, answer = _post(served, "/v2/models/food/infer", header + bytes(4 * 200_000), {"inference-header-content-length": str(len(header))})
+    assert status == 400 and "more elements than its shape says" in answer, answer
+    assert _post(served, "/v2/models/food/versions/1/infer", _json_request(_text(["a"]), picture), {})[0] == 404
+    assert served.client().is_server_ready()
+    assert "Traceback" not in served.stderr()
+
+
+def test_headers_or_a_body_that_trickle_in_are_cut_off_at_the_read_deadline(served):
+    host, port = served.url.split(":")
+    silent, partial, slow_body = (socket.create_connection((host, int(port)), timeout=15) for _ in range(3))
+    partial.sendall(b"POST /v2/models/food/infer HTTP/1.1\r\nHost: x\r\n")  # and never the rest of the headers
+    slow_body.sendall(b"POST /v2/models/food/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+    started = time.monotonic()
+    assert silent.recv(100) == b"" and partial.recv(100) == b""  # closed by the server (--read-timeout 2)
+    assert slow_body.recv(200).startswith(b"HTTP/1.1 408")
+    assert time.monotonic() - started < 12
+    for connection in (silent, partial, slow_body):
+        connection.close()
+    assert served.client().is_server_ready()
+
+
 def test_batching_gathers_clients_and_the_metrics_count_requests_queue_and_batches(served, trained):
     images, texts = _pairs(trained, 1)
     inputs = _inputs([images[0].read_bytes()], [texts[0].encode()])
@@ -341,9 +416,22 @@ def test_nothing_to_serve_and_clashing_names_are_one_line_each(trained, tmp_path
     assert result.exit_code != 0 and "no bundle could be served" in result.output and "fails verification" in result.output
     result = CliRunner().invoke(app, ["serve", str(trained / "bundle"), str(trained / "bundle")])
     assert result.exit_code != 0 and "give each a --name" in result.output
-    result = CliRunner().invoke(app, ["serve", str(trained / "bundle"), "--grpc-port", "9001"])
-    assert result.exit_code != 0 and "gRPC is not served yet" in result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        misuse = {
+            "gRPC is not served yet": ["--grpc-port", "9001"],
+            "the port is in use": ["--port", str(taken.getsockname()[1])],
+            "--host is empty": ["--host", ""],
+            "not an address or a name of this machine": ["--host", "no-such-host.invalid"],
+            "--max-body-mb": ["--max-body-mb", "nan"],
+            "--max-batch-size": ["--max-batch-size", "100000"],
+            "--max-delay-ms": ["--max-delay-ms", "inf"],
+        }
+        for expected, options in misuse.items():
+            result = CliRunner().invoke(app, ["serve", str(trained / "bundle"), *options])
+            assert result.exit_code != 0 and expected in result.output, (options, result.output)
+            assert result.exception is None or isinstance(result.exception, SystemExit), (options, result.exception)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from ..errors import MitpError
 from .common import _fail, _model_folder, _require, app, console
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+MAX_BATCH = 512  # the warm-up runs a full batch: far past what one onnxruntime call gains from
 
 
 @app.command("serve")
@@ -25,11 +26,12 @@ def serve(
     grpc_port: Annotated[int | None, typer.Option(help="gRPC: not served yet (refused; see docs/serving.md).", min=1, max=65535, show_default=False)] = None,
     variant: Annotated[str, typer.Option(help="fp32 | fp16 (GPUs) | int8 (CPUs): which of each bundle's models serves.")] = "fp32",
     provider: Annotated[str, typer.Option(help="auto (CUDA when it runs) | cuda | cpu.")] = "auto",
-    max_batch_size: Annotated[int, typer.Option(help="Rows gathered into one model call at most.", min=1)] = 16,
-    max_delay_ms: Annotated[float, typer.Option(help="How long the oldest request waits for others to join its batch.", min=0)] = 5.0,
-    max_queue: Annotated[int, typer.Option(help="Rows queued per model at most; past it, requests get 503 at once.", min=1)] = 256,
-    max_body_mb: Annotated[float, typer.Option(help="Largest request body; larger ones get 413 before they are read.", min=0.001)] = 64.0,
-    grace: Annotated[int, typer.Option(help="Seconds that requests in flight get to finish after SIGTERM.", min=0)] = 30,
+    max_batch_size: Annotated[int, typer.Option(help="Rows gathered into one model call at most.", min=1, max=MAX_BATCH)] = 16,
+    max_delay_ms: Annotated[float, typer.Option(help="How long the oldest request waits for others to join its batch.", min=0, max=10_000)] = 5.0,
+    max_queue: Annotated[int, typer.Option(help="Rows in progress per model at most (decoding, queued, running); past it, 503 at once.", min=1, max=65536)] = 256,
+    max_body_mb: Annotated[float, typer.Option(help="Largest request body; larger ones get 413 before they are read.", min=0.001, max=4096)] = 64.0,
+    read_timeout: Annotated[float, typer.Option(help="Seconds a request's headers, and then its body, may take to arrive (408 or closed past it).", min=1, max=3600)] = 60.0,
+    grace: Annotated[int, typer.Option(help="Seconds that requests in flight get to finish after SIGTERM.", min=0, max=3600)] = 30,
 ) -> None:
     """Serve bundles over HTTP to any Open Inference Protocol (KServe v2) client.
 
@@ -57,8 +59,11 @@ def serve(
         _fail(f"two bundles would be served as {', '.join(duplicates)}: give each a --name")
     if max_queue < max_batch_size:
         _fail(f"--max-queue ({max_queue}) must hold at least one full batch (--max-batch-size {max_batch_size})")
-    listen = Listen(host=host, port=port, grpc_port=grpc_port, grace_seconds=grace, max_body_bytes=int(max_body_mb * 2**20))
-    check_listen(listen)
+    listen = Listen(host=host, port=port, grpc_port=grpc_port, grace_seconds=grace, max_body_bytes=int(max_body_mb * 2**20), read_seconds=read_timeout)
+    try:
+        check_listen(listen)
+    except MitpError as err:
+        _fail(str(err))
     _configure_logging()
     batching = Batching(max_batch_size, max_delay_ms / 1000, max_queue)
     models = [BundleModel(n, f, variant, provider, batching) for n, f in zip(names, folders, strict=True)]
@@ -67,10 +72,7 @@ def serve(
         console.print(f"serving [bold]{escape(model.name)}[/] from {escape(str(model.bundle))} ({model.variant}, {model.predictor.provider if model.predictor else '?'})", soft_wrap=True)
     where = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
     console.print(f"ready on {where}/v2 (metrics at {where}/metrics)", soft_wrap=True)
-    try:
-        run_server(ready, listen)
-    except OSError as err:
-        raise MitpError(f"cannot listen on {host}:{port}: {err.strerror or err}") from err
+    run_server(ready, listen)
 
 
 def _default_name(bundle: Path) -> str:

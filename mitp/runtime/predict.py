@@ -7,6 +7,7 @@ in training (`mitp.runtime.preprocess`, `mitp.runtime.tokenizer`), following the
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,15 +108,15 @@ class Predictor:
 
 
 def check_caption(caption: object) -> None:
-    """A caption mitp can read: text, valid UTF-8, not empty once cleaned (`&nbsp;` alone is empty), and
+    """A caption mitp can read: text, valid UTF-8, not empty once cleaned (`&nbsp;` or a zero-width space alone is empty), and
     its first 77 words of reasonable length (what the tokenizer sees; the rest is cut before it, at no cost)."""
     if not isinstance(caption, str) or not caption.strip():
         raise InputError("the caption is empty: give the text that goes with the image")
     head = clean_head(caption)
     if any("\ud800" <= ch <= "\udfff" for ch in head):  # bytes that were not UTF-8 (surrogate escapes)
         raise InputError("the caption is not valid UTF-8 text")
-    if not head:
-        raise InputError(f"the caption is empty once cleaned ({caption[:40]!r} is only entities and whitespace): give the text that goes with the image")
+    if not any(unicodedata.category(ch)[0] not in "CZ" for ch in head):  # NULs, zero-width spaces, marks of direction
+        raise InputError(f"the caption is empty once cleaned ({caption[:40]!r} is only entities, whitespace and invisible characters): give the text that goes with the image")
     if len(head) > MAX_CAPTION_CHARS:
         raise InputError(f"the caption's first words run to {len(head):,} characters without spaces; mitp reads at most {MAX_CAPTION_CHARS:,}")
 

@@ -18,6 +18,7 @@ cache stores; `normalize` can run on the GPU with the same float32 arithmetic.
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -93,7 +94,13 @@ def _checked_open(file: Path | io.BytesIO, source: str) -> Iterator[Image.Image]
             yield img
     except ImageError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+    except Image.DecompressionBombError as err:  # Pillow's own refusal, at twice MAX_PIXELS: said as mitp says it
+        pixels = re.search(r"\((\d+) pixels\)", str(err))
+        size = f"{int(pixels[1]):,} pixels" if pixels else f"over {2 * MAX_PIXELS:,} pixels"
+        raise ImageTooLarge(f"{source} is too large to decode safely: {size} (limit {MAX_PIXELS:,})") from err
+    except UnidentifiedImageError as err:  # Pillow names the file object, which says nothing to the sender
+        raise ImageError(f"cannot decode {source}: not an image file in a format mitp reads") from err
+    except (OSError, SyntaxError, ValueError) as err:
         raise ImageError(f"cannot decode {source}: {err}") from err
 
 

@@ -1,12 +1,13 @@
 """Dynamic batching: concurrent requests gathered into one onnxruntime call.
 
 Each request's inputs are decoded and checked before they queue (mitp.serve.model), so a batch holds only
-good rows: a bad element fails its own request, never the batch it would have joined. The batcher takes
+good rows: a bad element fails its own request, never the batch it would have joined. A request holds its
+rows of the batcher's capacity (`max_queue`) from before it is decoded until it is answered (`admitted`):
+past it a request is refused at once (`Overloaded`), before any work is spent on it, so the memory of
+decoded and queued pixels stays bounded and a client learns to back off instead of waiting. The batcher takes
 whole requests from the front of a bounded queue until the batch holds `max_batch_size` rows or the oldest
 request has waited `max_delay` seconds (as Triton's max_queue_delay), runs them as one call in a worker
-thread, and hands each request its rows back. A request that would take the queue past `max_queue` rows
-is refused at once (`Overloaded`), so memory stays bounded and a client learns to back off instead of
-waiting forever.
+thread of its own, and hands each request its rows back.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -49,7 +52,9 @@ class DynamicBatcher:
         self.run, self.observe = run, observe
         self.max_batch_size, self.max_delay, self.max_queue = max_batch_size, max_delay, max_queue
         self._queue: deque[_Request] = deque()
-        self._queued_rows = 0
+        self._queued_rows = 0  # rows waiting to join a batch
+        self._held_rows = 0  # rows admitted and not yet answered: decoding, queued or running
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="mitp-infer")  # never behind a decode
         self._arrived = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -69,17 +74,31 @@ class DynamicBatcher:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+        self.close()
+
+    def close(self) -> None:
+        """Let the process exit: a model call still running finishes, none starts."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    @contextmanager
+    def admitted(self, rows: int) -> Iterator[None]:
+        """Hold `rows` of the capacity for one request, from before its decoding until its answer; Overloaded
+        at once when they are not free."""
+        if self._held_rows + rows > self.max_queue:
+            raise Overloaded(f"the server is at capacity ({self._held_rows} of {self.max_queue} rows in progress): retry shortly")
+        self._held_rows += rows
+        try:
+            yield
+        finally:
+            self._held_rows -= rows
 
     async def infer(self, pixels: np.ndarray, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """The logits (n, K) of one request's n rows, computed in a batch with whatever else is queued."""
+        """The logits (n, K) of one admitted request's n rows, computed in a batch with whatever else is queued."""
         if self._task is None:
             raise RuntimeError("the batcher is not started")
-        rows = len(pixels)
-        if self._queued_rows + rows > self.max_queue:
-            raise Overloaded(f"the server is at capacity ({self._queued_rows} of {self.max_queue} rows queued): retry shortly")
         request = _Request(pixels, ids, mask, asyncio.get_running_loop().create_future())
         self._queue.append(request)
-        self._queued_rows += rows
+        self._queued_rows += request.rows
         self._arrived.set()
         return await request.future
 
@@ -116,7 +135,7 @@ class DynamicBatcher:
         pixels = np.concatenate([r.pixels for r in batch])  # (B, 3, H, W)
         ids, mask = np.concatenate([r.ids for r in batch]), np.concatenate([r.mask for r in batch])  # (B, 77) each
         try:
-            logits = await asyncio.to_thread(self.run, pixels, ids, mask)  # (B, K)
+            logits = await asyncio.get_running_loop().run_in_executor(self._executor, self.run, pixels, ids, mask)  # (B, K)
         except Exception as err:  # the model failed (not the input: that was checked before queueing)
             for request in batch:
                 if not request.future.done():

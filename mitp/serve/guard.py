@@ -1,13 +1,16 @@
 """The outermost layer of the HTTP server (ASGI middleware): body limit, request counts, access log.
 
 A request body over the limit is refused with 413 before it is read whole: at once from its
-Content-Length, or as soon as a chunked body passes the limit. Every request to a model's routes is
+Content-Length, or as soon as a chunked body passes the limit. A body that has not all arrived within the
+read deadline is answered 408, so a client that trickles its body cannot hold a connection for ever (the
+headers have their deadline in mitp.serve.connections). Every request to a model's routes is
 counted by model and status (mitp_requests_total), and every request gets one access-log line: client,
 method, path, status, body bytes and milliseconds; never a caption's text or an image.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -24,6 +27,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 access_log = logging.getLogger("mitp.serve.access")
 CLOSED_ROUTES = ("/v2/repository", "/v1/")  # models are chosen on the command line, never over the network
+BODY_METHODS = ("POST", "PUT", "PATCH")
 
 
 class BodyTooLarge(Exception):
@@ -31,16 +35,18 @@ class BodyTooLarge(Exception):
 
 
 class RequestGuard:
-    def __init__(self, app: ASGIApp, max_body_bytes: int, models: Collection[str], metrics: ServeMetrics | None = None):
+    def __init__(self, app: ASGIApp, max_body_bytes: int, models: Collection[str], metrics: ServeMetrics | None = None, read_seconds: float = 60.0):
         self.app, self.max_body_bytes, self.models = app, max_body_bytes, set(models)
         self.metrics = metrics or ServeMetrics()
+        self.read_seconds = read_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started, state = time.monotonic(), {"status": 500, "bytes": 0}
-        if scope.get("path", "").startswith(CLOSED_ROUTES):
+        path = scope.get("path", "")
+        if path.startswith(CLOSED_ROUTES) or "/versions/" in path:  # and model versions, which are not served
             state["status"] = 404
             await _error(send, 404, "not a route of this server")  # KServe's model repository: load and unload by anyone
             self._record(scope, state, time.monotonic() - started)
@@ -49,8 +55,9 @@ class RequestGuard:
             declared = _content_length(scope)
             if declared is not None and declared > self.max_body_bytes:
                 raise BodyTooLarge
-            receive = await self._bounded(receive, state) if declared is None and scope["method"] in ("POST", "PUT") else receive
-            state["bytes"] = declared or state["bytes"]
+            if scope["method"] in BODY_METHODS:
+                async with asyncio.timeout(self.read_seconds):
+                    receive = await self._bounded(receive, state)
 
             async def send_status(message: Message) -> None:
                 if message["type"] == "http.response.start":
@@ -61,11 +68,14 @@ class RequestGuard:
         except BodyTooLarge:
             state["status"] = 413
             await _error(send, 413, f"the request body is over this server's limit of {self.max_body_bytes:,} bytes: send fewer or smaller images per request")
+        except TimeoutError:
+            state["status"] = 408
+            await _error(send, 408, f"the request body did not all arrive within {self.read_seconds:g} s")
         finally:
             self._record(scope, state, time.monotonic() - started)
 
     async def _bounded(self, receive: Receive, state: dict[str, int]) -> Receive:
-        """A body without Content-Length read up to the limit (BodyTooLarge past it), then replayed."""
+        """The body read whole up to the limit (BodyTooLarge past it), then replayed to the app."""
         chunks, size, more = [], 0, True
         while more:
             message = await receive()

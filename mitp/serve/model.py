@@ -6,7 +6,9 @@ encoded image file) and `text` (BYTES, [B], UTF-8 captions). Outputs: `logits` (
 labels joined by `|` for a multi-label model, empty when no label passes its threshold). Images and
 captions follow exactly the rules of `mitp predict` (size limits, EXIF, 77 tokens): the same functions
 decode them. A request is checked whole before it queues, so one bad element fails that request with a
-400 and a one-line reason naming the element, and never the batch it would have joined.
+400 and a one-line reason naming the element, and never the batch it would have joined. It is admitted
+(its rows of the queue's capacity held) before it is decoded, so an overloaded server refuses at once,
+and decoding runs on the model's own threads, never on those of the server or of the model call.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import asyncio
 import base64
 import binascii
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +36,7 @@ from .metrics import ServeMetrics
 
 log = logging.getLogger("mitp.serve")
 LABEL_SEPARATOR = "|"
+DECODE_THREADS = min(4, os.cpu_count() or 1)  # decoding an image holds at most one full-size copy per thread
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,7 @@ class BundleModel(Model):
         self.metrics = metrics or ServeMetrics()
         self.predictor: Predictor | None = None
         self.batcher: DynamicBatcher | None = None
+        self._decoder = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix=f"mitp-decode-{name}")
 
     def load(self) -> bool:
         """Verify the bundle's test vectors for the variant served, open it, and run it once at full batch."""
@@ -94,9 +100,10 @@ class BundleModel(Model):
     async def predict(self, payload: InferRequest, headers: dict[str, str] | None = None) -> InferResponse:
         predictor = self._started()
         images, texts = request_inputs(payload, self.batching.max_queue)
-        pixels, ids, mask = await asyncio.to_thread(self._decode, images, texts)  # off the event loop
         assert self.batcher is not None
-        logits = await self.batcher.infer(pixels, ids, mask)  # (B, K)
+        with self.batcher.admitted(len(images)):
+            pixels, ids, mask = await asyncio.get_running_loop().run_in_executor(self._decoder, self._decode, images, texts)
+            logits = await self.batcher.infer(pixels, ids, mask)  # (B, K)
         probabilities = predictor.decide(logits).astype(np.float32)  # (B, K)
         labels = np.array([LABEL_SEPARATOR.join(predictor.prediction(row, False).labels).encode() for row in probabilities], dtype=object)
         return InferResponse(
@@ -129,9 +136,11 @@ class BundleModel(Model):
         info = self.predictor.info
         captions = []
         for i, raw in enumerate(texts):
-            caption = raw.decode("utf-8", errors="surrogateescape")
             try:
+                caption = raw.decode("utf-8")
                 check_caption(caption)
+            except UnicodeDecodeError:
+                raise InvalidInput(f"text[{i}]: the caption is not valid UTF-8 text") from None
             except MitpError as err:
                 raise InvalidInput(f"text[{i}]: {err}") from None
             captions.append(caption)
@@ -145,24 +154,28 @@ class BundleModel(Model):
         return np.stack(pixels), ids, mask
 
     def stop(self) -> None:
+        """Not ready (KServe calls this on SIGTERM, while the requests in flight still finish)."""
         self.ready = False
+
+    def close(self) -> None:
+        """After the server has stopped: decodes and model calls not yet begun are dropped, so the
+        process exits as soon as those running end."""
+        self._decoder.shutdown(wait=False, cancel_futures=True)
+        if self.batcher is not None:
+            self.batcher.close()
 
 
 def request_inputs(payload: InferRequest, max_rows: int) -> tuple[list[bytes], list[bytes]]:
-    """The request's `image` and `text` elements, checked for names, types and shapes."""
+    """The request's `image` and `text` elements as bytes, checked for names, types and counts."""
     by_name = {i.name: i for i in payload.inputs}
-    unknown = sorted(set(by_name) - {"image", "text"})
-    if unknown or set(by_name) != {"image", "text"}:
-        raise InvalidInput(f"inputs must be `image` and `text` (BYTES, shape [B]); got {', '.join(sorted(by_name)) or 'none'}")
+    if sorted(i.name for i in payload.inputs) != ["image", "text"]:
+        raise InvalidInput(f"inputs must be `image` and `text` (BYTES, shape [B]); got {', '.join(i.name for i in payload.inputs) or 'none'}")
     values = {}
     for name, tensor in by_name.items():
         if tensor.datatype != "BYTES" or len(tensor.shape) != 1:
             raise InvalidInput(f"input `{name}` must be BYTES of shape [B]; got {tensor.datatype} of shape {list(tensor.shape)}")
-        try:
-            array = tensor.as_numpy()
-        except Exception as err:  # a tensor whose data does not fit its shape
-            raise InvalidInput(f"input `{name}` cannot be read: {err}") from None
-        values[name] = [_element(name, i, v) for i, v in enumerate(array.reshape(-1))]
+        data = tensor.data if isinstance(tensor.data, list) else tensor.as_numpy().reshape(-1).tolist()
+        values[name] = [_element(name, i, v) for i, v in enumerate(data)]
     rows = len(values["image"])
     if rows != len(values["text"]) or rows == 0:
         raise InvalidInput(f"`image` and `text` must hold the same number of elements, at least one; got {rows} and {len(values['text'])}")
@@ -172,16 +185,22 @@ def request_inputs(payload: InferRequest, max_rows: int) -> tuple[list[bytes], l
 
 
 def _element(name: str, index: int, value: Any) -> bytes:
-    """One element as bytes. Binary-extension elements are bytes already; in a JSON body, a caption is its
-    text and an image is its file's base64 (JSON strings cannot hold an image file's bytes)."""
+    """One element as bytes. Binary-extension elements are bytes already; in a JSON body, a caption is a
+    string and an image is its file's base64 (JSON strings cannot hold an image file's bytes)."""
     if isinstance(value, bytes):
         return value
+    if not isinstance(value, str):
+        shown = "null" if value is None else type(value).__name__
+        raise InvalidInput(f"{name}[{index}] must be a string; got {shown}")
     if name == "image":
         try:
-            return base64.b64decode(str(value), validate=True)
+            return base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError):
             raise InvalidInput(f"image[{index}]: in a JSON body an image is its file's base64; send raw bytes with the binary data extension") from None
-    return str(value).encode("utf-8", errors="surrogateescape")
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(f"text[{index}] is not valid Unicode text (it holds a lone surrogate)") from None
 
 
 def _output(name: str, array: np.ndarray, datatype: str) -> InferOutput:
