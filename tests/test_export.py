@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -32,8 +33,11 @@ def _test_pairs(root: Path, count: int) -> tuple[list[Path], list[str]]:
 
 def test_bundle_holds_the_graph_tokenizer_metadata_and_a_verified_report(trained):
     bundle = trained / "bundle"
+    weights = {v: entry["file"] for v, entry in json.loads((bundle / "bundle.json").read_text())["backbone_weights"].items()}
+    assert set(weights) == {"fp32", "fp16", "int8"} and len(set(weights.values())) == 3  # each variant's backbone apart
     assert {p.name for p in bundle.iterdir()} == {
         ".mitp-output", "model.onnx", "model.fp16.onnx", "model.int8.onnx", "tokenizer.json", "export_report.json", "bundle.json", "test_vectors",
+        *weights.values(),
     }
     report = json.loads((bundle / "export_report.json").read_text())
     assert report["fp32"]["max_abs_diff"] <= 1e-4
@@ -102,7 +106,7 @@ def test_bundle_json_is_the_contract_without_build_paths(trained):
         meta = {p.key: json.loads(p.value) for p in model.metadata_props}
         assert model.ir_version == 9  # onnxruntime >= 1.17
         assert meta.pop("variant")["name"] == variant and contract["models"][variant]["file"] == file
-        assert meta == {k: v for k, v in contract.items() if k != "test_vectors"}
+        assert meta == {k: v for k, v in contract.items() if k not in ("test_vectors", "backbone_weights")}
     assert "int8" in contract["models"]["int8"]["weights"] and contract["requires"]["onnxruntime"] == ">=1.17"
     assert contract["image"]["resize"]["filter"].startswith("bicubic") and contract["image"]["decode"]["alpha"]["background"] == [255] * 3
     assert contract["tokenizer"]["padding"]["side"] == "right" and "pad id may equal the end id" in contract["tokenizer"]["attention_mask"]
@@ -377,3 +381,44 @@ def test_every_result_records_what_it_was_measured_with(trained):
         head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True) if shutil.which("git") else None
         if head is not None and head.returncode == 0:  # a clone: the commit and whether the tree was modified
             assert env["mitp"]["commit"] == head.stdout.strip() and isinstance(env["mitp"]["modified"], bool)
+
+
+def test_bundles_of_one_backbone_share_its_weights_file_and_one_without_it_is_completed_from_the_store(trained, tmp_path, monkeypatch):
+    """Two tasks trained on the same frozen CLIP: byte-identical backbone files under one name, the task's
+    own tensors inside each model; a copy without the file is refused in one line until the store has it."""
+    from mitp.runtime.verify import verify_bundle
+    from mitp.runtime.weights import TensorCache
+
+    entries = [json.loads((trained / b / "bundle.json").read_text())["backbone_weights"]["fp32"] for b in ("bundle", "other-bundle")]
+    places = [{(t["offset"], t["dtype"], tuple(t["shape"])) for t in entry["table"]} for entry in entries]
+    assert entries[0]["file"] == entries[1]["file"] and places[0] == places[1]  # the exporter's `val_N` names may differ
+    first, second = (trained / b / entries[0]["file"] for b in ("bundle", "other-bundle"))
+    assert first.read_bytes() == second.read_bytes() and hashlib.sha256(first.read_bytes()).hexdigest() == entries[0]["sha256"]
+    backbone_bytes = sum(t["length"] for t in entries[0]["table"])
+    assert backbone_bytes > 10 * (trained / "bundle" / "model.onnx").stat().st_size / 11  # nearly all of the weights are the backbone's
+    assert (trained / "bundle" / "model.onnx").read_bytes() != (trained / "other-bundle" / "model.onnx").read_bytes()
+
+    images, texts = _test_pairs(trained, 3)
+    pixels = np.stack([Predictor(trained / "bundle", "cpu").preprocess(p) for p in images])
+    plain = {b: Predictor(trained / b, "cpu") for b in ("bundle", "other-bundle")}
+    cache = TensorCache()
+    shared = {b: Predictor(trained / b, "cpu", shared=cache) for b in ("bundle", "other-bundle")}
+    assert cache.tensors == len(places[0])  # one copy for both bundles
+    for b in plain:
+        ids, mask, _ = plain[b].tokenize(texts)
+        assert np.abs(plain[b].logits(pixels, ids, mask) - shared[b].logits(pixels, ids, mask)).max() <= 1e-5
+
+    alone = tmp_path / "alone"  # the trained part alone, as a release may carry it
+    shutil.copytree(trained / "bundle", alone, ignore=shutil.ignore_patterns("backbone-*"))
+    monkeypatch.setenv("MITP_BACKBONES", str(tmp_path / "store"))
+    result = CliRunner().invoke(app, ["predict", str(images[0]), texts[0], "--model", str(alone), "--provider", "cpu"])
+    assert result.exit_code != 0 and "carries its trained part alone" in result.output and "mitp bundle share" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    (tmp_path / "store").mkdir()
+    shutil.copy(second, tmp_path / "store" / second.name)  # any bundle's copy
+    result = CliRunner().invoke(app, ["predict", str(images[0]), texts[0], "--model", str(alone), "--provider", "cpu", "--json"])
+    expected = CliRunner().invoke(app, ["predict", str(images[0]), texts[0], "--model", str(trained / "bundle"), "--provider", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["scores"] == pytest.approx(json.loads(expected.stdout)["scores"], abs=1e-5)
+    checks = verify_bundle(alone, ["fp32"])
+    assert all(c.ok for c in checks), [c for c in checks if not c.ok]

@@ -175,9 +175,14 @@ def test_export_killed_at_every_write_keeps_a_whole_bundle(tmp_path, monkeypatch
     train_run(resolve_run(load_config(tmp_path / "config.yaml"), "food", "mitp"), tmp_path / "run", progress=False)
     bundle = tmp_path / "bundle"
     export_bundle(tmp_path / "run", bundle)
-    converted = (bundle / "model.onnx").read_bytes()
+    converted = {p.name: p.read_bytes() for p in bundle.glob("*.onnx*") if p.name.startswith(("model.onnx", "backbone-"))}
+
+    def convert_once(graph, inputs, path):  # the model and its backbone file, as a conversion leaves them
+        for name, data in converted.items():
+            (path.parent / name).write_bytes(data)
+
     # The conversion itself writes only inside the bundle's temporary folder; convert once, not per kill.
-    monkeypatch.setattr(export, "write_onnx", lambda graph, inputs, path: path.write_bytes(converted))
+    monkeypatch.setattr(export, "write_onnx", convert_once)
     writes = count_writes(lambda: export_bundle(tmp_path / "run", tmp_path / "counted"))
     for n in range(1, writes + 1):
         assert run_killed_at(n, lambda: export_bundle(tmp_path / "run", bundle)), n

@@ -131,3 +131,30 @@ def test_a_hub_repository_that_cannot_be_read_offline_is_one_line(tmp_path, monk
     result = runner.invoke(app, ["predict", "x.jpg", "red", "--model", "someone/mitp-release"])
     said = " ".join(result.output.split())
     assert result.exit_code == 2 and "HF_HUB_OFFLINE=1 is set" in said and "not in this machine's Hub cache" in said and "Traceback" not in result.output
+
+
+def test_a_release_without_the_backbone_is_completed_from_the_store_that_another_bundle_filled(trained, tmp_path, monkeypatch):
+    monkeypatch.setenv("MITP_BACKBONES", str(tmp_path / "store"))
+    monkeypatch.setenv("MITP_CACHE", str(tmp_path / "cache"))
+    release = tmp_path / "release"
+    result = runner.invoke(app, ["release", str(trained / "bundle"), "--out", str(release), "--without-backbone"])
+    assert result.exit_code == 0, result.output
+    contract = json.loads((release / "bundle.json").read_text())
+    files = {entry["file"] for entry in contract["backbone_weights"].values()}
+    assert files and not any((release / name).exists() for name in files)
+    assert sum(p.stat().st_size for p in release.rglob("*") if p.is_file()) < sum(p.stat().st_size for p in (trained / "bundle").rglob("*") if p.is_file()) / 2
+    card = (release / "README.md").read_text()
+    assert "carries the trained part alone" in card and all(name in card for name in files) and "mitp bundle share" in card
+
+    image = next((release / "test_vectors").glob("*.jpg"))
+    refused = runner.invoke(app, ["predict", str(image), "red", "--model", str(release)])
+    assert refused.exit_code != 0 and "neither in it nor in the backbone store" in " ".join(refused.output.split())
+    assert refused.exception is None or isinstance(refused.exception, SystemExit)
+    shared = runner.invoke(app, ["bundle", "share", str(trained / "other-bundle")])  # another task, the same backbone
+    assert shared.exit_code == 0 and "added" in shared.output, shared.output
+    assert "already there" in runner.invoke(app, ["bundle", "share", str(trained / "other-bundle")]).output
+    assert runner.invoke(app, ["bundle", "verify", str(release), "--variant", "fp32"]).exit_code == 0
+    completed = runner.invoke(app, ["predict", str(image), "red", "--model", str(release), "--json"])
+    whole = runner.invoke(app, ["predict", str(image), "red", "--model", str(trained / "bundle"), "--json"])
+    assert completed.exit_code == 0, completed.output
+    assert json.loads(completed.stdout)["scores"] == pytest.approx(json.loads(whole.stdout)["scores"], abs=1e-5)

@@ -122,16 +122,17 @@ def test_site_holds_pages_bundle_and_runtime(trained, tmp_path):
 
 
 def test_site_ships_external_weights_and_starts_large_models_on_int8(trained, tmp_path, monkeypatch):
-    """Weights that `mitp export` writes apart (<model>.data) travel with the site and are named in site.json;
-    above LARGE_MODEL bytes of fp32 weights the demo page starts on int8."""
+    """Weights that `mitp export` writes apart (the backbone's file per variant) travel with the site and are
+    named in site.json; above LARGE_MODEL bytes of fp32 weights the demo page starts on int8."""
     bundle = tmp_path / "bundle"
     shutil.copytree(trained / "bundle", bundle)
-    (bundle / "model.onnx.data").write_bytes(b"\0" * 4096)
     monkeypatch.setattr(site_module, "LARGE_MODEL", (bundle / "model.onnx").stat().st_size + 1024)
     site_module.build_site(bundle, tmp_path / "site", node_modules=fake_node_modules(tmp_path / "nm"))
     described = json.loads((tmp_path / "site" / "site.json").read_text())
-    assert described["external_data"] == {"fp32": "model.onnx.data"} and described["default_variant"] == "int8"
-    assert (tmp_path / "site" / "bundle" / "model.onnx.data").read_bytes() == b"\0" * 4096
+    backbone = {v: entry["file"] for v, entry in json.loads((bundle / "bundle.json").read_text())["backbone_weights"].items()}
+    assert described["external_data"] == backbone and described["default_variant"] == "int8"
+    for name in backbone.values():
+        assert (tmp_path / "site" / "bundle" / name).read_bytes() == (bundle / name).read_bytes()
 
 
 def test_site_refusals_are_one_line(trained, tmp_path):

@@ -1,4 +1,4 @@
-"""Inspecting and shipping bundles: mitp bundle verify, web and serve (torch-free)."""
+"""Inspecting and shipping bundles: mitp bundle verify, share, web and serve (torch-free)."""
 
 from __future__ import annotations
 
@@ -45,6 +45,18 @@ def bundle_verify(
         console.print(f"[bold red]bundle verify failed:[/] {len(failed)} of {len(checks)} checks", soft_wrap=True)
         raise typer.Exit(1)
     console.print(f"[bold green]bundle verified:[/] {len(checks)} checks passed")
+
+
+@bundle_app.command("share")
+def bundle_share(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder from `mitp export` (with its backbone file).")],
+) -> None:
+    """Put the bundle's backbone weights into the local backbone store ($MITP_BACKBONES, else
+    ~/.cache/mitp/backbones), where a bundle of the same backbone that carries its trained part alone finds them."""
+    from ..runtime.weights import backbone_store, share_backbone
+
+    for name, added in share_backbone(_model_folder(bundle)):
+        console.print(f"{'added' if added else 'already there'}: {escape(str(backbone_store() / name))}", soft_wrap=True)
 
 
 @bundle_app.command("web")

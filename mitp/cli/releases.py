@@ -43,11 +43,12 @@ def release_make(
     out: Annotated[Path, typer.Option("--out", "-o", help="The release folder to write.")],
     bundle: Annotated[Path | None, typer.Option(help="The run's bundle (default: exported now).")] = None,
     run: Annotated[Path | None, typer.Option(help="The bundle's run, for its prompts and test metrics.")] = None,
+    backbone: Annotated[bool, typer.Option("--backbone/--without-backbone", help="Include the frozen backbone's weights, or carry the trained part alone (completed from the local backbone store).")] = True,
 ) -> None:
     """Write a release folder: README.md (model card), the bundle, the prompts, the config and the results."""
     from ..ship.release import write_release
 
-    release = write_release(source, out, bundle=bundle, run=run)
+    release = write_release(source, out, bundle=bundle, run=run, with_backbone=backbone)
     if not release.from_run:
         console.print("[yellow]note:[/] released from a bundle alone: the card has no training record or test metrics (give --run RUN for them)", soft_wrap=True)
     elif not release.evaluated:

@@ -42,6 +42,7 @@ def serve(
     SIGTERM stops accepting, finishes the requests in flight and exits 0. In a container, as a KServe InferenceService, behind a Kubernetes probe: docs/serving.md.
     """
     _require("kserve", extra="serve")
+    from ..runtime.weights import sharing
     from ..serve.model import Batching, BundleModel
     from ..serve.server import Listen, check_listen, load_models
     from ..serve.server import serve as run_server
@@ -66,10 +67,12 @@ def serve(
         _fail(str(err))
     _configure_logging()
     batching = Batching(max_batch_size, max_delay_ms / 1000, max_queue)
-    models = [BundleModel(n, f, variant, provider, batching) for n, f in zip(names, folders, strict=True)]
+    caches = sharing(folders, variant)  # bundles of one backbone: its weights loaded once for all of them
+    models = [BundleModel(n, f, variant, provider, batching, shared=c) for n, f, c in zip(names, folders, caches, strict=True)]
     ready = load_models(models, say=lambda m: console.print(f"[bold yellow]warning:[/] {escape(m)}", soft_wrap=True))
     for model in ready:
-        console.print(f"serving [bold]{escape(model.name)}[/] from {escape(str(model.bundle))} ({model.variant}, {model.predictor.provider if model.predictor else '?'})", soft_wrap=True)
+        how = f"{model.variant}, {model.predictor.provider if model.predictor else '?'}" + (", backbone shared" if model.shared else "")
+        console.print(f"serving [bold]{escape(model.name)}[/] from {escape(str(model.bundle))} ({how})", soft_wrap=True)
     where = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
     console.print(f"ready on {where}/v2 (metrics at {where}/metrics)", soft_wrap=True)
     run_server(ready, listen)

@@ -32,6 +32,7 @@ from .decision import SIGMOID_THRESHOLD, decision_rule
 BUNDLE_FORMAT = 2  # bumped when the graph's inputs/outputs or the contract change incompatibly
 MODEL_FILE, TOKENIZER_FILE, REPORT_FILE, CONTRACT_FILE = "model.onnx", "tokenizer.json", "export_report.json", "bundle.json"
 VECTORS_DIR, VECTORS_FILE = "test_vectors", "test_vectors/vectors.json"
+BACKBONE_KEY = "backbone_weights"  # bundle.json only: each model's backbone file (mitp.runtime.weights), known once the model is written
 VARIANT_FILES = {"fp32": MODEL_FILE, "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}  # `mitp predict --variant`
 VARIANT_PRECISION = {
     "fp32": {"weights": "float32", "compute": "float32", "inputs_outputs": "float32"},
@@ -129,10 +130,12 @@ def bundle_file(bundle: Path, name: Any, what: str, max_bytes: int | None = None
 
 
 def external_data(bundle: Path, contract: dict[str, Any], variant: str) -> str | None:
-    """The file holding a model's weights apart (`mitp export` writes weights above 1 GiB to `<model>.data`,
-    beside the model, as ONNX external data), or None."""
-    name = contract["models"][variant]["file"] + ".data"
-    return name if (Path(bundle) / name).is_file() else None
+    """The file in the bundle that holds a model's weights apart, as ONNX external data, or None: its
+    backbone's weights (`backbone_weights.<variant>`, mitp.runtime.weights), or in bundles exported before
+    them `<model>.data` beside the model. A bundle that carries its trained part alone has none."""
+    weights = contract.get(BACKBONE_KEY, {}).get(variant) if isinstance(contract.get(BACKBONE_KEY), dict) else None
+    name = weights.get("file") if isinstance(weights, dict) else contract["models"][variant]["file"] + ".data"
+    return name if isinstance(name, str) and (Path(bundle) / name).is_file() else None
 
 
 def read_contract(bundle: Path) -> dict[str, Any]:

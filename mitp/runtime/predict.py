@@ -25,10 +25,12 @@ from .bundle import (
     BundleInfo,
     bundle_file,
     parse_metadata,
+    read_contract,
 )
 from .decision import MULTILABEL_THRESHOLD, SIGMOID_THRESHOLD, sigmoid, softmax
 from .preprocess import ImageError, load_image, preprocess_image
 from .tokenizer import MAX_CAPTION_CHARS, clean_head, load_tokenizer_file
+from .weights import BackboneWeights, TensorCache, session_options, weights_of
 
 PROVIDERS = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
 
@@ -51,7 +53,8 @@ class Prediction:
 class Predictor:
     """A loaded bundle: one onnxruntime session plus the bundle's preprocessing and tokenizer."""
 
-    def __init__(self, bundle: str | Path, provider: str = "auto", variant: str = "fp32"):
+    def __init__(self, bundle: str | Path, provider: str = "auto", variant: str = "fp32", shared: TensorCache | None = None):
+        """`shared`: a cache through which sessions of bundles with the same backbone share its weights."""
         if variant not in VARIANT_FILES:
             raise InputError(f"unknown variant {variant!r}; allowed: {', '.join(VARIANT_FILES)}")
         bundle = Path(bundle)
@@ -62,7 +65,8 @@ class Predictor:
         if not model_path.is_file():
             raise BundleError(f"{bundle} has no {variant} variant ({model_path.name}): export it with `mitp export --{variant}`")
         model_path = bundle_file(bundle, VARIANT_FILES[variant], "model")  # a link out of the bundle is refused
-        self.session, self.provider, self.note = open_session(model_path, provider)
+        weights = weights_of(bundle, read_contract(bundle), variant)
+        self.session, self.provider, self.note = open_session(model_path, provider, weights, shared)
         self.info: BundleInfo = parse_metadata(self.session.get_modelmeta().custom_metadata_map, str(model_path))
         self.tokenizer = load_tokenizer_file(bundle_file(bundle, TOKENIZER_FILE, "tokenizer file", MAX_TOKENIZER_BYTES))
         expected = self.info.tokenizer["max_length"]
@@ -121,8 +125,9 @@ def check_caption(caption: object) -> None:
         raise InputError(f"the caption's first words run to {len(head):,} characters without spaces; mitp reads at most {MAX_CAPTION_CHARS:,}")
 
 
-def open_session(model_path: Path, provider: str = "auto"):
-    """(session, provider that actually runs, note for the user). CUDA only where it really runs."""
+def open_session(model_path: Path, provider: str = "auto", weights: BackboneWeights | None = None, shared: TensorCache | None = None):
+    """(session, provider that actually runs, note for the user). CUDA only where it really runs. The
+    model's backbone weights are read from where `weights` found them, through `shared` when given."""
     try:
         import onnxruntime as ort
     except ImportError as err:
@@ -138,7 +143,7 @@ def open_session(model_path: Path, provider: str = "auto"):
             if provider == "auto":  # a failed try is said in one note below, not in onnxruntime's own log lines
                 ort.set_default_logger_severity(4)
             try:
-                session = ort.InferenceSession(str(model_path), providers=[PROVIDERS["cuda"], PROVIDERS["cpu"]])
+                session = _session(ort, model_path, [PROVIDERS["cuda"], PROVIDERS["cpu"]], weights, shared)
                 if session.get_providers()[0] == PROVIDERS["cuda"]:
                     return session, PROVIDERS["cuda"], note
                 note = (
@@ -155,10 +160,17 @@ def open_session(model_path: Path, provider: str = "auto"):
             raise InputError(f"--provider cuda cannot run here: {note}")
         note = f"running on CPU: {note}" if gpu_present() else ""  # on a machine without a GPU, CPU is no news
     try:
-        session = ort.InferenceSession(str(model_path), providers=[PROVIDERS["cpu"]])
+        session = _session(ort, model_path, [PROVIDERS["cpu"]], weights, shared)
     except Exception as err:
         raise BundleError(f"onnxruntime cannot load {model_path}: {err}") from err
     return session, PROVIDERS["cpu"], note
+
+
+def _session(ort, model_path: Path, providers: list[str], weights: BackboneWeights | None, shared: TensorCache | None):
+    if weights is None or (weights.in_bundle and shared is None):  # onnxruntime finds the weights beside the model
+        return ort.InferenceSession(str(model_path), providers=providers)
+    device = "cuda" if providers[0] == PROVIDERS["cuda"] else "cpu"
+    return ort.InferenceSession(model_path.read_bytes(), session_options(ort, weights, shared, device), providers=providers)
 
 
 def gpu_present() -> bool:

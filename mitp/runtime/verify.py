@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from .bundle import (
+    BACKBONE_KEY,
     CONTRACT_FILE,
     MAX_TOKENIZER_BYTES,
     MAX_VECTORS_BYTES,
@@ -148,8 +149,10 @@ def verify_bundle(bundle: Path, variants: list[str] | None = None, provider: str
     checks.append(_check_images(bundle, contract, vectors["vectors"]))
     for variant in chosen:
         from .predict import open_session
+        from .weights import weights_of
 
-        session, _, _ = open_session(bundle_file(bundle, VARIANT_FILES[variant], "model"), provider)  # a link out of the bundle is refused
+        model = bundle_file(bundle, VARIANT_FILES[variant], "model")  # a link out of the bundle is refused
+        session, _, _ = open_session(model, provider, weights_of(bundle, contract, variant))
         checks.append(_check_metadata(session, contract, variant))
         checks.append(_check_model(session, bundle, contract, variant, vectors))
     return checks
@@ -271,7 +274,7 @@ def _check_images(bundle: Path, contract: dict[str, Any], vectors: list[dict]) -
 
 def _check_metadata(session, contract: dict[str, Any], variant: str) -> Check:
     props = {k: json.loads(v) for k, v in session.get_modelmeta().custom_metadata_map.items()}
-    differing = sorted(k for k, v in contract.items() if k != "test_vectors" and props.get(k) != v)
+    differing = sorted(k for k, v in contract.items() if k not in ("test_vectors", BACKBONE_KEY) and props.get(k) != v)
     if props.get("variant", {}).get("name") != variant:
         differing.append("variant")
     name = VARIANT_FILES[variant]

@@ -31,6 +31,7 @@ from ..errors import MitpError
 from ..runtime.predict import Predictor, check_caption
 from ..runtime.preprocess import load_image_bytes, preprocess_image
 from ..runtime.verify import verify_bundle
+from ..runtime.weights import TensorCache
 from .batcher import DynamicBatcher
 from .metrics import ServeMetrics
 
@@ -55,9 +56,13 @@ class BundleNotServed(MitpError):
 class BundleModel(Model):
     """A verified, warmed-up bundle behind the v2 protocol; `load()` must succeed before it is ready."""
 
-    def __init__(self, name: str, bundle: Path, variant: str = "fp32", provider: str = "auto", batching: Batching = Batching(), metrics: ServeMetrics | None = None):
+    def __init__(
+        self, name: str, bundle: Path, variant: str = "fp32", provider: str = "auto", batching: Batching = Batching(),
+        metrics: ServeMetrics | None = None, shared: TensorCache | None = None,
+    ):
         super().__init__(name)
         self.bundle, self.variant, self.provider, self.batching = Path(bundle), variant, provider, batching
+        self.shared = shared  # the backbone's tensors, shared with the other bundles of the same backbone
         self.metrics = metrics or ServeMetrics()
         self.predictor: Predictor | None = None
         self.batcher: DynamicBatcher | None = None
@@ -72,11 +77,14 @@ class BundleModel(Model):
             raise BundleNotServed(f"{self.bundle} is not a bundle that can be served: {err}") from err
         if failed:
             raise BundleNotServed(f"{self.bundle} fails verification ({'; '.join(f'{c.name}: {c.detail}' for c in failed)})")
-        predictor = Predictor(self.bundle, self.provider, self.variant)
+        predictor = Predictor(self.bundle, self.provider, self.variant, self.shared)
         size = predictor.info.image_size
         ids, mask, _ = predictor.tokenizer.encode(["warm-up"] * self.batching.max_batch_size)
         for rows in sorted({1, self.batching.max_batch_size}):  # the first call of each shape allocates
-            predictor.logits(np.zeros((rows, 3, size, size), np.float32), ids[:rows], mask[:rows])
+            try:
+                predictor.logits(np.zeros((rows, 3, size, size), np.float32), ids[:rows], mask[:rows])
+            except Exception as err:  # onnxruntime's own exception types (out of memory among them), or MemoryError
+                raise BundleNotServed(f"{self.bundle} cannot run a batch of {rows} here ({str(err).splitlines()[0][:200]}): lower --max-batch-size") from err
         self.predictor = predictor
         self.ready = True
         return True

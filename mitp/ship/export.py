@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from ..files.atomic import atomic_write_json, file_sha256
 from ..files.outputs import build_output, claim
 from ..model.backbone import hub_id
 from ..runtime.bundle import (
+    BACKBONE_KEY,
     BUNDLE_FORMAT,
     CONTRACT_FILE,
     MIN_ONNXRUNTIME,
@@ -43,6 +45,7 @@ from ..runtime.decision import decision_rule, multilabel_decisions
 from ..runtime.preprocess import image_rules, load_image, preprocess_image
 from ..runtime.verify import vector_sources, write_test_vectors
 from ..train.factory import image_size, load_trained
+from .weights import by_content, by_name, frozen_hashes, move_backbone, tensor_table
 
 TOLERANCE = 1e-4
 VERIFY_BATCHES = (1, 3)
@@ -83,7 +86,8 @@ def export_bundle(
         write_onnx(graph, inputs, tmp / MODEL_FILE)
         export_seconds = time.perf_counter() - started
         contract = bundle_contract(run, state, backbone, size, ["fp32", *writers])
-        finish_model(tmp / MODEL_FILE, metadata_props(contract, "fp32"))
+        weights = {"fp32": finish_model(tmp / MODEL_FILE, metadata_props(contract, "fp32"), by_content(frozen_hashes(model)))}
+        backbone_names = {t["name"] for t in weights["fp32"]["table"]} if weights["fp32"] else set()
         backbone.tokenizer.save(tmp / TOKENIZER_FILE)
 
         report: dict[str, Any] = {
@@ -101,10 +105,11 @@ def export_bundle(
             reference = _run_torch(graph, inputs)  # (N, K), shared by the variants' checks
             for variant, write in writers.items():
                 write(tmp / MODEL_FILE, tmp / VARIANT_FILES[variant])
-                finish_model(tmp / VARIANT_FILES[variant], metadata_props(contract, variant), check=False)
+                weights[variant] = finish_model(tmp / VARIANT_FILES[variant], metadata_props(contract, variant), by_name(backbone_names), check=False)
                 report[variant] = verify_top1(reference, tmp / VARIANT_FILES[variant], inputs, run.dataset.task == "multi-label")
         vectors = write_test_vectors(tmp, vector_sources(pairs, tmp / ".generated"), backbone.tokenizer, size, ["fp32", *writers])
         shutil.rmtree(tmp / ".generated", ignore_errors=True)
+        contract[BACKBONE_KEY] = {variant: entry for variant, entry in weights.items() if entry is not None}
         atomic_write_json(tmp / CONTRACT_FILE, {**contract, "test_vectors": VECTORS_FILE})
         report["test_vectors"] = len(vectors)
         atomic_write_json(tmp / REPORT_FILE, report)
@@ -199,11 +204,13 @@ def write_onnx(graph: torch.nn.Module, inputs: dict[str, np.ndarray], path: Path
     program.save(str(path))
 
 
-def finish_model(path: Path, props: dict[str, str], check: bool = True) -> None:
+def finish_model(path: Path, props: dict[str, str], backbone: Callable[[Any], bool], check: bool = True) -> dict[str, Any] | None:
     """Give a saved graph the bundle contract as metadata and ONNX IR version 9 (onnxruntime >= 1.17 loads
-    it; the exporter writes IR 10, which needs 1.18, and uses nothing of IR 10), then check it with
-    onnx.checker. The fp16 converter leaves its casts out of topological order, which the checker rejects
-    and onnxruntime accepts: the variants are checked by running them instead (verify_top1)."""
+    it; the exporter writes IR 10, which needs 1.18, and uses nothing of IR 10), move the initializers that
+    `backbone` says are the frozen backbone's to their own file (mitp.ship.weights), then check it with
+    onnx.checker. Returns the backbone file's entry, or None. The fp16 converter leaves its casts out of
+    topological order, which the checker rejects and onnxruntime accepts: the variants are checked by
+    running them instead (verify_top1)."""
     import onnx
 
     model = onnx.load(str(path))
@@ -217,12 +224,16 @@ def finish_model(path: Path, props: dict[str, str], check: bool = True) -> None:
     shapes = [v for v in model.graph.value_info if v.name not in weights]
     del model.graph.value_info[:]
     model.graph.value_info.extend(shapes)
-    large = sum(t.ByteSize() for t in model.graph.initializer) > EXTERNAL_DATA_BYTES
+    backbone_file = move_backbone(model, path.parent, backbone)
+    large = sum(t.ByteSize() for t in model.graph.initializer) > EXTERNAL_DATA_BYTES  # the task's own, inline as a rule
     for stale in path.parent.glob(path.name + ".data"):
         stale.unlink()
     onnx.save(model, str(path), save_as_external_data=large, location=path.name + ".data" if large else None)
     if check:
         onnx.checker.check_model(str(path), full_check=True)
+    if backbone_file is not None:
+        backbone_file["table"] = tensor_table(model, backbone_file["file"])
+    return backbone_file
 
 
 def _cpu_session(path: Path):

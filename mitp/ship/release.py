@@ -28,8 +28,9 @@ from ..files.atomic import atomic_write_json, atomic_write_text, file_sha256
 from ..files.outputs import build_output, marker_kind, recorded_files
 from ..files.paths import inside
 from ..report.intervals import Decisions, bootstrap_interval
-from ..runtime.bundle import CONTRACT_FILE, read_contract
+from ..runtime.bundle import BACKBONE_KEY, CONTRACT_FILE, read_contract
 from ..runtime.verify import bundle_files
+from ..runtime.weights import weights_of
 from .hf import calling_hub
 
 PROMPTS_FILE, CONFIG_FILE, RESULTS_FILE, CARD_FILE = "mitp_prompts.safetensors", "mitp_config.json", "results.json", "README.md"
@@ -41,10 +42,11 @@ class ReleaseError(MitpError, ValueError):
     """A release cannot be made from what was given; the message says why."""
 
 
-def write_release(source: Path, out: Path, bundle: Path | None = None, run: Path | None = None) -> Release:
+def write_release(source: Path, out: Path, bundle: Path | None = None, run: Path | None = None, with_backbone: bool = True) -> Release:
     """Write the release folder `out` from a run folder (its bundle given, or exported now) or a bundle
     (its run given for the prompts and metrics, or left out). Only the files the bundle names are copied,
-    and nothing of this machine (no path, user name or token) goes in."""
+    and nothing of this machine (no path, user name or token) goes in. Without the backbone, the release
+    carries the trained part alone; its card says which backbone file completes it, and from where."""
     source = Path(source)
     if (source / CONTRACT_FILE).is_file():
         bundle = source
@@ -60,12 +62,21 @@ def write_release(source: Path, out: Path, bundle: Path | None = None, run: Path
             bundle = tmp / ".bundle"
         assert bundle is not None  # given, or exported just now
         contract = read_contract(bundle)
+        backbone = set()
+        for variant in contract.get(BACKBONE_KEY) or {}:
+            weights = weights_of(bundle, contract, variant)  # each entry checked
+            if weights is not None:
+                backbone.add(weights.file.name)
+        if not with_backbone and not backbone:
+            raise ReleaseError(f"{bundle} keeps its backbone inside its models (exported before backbone files): export it again to release its trained part alone")
         for name in bundle_files(bundle, contract):  # what the bundle names, each a regular file inside it
+            if name in backbone and not with_backbone:
+                continue
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(Path(bundle) / name, tmp / name)  # a Hub cache snapshot's links: their content
         shutil.rmtree(tmp / ".bundle", ignore_errors=True)
         results = _run_files(run, contract, tmp) if run is not None else None
-        atomic_write_text(tmp / CARD_FILE, model_card(contract, results))
+        atomic_write_text(tmp / CARD_FILE, model_card(contract, results, with_backbone))
     return Release(Path(out), evaluated=bool(results and results.get("test")), from_run=results is not None)
 
 
@@ -200,7 +211,7 @@ def _md(text: Any) -> str:
     return re.sub(r"([\\`*_{}\[\]()#+\-.!|~>])", r"\\\1", escaped)
 
 
-def model_card(contract: dict[str, Any], results: dict[str, Any] | None) -> str:
+def model_card(contract: dict[str, Any], results: dict[str, Any] | None, with_backbone: bool = True) -> str:
     """README.md: the YAML header the Hub reads, then what the model is for, how it reads the paper, how it
     was trained and evaluated, and what it ran on."""
     dataset, setting, task = contract["dataset"], contract["setting"], contract["task"]
@@ -297,6 +308,17 @@ def model_card(contract: dict[str, Any], results: dict[str, Any] | None) -> str:
         "whole contract (preprocessing, tokenizer, decision rule) and `test_vectors/` the expected values for every step.",
         "",
     ]
+    if not with_backbone:
+        files = sorted({f"`{e['file']}` ({e['bytes']:,} bytes, SHA-256 `{e['sha256']}`)" for e in contract[BACKBONE_KEY].values()})
+        lines += [
+            "## The backbone's weights",
+            "",
+            f"This release carries the trained part alone. The frozen backbone's weights ({_md(backbone)}) are the file(s) "
+            f"{', '.join(files)} that every mitp bundle exported from the same backbone holds, byte for byte. Put one "
+            "bundle's copy in the local backbone store with `mitp bundle share BUNDLE`; `mitp predict` and `mitp serve` then "
+            "complete this model from it.",
+            "",
+        ]
     return "\n".join(lines)
 
 
