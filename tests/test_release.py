@@ -158,3 +158,16 @@ def test_a_release_without_the_backbone_is_completed_from_the_store_that_another
     whole = runner.invoke(app, ["predict", str(image), "red", "--model", str(trained / "bundle"), "--json"])
     assert completed.exit_code == 0, completed.output
     assert json.loads(completed.stdout)["scores"] == pytest.approx(json.loads(whole.stdout)["scores"], abs=1e-5)
+
+    stored = tmp_path / "store" / contract["backbone_weights"]["fp32"]["file"]
+    stored.write_bytes(b"\xff" * stored.stat().st_size)  # damaged in place: same name, same size
+    damaged = runner.invoke(app, ["predict", str(image), "red", "--model", str(release), "--json"])
+    assert damaged.exit_code != 0 and "does not reproduce its own test vectors" in " ".join(damaged.output.split())  # verified again
+    repaired = runner.invoke(app, ["bundle", "share", str(trained / "other-bundle")])
+    assert repaired.exit_code == 0 and "added" in repaired.output  # the damaged copy replaced
+    assert runner.invoke(app, ["predict", str(image), "red", "--model", str(release)]).exit_code == 0
+    monkeypatch.setenv("MITP_BACKBONES", str(tmp_path / "store" / "backbone-0000000000000000.onnx.data"))
+    (tmp_path / "store" / "backbone-0000000000000000.onnx.data").write_bytes(b"")  # a store that is a file
+    unwritable = runner.invoke(app, ["bundle", "share", str(trained / "other-bundle")])
+    assert unwritable.exit_code != 0 and "cannot write the backbone store" in " ".join(unwritable.output.split())
+    assert unwritable.exception is None or isinstance(unwritable.exception, SystemExit)

@@ -351,6 +351,10 @@ def test_every_malformed_request_is_a_one_line_400_that_does_not_echo_the_body(s
     header = json.dumps({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [2], "parameters": {"binary_data_size": 4 * 200_000}}]}).encode()
     status, answer = _post(served, "/v2/models/food/infer", header + bytes(4 * 200_000), {"inference-header-content-length": str(len(header))})
     assert status == 400 and "more elements than its shape says" in answer, answer
+    status, answer = _post(served, "/v2/models/food/infer", header, {"inference-header-content-length": "0" * 4400 + "1"})
+    assert status == 400 and "Inference-Header-Content-Length must be" in answer, answer
+    status, answer = _post(served, "/v2/models//infer", b"{}", {})
+    assert status == 404 and json.loads(answer).keys() == {"error"}, answer
     assert _post(served, "/v2/models/food/versions/1/infer", _json_request(_text(["a"]), picture), {})[0] == 404
     assert served.client().is_server_ready()
     assert "Traceback" not in served.stderr()

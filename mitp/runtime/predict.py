@@ -67,6 +67,7 @@ class Predictor:
         model_path = bundle_file(bundle, VARIANT_FILES[variant], "model")  # a link out of the bundle is refused
         weights = weights_of(bundle, read_contract(bundle), variant)
         self.session, self.provider, self.note = open_session(model_path, provider, weights, shared)
+        self.shared = shared  # the session reads the cache's tensors in place: they live as long as it
         self.info: BundleInfo = parse_metadata(self.session.get_modelmeta().custom_metadata_map, str(model_path))
         self.tokenizer = load_tokenizer_file(bundle_file(bundle, TOKENIZER_FILE, "tokenizer file", MAX_TOKENIZER_BYTES))
         expected = self.info.tokenizer["max_length"]

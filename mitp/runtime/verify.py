@@ -134,8 +134,9 @@ def write_test_vectors(
     return vectors
 
 
-def verify_bundle(bundle: Path, variants: list[str] | None = None, provider: str = "cpu") -> list[Check]:
-    """Every check of a bundle against its contract and test vectors; BundleError if it is not a bundle."""
+def verify_bundle(bundle: Path, variants: list[str] | None = None, provider: str = "cpu", sessions: dict[str, Any] | None = None) -> list[Check]:
+    """Every check of a bundle against its contract and test vectors; BundleError if it is not a bundle.
+    `sessions`: a variant's session already open (a server's), checked instead of opening another."""
     bundle = Path(bundle)
     contract = read_contract(bundle)
     present = [v for v in contract.get("models", {}) if (bundle / VARIANT_FILES[v]).is_file()]
@@ -152,7 +153,10 @@ def verify_bundle(bundle: Path, variants: list[str] | None = None, provider: str
         from .weights import weights_of
 
         model = bundle_file(bundle, VARIANT_FILES[variant], "model")  # a link out of the bundle is refused
-        session, _, _ = open_session(model, provider, weights_of(bundle, contract, variant))
+        if sessions and variant in sessions:
+            session = sessions[variant]
+        else:
+            session, _, _ = open_session(model, provider, weights_of(bundle, contract, variant))
         checks.append(_check_metadata(session, contract, variant))
         checks.append(_check_model(session, bundle, contract, variant, vectors))
     return checks
@@ -308,13 +312,17 @@ def _check_model(session, bundle: Path, contract: dict[str, Any], variant: str, 
 
 def verified_once(bundle: Path, variant: str, cache: Path | None = None) -> bool:
     """Verify `bundle`'s `variant` against its test vectors before its first use on this machine; later uses
-    find a stamp (keyed by the contract and the model file's size, time and inode) in mitp's cache and skip it. Returns
+    find a stamp (keyed by the contract, and the size, time, inode and place of the model file and of its backbone
+    file, wherever that was found) in mitp's cache and skip it. Returns
     whether it verified now. BundleError names the checks that fail: a bundle that does not reproduce its
     own test vectors here is never used."""
     bundle = Path(bundle)
-    model = bundle / VARIANT_FILES[variant]
-    info = model.stat()
-    key = hashlib.sha256((bundle / CONTRACT_FILE).read_bytes() + f"{info.st_size} {info.st_mtime_ns} {info.st_ino} {variant}".encode()).hexdigest()
+    from .weights import weights_of
+
+    weights = weights_of(bundle, read_contract(bundle), variant)
+    files = [bundle / VARIANT_FILES[variant], *([weights.file.resolve()] if weights else [])]
+    identity = " ".join(f"{f} {f.stat().st_size} {f.stat().st_mtime_ns} {f.stat().st_ino}" for f in files)
+    key = hashlib.sha256((bundle / CONTRACT_FILE).read_bytes() + f"{identity} {variant}".encode()).hexdigest()
     stamp = (cache or user_cache()) / "verified" / key
     if stamp.is_file():
         return False

@@ -61,7 +61,7 @@ class RequestGuard:
 
             async def send_status(message: Message) -> None:
                 if message["type"] == "http.response.start":
-                    state["status"] = message["status"]
+                    state["status"], state["started"] = message["status"], 1
                 await send(message)
 
             await self.app(scope, receive, send_status)
@@ -71,6 +71,10 @@ class RequestGuard:
         except TimeoutError:
             state["status"] = 408
             await _error(send, 408, f"the request body did not all arrive within {self.read_seconds:g} s")
+        except asyncio.CancelledError:  # uvicorn ends what the grace period did not finish: said, not a traceback
+            if state["status"] == 500 and not state.get("started"):
+                state["status"] = 503
+                await _error(send, 503, "the server is shutting down: retry on another replica", [(b"retry-after", b"1")])
         finally:
             self._record(scope, state, time.monotonic() - started)
 

@@ -28,7 +28,7 @@ from kserve import InferOutput, InferRequest, InferResponse, Model
 from kserve.errors import InvalidInput
 
 from ..errors import MitpError
-from ..runtime.predict import Predictor, check_caption
+from ..runtime.predict import PROVIDERS, Predictor, check_caption
 from ..runtime.preprocess import load_image_bytes, preprocess_image
 from ..runtime.verify import verify_bundle
 from ..runtime.weights import TensorCache
@@ -69,15 +69,17 @@ class BundleModel(Model):
         self._decoder = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix=f"mitp-decode-{name}")
 
     def load(self) -> bool:
-        """Verify the bundle's test vectors for the variant served, open it, and run it once at full batch."""
+        """Open the bundle, verify its test vectors for the variant served, and run it once at full batch.
+        On a CPU the session that serves is the one verified (a second one would leave its memory behind)."""
         try:
-            checks = verify_bundle(self.bundle, [self.variant])  # on the CPU, where its test vectors were made
+            predictor = Predictor(self.bundle, self.provider, self.variant, self.shared)
+            on_cpu = predictor.provider == PROVIDERS["cpu"]  # else verified on the CPU, where its test vectors were made
+            checks = verify_bundle(self.bundle, [self.variant], sessions={self.variant: predictor.session} if on_cpu else None)
             failed = [c for c in checks if not c.ok]
         except (MitpError, OSError, ValueError) as err:
             raise BundleNotServed(f"{self.bundle} is not a bundle that can be served: {err}") from err
         if failed:
             raise BundleNotServed(f"{self.bundle} fails verification ({'; '.join(f'{c.name}: {c.detail}' for c in failed)})")
-        predictor = Predictor(self.bundle, self.provider, self.variant, self.shared)
         size = predictor.info.image_size
         ids, mask, _ = predictor.tokenizer.encode(["warm-up"] * self.batching.max_batch_size)
         for rows in sorted({1, self.batching.max_batch_size}):  # the first call of each shape allocates

@@ -69,7 +69,7 @@ def parse_request(body: bytes, json_length: str | None, model_name: str, max_ele
 def _json_end(body: bytes, json_length: str | None) -> int:
     if json_length is None:
         return len(body)
-    if not json_length.isascii() or not json_length.isdigit() or int(json_length) > len(body):
+    if len(json_length) > 20 or not json_length.isascii() or not json_length.isdigit() or int(json_length) > len(body):
         raise InvalidInput("Inference-Header-Content-Length must be the length of the request's JSON part, within the body")
     return int(json_length)
 

@@ -28,6 +28,7 @@ from kserve import ModelServer, model_server
 from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER
 from kserve.errors import InvalidInput, ModelNotFound, ModelNotReady
 from kserve.protocol.rest.server import RESTServer
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -129,7 +130,10 @@ def serve(models: Sequence[BundleModel], listen: Listen = Listen()) -> None:
         return JSONResponse({"error": f"{where}: {first.get('msg', 'not a valid request')}"}, status_code=HTTPStatus.BAD_REQUEST)
 
     async def not_found(_request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"error": str(exc)}, status_code=HTTPStatus.NOT_FOUND)
+        return JSONResponse({"error": str(exc)[:300]}, status_code=HTTPStatus.NOT_FOUND)
+
+    async def http_error(_request, exc: StarletteHTTPException) -> JSONResponse:  # FastAPI's {"detail": ...}, as ours
+        return JSONResponse({"error": str(exc.detail)[:300]}, status_code=exc.status_code, headers=exc.headers)
 
     async def overloaded(_request, exc: Exception) -> JSONResponse:
         return JSONResponse({"error": str(exc)}, status_code=HTTPStatus.SERVICE_UNAVAILABLE, headers={"Retry-After": "1"})
@@ -143,6 +147,7 @@ def serve(models: Sequence[BundleModel], listen: Listen = Listen()) -> None:
             super()._add_exception_handlers(app)
             app.add_exception_handler(InvalidInput, bad_input)
             app.add_exception_handler(RequestValidationError, bad_request)
+            app.add_exception_handler(StarletteHTTPException, http_error)
             app.add_exception_handler(ModelNotFound, not_found)
             app.add_exception_handler(Overloaded, overloaded)
 
