@@ -26,12 +26,13 @@ def serve(
     grpc_port: Annotated[int | None, typer.Option(help="gRPC: not served yet (refused; see docs/serving.md).", min=1, max=65535, show_default=False)] = None,
     variant: Annotated[str, typer.Option(help="fp32 | fp16 (GPUs) | int8 (CPUs): which of each bundle's models serves.")] = "fp32",
     provider: Annotated[str, typer.Option(help="auto (CUDA when it runs) | cuda | cpu.")] = "auto",
-    max_batch_size: Annotated[int, typer.Option(help="Rows gathered into one model call at most.", min=1, max=MAX_BATCH)] = 16,
+    max_batch_size: Annotated[int | None, typer.Option(help="Rows gathered into one model call at most; default 4 on a CPU, 16 on a GPU.", min=1, max=MAX_BATCH, show_default=False)] = None,
     max_delay_ms: Annotated[float, typer.Option(help="How long the oldest request waits for others to join its batch.", min=0, max=10_000)] = 5.0,
     max_queue: Annotated[int, typer.Option(help="Rows in progress per model at most (decoding, queued, running); past it, 503 at once.", min=1, max=65536)] = 256,
     max_body_mb: Annotated[float, typer.Option(help="Largest request body; larger ones get 413 before they are read.", min=0.001, max=4096)] = 64.0,
     read_timeout: Annotated[float, typer.Option(help="Seconds a request's headers, and then its body, may take to arrive (408 or closed past it).", min=1, max=3600)] = 60.0,
     grace: Annotated[int, typer.Option(help="Seconds that requests in flight get to finish after SIGTERM.", min=0, max=3600)] = 30,
+    share_backbone: Annotated[bool, typer.Option("--share-backbone/--own-backbones", help="Load a backbone that several bundles name once for all of them (less memory, slower calls on a CPU), or once per bundle.")] = True,
 ) -> None:
     """Serve bundles over HTTP to any Open Inference Protocol (KServe v2) client.
 
@@ -58,7 +59,7 @@ def serve(
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         _fail(f"two bundles would be served as {', '.join(duplicates)}: give each a --name")
-    if max_queue < max_batch_size:
+    if max_batch_size is not None and max_queue < max_batch_size:
         _fail(f"--max-queue ({max_queue}) must hold at least one full batch (--max-batch-size {max_batch_size})")
     listen = Listen(host=host, port=port, grpc_port=grpc_port, grace_seconds=grace, max_body_bytes=int(max_body_mb * 2**20), read_seconds=read_timeout)
     try:
@@ -67,11 +68,11 @@ def serve(
         _fail(str(err))
     _configure_logging()
     batching = Batching(max_batch_size, max_delay_ms / 1000, max_queue)
-    caches = sharing(folders, variant)  # bundles of one backbone: its weights loaded once for all of them
+    caches = sharing(folders, variant) if share_backbone else [None] * len(folders)  # one backbone's weights once for all its bundles
     models = [BundleModel(n, f, variant, provider, batching, shared=c) for n, f, c in zip(names, folders, caches, strict=True)]
     ready = load_models(models, say=lambda m: console.print(f"[bold yellow]warning:[/] {escape(m)}", soft_wrap=True))
     for model in ready:
-        how = f"{model.variant}, {model.predictor.provider if model.predictor else '?'}" + (", backbone shared" if model.shared else "")
+        how = f"{model.variant}, {model.predictor.provider if model.predictor else '?'}, batches of {model.max_batch_size}" + (", backbone shared" if model.shared else "")
         console.print(f"serving [bold]{escape(model.name)}[/] from {escape(str(model.bundle))} ({how})", soft_wrap=True)
     where = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
     console.print(f"ready on {where}/v2 (metrics at {where}/metrics)", soft_wrap=True)

@@ -40,13 +40,19 @@ LABEL_SEPARATOR = "|"
 DECODE_THREADS = min(4, os.cpu_count() or 1)  # decoding an image holds at most one full-size copy per thread
 
 
+# Rows per model call when none is given, by where it runs (BENCHMARKS.md, serving): on a CPU a ViT-L/14 call
+# takes as long per row at batch 16 as at 1 or longer, and batch 4 served 5.3 pairs/s against 4.9 and 3.9;
+# a GPU is kept busy by larger batches.
+DEFAULT_BATCH = {"CPUExecutionProvider": 4, "CUDAExecutionProvider": 16}
+
+
 @dataclass(frozen=True)
 class Batching:
     """How requests are gathered (defaults measured in BENCHMARKS.md, serving)."""
 
-    max_batch_size: int = 16
+    max_batch_size: int | None = None  # None: DEFAULT_BATCH for the provider that runs the model
     max_delay: float = 0.005  # seconds the oldest request waits for others
-    max_queue: int = 256  # rows queued at most; past it, 503 at once
+    max_queue: int = 256  # rows in progress at most; past it, 503 at once
 
 
 class BundleNotServed(MitpError):
@@ -66,6 +72,7 @@ class BundleModel(Model):
         self.metrics = metrics or ServeMetrics()
         self.predictor: Predictor | None = None
         self.batcher: DynamicBatcher | None = None
+        self.max_batch_size = batching.max_batch_size or 1  # the provider's default, once loaded
         self._decoder = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix=f"mitp-decode-{name}")
 
     def load(self) -> bool:
@@ -80,9 +87,10 @@ class BundleModel(Model):
             raise BundleNotServed(f"{self.bundle} is not a bundle that can be served: {err}") from err
         if failed:
             raise BundleNotServed(f"{self.bundle} fails verification ({'; '.join(f'{c.name}: {c.detail}' for c in failed)})")
+        self.max_batch_size = self.batching.max_batch_size or min(DEFAULT_BATCH.get(predictor.provider, 4), self.batching.max_queue)
         size = predictor.info.image_size
-        ids, mask, _ = predictor.tokenizer.encode(["warm-up"] * self.batching.max_batch_size)
-        for rows in sorted({1, self.batching.max_batch_size}):  # the first call of each shape allocates
+        ids, mask, _ = predictor.tokenizer.encode(["warm-up"] * self.max_batch_size)
+        for rows in sorted({1, self.max_batch_size}):  # the first call of each shape allocates
             try:
                 predictor.logits(np.zeros((rows, 3, size, size), np.float32), ids[:rows], mask[:rows])
             except Exception as err:  # onnxruntime's own exception types (out of memory among them), or MemoryError
@@ -134,7 +142,7 @@ class BundleModel(Model):
             raise RuntimeError(f"model {self.name} is not loaded")
         if self.batcher is None:
             self.batcher = DynamicBatcher(
-                self.predictor.logits, self.batching.max_batch_size, self.batching.max_delay, self.batching.max_queue,
+                self.predictor.logits, self.max_batch_size, self.batching.max_delay, self.batching.max_queue,
                 observe=self.metrics.observer(self.name),
             )
             self.batcher.start()

@@ -152,7 +152,6 @@ def serve(models: Sequence[BundleModel], listen: Listen = Listen()) -> None:
             app.add_exception_handler(Overloaded, overloaded)
 
     class Server(ModelServer):
-
         def start(self, models: list) -> None:  # ModelServer.start for one process, with the REST host ours
             self._register_and_check_atleast_one_model_is_ready(models)
             self._rest_server = Rest(
