@@ -17,13 +17,13 @@ RANKS = {
     "__init__": 0, "errors": 0, "resources": 0,
     "files": 1,
     "config": 2, "runtime": 2,
-    "data": 3, "report": 3, "serve": 3,
+    "data": 3, "report": 3, "serve": 3, "score": 3,
     "model": 4,
     "train": 5,
     "ship": 6,
     "cli": 7,
 }
-TORCH_FREE = ("files", "config", "runtime", "report", "serve")
+TORCH_FREE = ("files", "config", "runtime", "report", "serve", "score")
 
 
 def modules() -> dict[str, Path]:

@@ -36,7 +36,7 @@ def serve(
 ) -> None:
     """Serve bundles over HTTP to any Open Inference Protocol (KServe v2) client.
 
-    Each bundle is verified against its test vectors and warmed up before it is ready; one that fails is not served, and the rest are.
+    Each bundle is verified against its test vectors and warmed up before it is ready; one that fails is not served, and the rest are. Bundles of one backbone load its weights once for all of them; a release without its backbone is completed from the local backbone store (mitp bundle share).
 
     Routes: GET /v2/health/live, /v2/health/ready, /v2/models/NAME, /v2/models/NAME/ready and /metrics (Prometheus); POST /v2/models/NAME/infer with inputs `image` (BYTES [B], image files) and `text` (BYTES [B], captions), outputs `logits`, `probabilities` and `label`.
 
