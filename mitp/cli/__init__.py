@@ -5,7 +5,7 @@ order `mitp --help` lists them. Heavy libraries (torch, transformers) are import
 that need them, so that `mitp --help` and the ONNX predict path start fast.
 """
 
-from . import project, training, predicting, serving, reporting, bundles, datasets, releases, backbones  # noqa: F401, I001  (registration order)
+from . import project, training, predicting, scoring, serving, reporting, bundles, datasets, releases, backbones  # noqa: F401, I001  (registration order)
 from .common import app
 
 __all__ = ["app"]

@@ -42,6 +42,7 @@ COMMANDS = {
     "backbone": "mitp fetch-backbone",
     "release": "mitp release",
     "site": "mitp bundle web",
+    "scores": "mitp score",
 }
 
 
