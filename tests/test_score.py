@@ -67,3 +67,34 @@ def test_a_rerun_scores_only_missing_shards_and_another_variant_is_refused(train
     refused = runner.invoke(app, [*args, "--variant", "int8"])
     assert refused.exit_code != 0 and "never mixed" in " ".join(refused.output.split())
     assert refused.exception is None or isinstance(refused.exception, SystemExit)
+
+
+def test_a_run_killed_mid_shard_resumes_to_exactly_one_row_per_input_row(trained, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    base = _collection(trained, tmp_path / "in", shards=1)
+    (tmp_path / "in" / "part-0.parquet").unlink()
+    records = [{**r, "id": f"{r['id']}-{k}"} for k in range(40) for r in base]  # 40 copies: long enough to be killed inside
+    for s in range(3):
+        pq.write_table(pa.Table.from_pylist(records[s::3]), tmp_path / "in" / f"part-{s}.parquet")
+    args = ["score", str(tmp_path / "in"), "--model", str(trained / "bundle"), "--out", str(tmp_path / "scores"), "--no-progress", "--provider", "cpu", "--batch-size", "1", "--workers", "0"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    process = subprocess.Popen([sys.executable, "-m", "mitp.cli", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    first = tmp_path / "scores" / "shards" / "part-0.parquet"
+    deadline = time.monotonic() + 120
+    while not first.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait(30)
+    assert first.is_file() and not (tmp_path / "scores" / "shards" / "part-2.parquet").exists()  # killed inside the run
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    ids = [row["id"] for f in sorted((tmp_path / "scores" / "shards").glob("*.parquet")) for row in pq.read_table(f).to_pylist()]
+    assert len(ids) == len(records) and sorted(ids) == sorted(r["id"] for r in records)
+    assert not [p.name for p in (tmp_path / "scores").rglob(".*") if p.name != ".mitp-output"]  # no partial file left
+    manifest = json.loads((tmp_path / "scores" / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["rows_in"] == len(records) and manifest["rows_failed"] == 40

@@ -26,7 +26,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import MitpError
-from ..files.atomic import atomic_write_json, atomic_writer, file_sha256
+from ..files.atomic import TMP_SUFFIX, atomic_write_json, atomic_writer, file_sha256
 from ..files.outputs import claim, mark, marker_kind
 from .inputs import Row, Shard, input_shards, shard_rows
 
@@ -91,6 +91,8 @@ def _open_output(out: Path, identity: dict[str, str], source: Path) -> dict[str,
     if marker_kind(out) != "scores":
         out.mkdir(parents=True, exist_ok=True)
         mark(out, "scores")
+    for leftover in [*out.glob(f".*{TMP_SUFFIX}"), *(out / SHARDS_DIR).glob(f".*{TMP_SUFFIX}")]:  # a killed run's partial files
+        leftover.unlink(missing_ok=True)
     path = out / MANIFEST
     if path.is_file():
         import json
