@@ -56,6 +56,7 @@ def test_a_rerun_scores_only_missing_shards_and_another_variant_is_refused(train
     assert runner.invoke(app, [*args, "--workers", "1"]).exit_code == 0  # decoded in a worker process
     files = sorted((tmp_path / "scores" / "shards").glob("*.parquet"))
     assert [f.name for f in files] == ["part-0.parquet", "part-1.parquet", "part-2.parquet"]
+    assert sorted(f.name for f in (tmp_path / "scores" / "shards").glob("*.json")) == ["part-0.json", "part-1.json", "part-2.json"]
     kept = {f.name: f.stat().st_mtime_ns for f in files}
     files[1].unlink()  # as a kill before that shard was written leaves it
     result = runner.invoke(app, [*args, "--workers", "0"])
@@ -64,6 +65,10 @@ def test_a_rerun_scores_only_missing_shards_and_another_variant_is_refused(train
     assert {f.name: f.stat().st_mtime_ns for f in files if f.name != "part-1.parquet"} == {k: v for k, v in kept.items() if k != "part-1.parquet"}
     ids = [row["id"] for f in sorted((tmp_path / "scores" / "shards").glob("*.parquet")) for row in pq.read_table(f).to_pylist()]
     assert sorted(ids) == sorted(r["id"] for r in records) and len(ids) == len(set(ids))  # exactly once each
+    alone = runner.invoke(app, [*args[:5], str(tmp_path / "one"), *args[6:], "--shard", "part-2"])  # one job's share
+    assert alone.exit_code == 0 and "more shards to score" in alone.output, alone.output
+    assert [f.name for f in (tmp_path / "one" / "shards").glob("*.parquet")] == ["part-2.parquet"]
+    assert "no shard named part-9" in " ".join(runner.invoke(app, [*args, "--shard", "part-9"]).output.split())
     refused = runner.invoke(app, [*args, "--variant", "int8"])
     assert refused.exit_code != 0 and "never mixed" in " ".join(refused.output.split())
     assert refused.exception is None or isinstance(refused.exception, SystemExit)

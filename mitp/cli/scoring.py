@@ -21,6 +21,7 @@ def score(
     provider: Annotated[str, typer.Option(help="auto (CUDA when it runs) | cuda | cpu.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Pairs per model call.", min=1, max=4096)] = 32,
     workers: Annotated[int | None, typer.Option(help="Decoding processes ahead of the model; 0 decodes in this process. Default: one per core but one, at most 4.", min=0, max=64, show_default=False)] = None,
+    shard: Annotated[list[str] | None, typer.Option("--shard", help="Score only this input shard (repeatable): how the workflow spreads a collection over jobs.", show_default=False)] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="A progress bar with rows per second.")] = True,
 ) -> None:
     """Score every pair of a collection with a bundle: one parquet file per input shard (id, label, score,
@@ -39,10 +40,11 @@ def score(
             elapsed = bar.tasks[task].elapsed or 0.0
             bar.update(task, rate=f"{bar.tasks[task].completed / elapsed:,.1f} rows/s" if elapsed else "")
 
-        manifest = score_collection(source, _model_folder(model), out, options, advance)
+        manifest = score_collection(source, _model_folder(model), out, options, advance, only=shard)
     failed = manifest["rows_failed"]
     console.print(
         f"[bold green]scored[/] {manifest['rows_in'] - failed:,} of {manifest['rows_in']:,} rows in {len(manifest['shards'])} shards into {escape(str(out))}"
+        + ("" if manifest["complete"] else " (more shards to score)")
         + (f"; {failed:,} could not be scored (their reasons are in manifest.json and each shard's `error` column)" if failed else ""),
         soft_wrap=True,
     )

@@ -6,16 +6,17 @@ decision; labels joined by `|` for a multi-label model), `score` (the decision's
 class's, or the highest chosen label's), `probabilities` (every class's, in the bundle's label order) and
 `error` (why the row could not be scored; the other columns are then empty). `manifest.json` names the
 bundle (its contract's and model's SHA-256), the variant and the mitp version, and for each shard its rows
-in, scored and failed, and the reasons counted. Each shard file and the manifest are replaced atomically,
-so a kill at any instant leaves whole shards only; a rerun into the same DIR with another bundle or
-variant is refused rather than mixed.
+in, scored and failed, and the reasons counted (`shards/<shard>.json`, gathered into the manifest). Each
+file is replaced atomically and a shard's record is written after its scores, so a kill at any instant
+leaves whole shards only; a rerun into the same DIR with another bundle or variant (`bundle.json`) is
+refused rather than mixed.
 """
 
 from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
@@ -30,7 +31,7 @@ from ..files.atomic import TMP_SUFFIX, atomic_write_json, atomic_writer, file_sh
 from ..files.outputs import claim, mark, marker_kind
 from .inputs import Row, Shard, input_shards, shard_rows
 
-MANIFEST, SHARDS_DIR = "manifest.json", "shards"
+MANIFEST, SHARDS_DIR, IDENTITY_FILE = "manifest.json", "shards", "bundle.json"
 LABEL_SEPARATOR = "|"
 
 
@@ -49,30 +50,62 @@ class ScoreOptions:
 Progress = Callable[[int], None]  # called with the rows just scored
 
 
-def score_collection(source: Path, bundle: Path, out: Path, options: ScoreOptions = ScoreOptions(), progress: Progress | None = None) -> dict[str, Any]:
-    """Score every input shard missing from `out`; returns the manifest."""
+def score_collection(
+    source: Path, bundle: Path, out: Path, options: ScoreOptions = ScoreOptions(), progress: Progress | None = None,
+    only: Collection[str] | None = None,
+) -> dict[str, Any]:
+    """Score every input shard (or those named in `only`) missing from `out`; returns the manifest. Jobs
+    that score different shards of one collection into one `out` at once (the workflow's) do not collide:
+    each shard's record is a file of its own beside it, and the manifest is gathered from them."""
     from ..runtime.predict import Predictor
 
     source, bundle, out = Path(source), Path(bundle), Path(out)
     shards = input_shards(source)
     root = source if source.is_dir() else source.parent
+    if only is not None:
+        unknown = sorted(set(only) - {s.name for s in shards})
+        if unknown:
+            raise ScoreError(f"{source} has no shard named {', '.join(unknown[:5])} (its shards: {', '.join(s.name for s in shards[:5])}{' ...' if len(shards) > 5 else ''})")
     identity = bundle_identity(bundle, options.variant)
-    manifest = _open_output(out, identity, source)
-    predictor = Predictor(bundle, options.provider, options.variant)
-    workers = options.workers if options.workers is not None else max(0, min(4, (os.cpu_count() or 1) - 1))
-    with _Decoder(bundle, workers) as decoder:
-        for shard in shards:
-            target = out / SHARDS_DIR / f"{shard.name}.parquet"
-            if target.is_file() and shard.name in manifest["shards"]:
-                continue  # scored whole by an earlier run
-            record = _score_shard(shard, root, predictor, decoder, options.batch_size, target, progress)
-            manifest["shards"][shard.name] = record
-            _write_manifest(out, manifest)
-    manifest["rows_in"] = sum(s["rows"] for s in manifest["shards"].values())
-    manifest["rows_failed"] = sum(s["failed"] for s in manifest["shards"].values())
-    manifest["complete"] = set(manifest["shards"]) == {s.name for s in shards}
-    _write_manifest(out, manifest)
+    _open_output(out, identity, source)
+    todo = [s for s in shards if (only is None or s.name in only) and not _done(out, s)]
+    if todo:
+        predictor = Predictor(bundle, options.provider, options.variant)
+        workers = options.workers if options.workers is not None else max(0, min(4, (os.cpu_count() or 1) - 1))
+        with _Decoder(bundle, workers) as decoder:
+            for shard in todo:
+                record = _score_shard(shard, root, predictor, decoder, options.batch_size, _shard_file(out, shard), progress)
+                atomic_write_json(_record_file(out, shard), record)  # after its scores: a record means a whole shard
+    return gather_manifest(out, identity, shards)
+
+
+def gather_manifest(out: Path, identity: dict[str, str], shards: list[Shard]) -> dict[str, Any]:
+    """manifest.json from the shards' records: the bundle, each shard's counts and reasons, the totals."""
+    import json
+
+    records = {s.name: json.loads(_record_file(out, s).read_text()) for s in shards if _done(out, s)}
+    manifest = {
+        "mitp_version": __version__,
+        "bundle": identity,
+        "shards": records,
+        "rows_in": sum(r["rows"] for r in records.values()),
+        "rows_failed": sum(r["failed"] for r in records.values()),
+        "complete": len(records) == len(shards),
+    }
+    atomic_write_json(out / MANIFEST, manifest)
     return manifest
+
+
+def _shard_file(out: Path, shard: Shard) -> Path:
+    return out / SHARDS_DIR / f"{shard.name}.parquet"
+
+
+def _record_file(out: Path, shard: Shard) -> Path:
+    return out / SHARDS_DIR / f"{shard.name}.json"
+
+
+def _done(out: Path, shard: Shard) -> bool:
+    return _shard_file(out, shard).is_file() and _record_file(out, shard).is_file()
 
 
 def bundle_identity(bundle: Path, variant: str) -> dict[str, str]:
@@ -85,31 +118,26 @@ def bundle_identity(bundle: Path, variant: str) -> dict[str, str]:
     return {"contract_sha256": file_sha256(Path(bundle) / CONTRACT_FILE), "model_sha256": file_sha256(model), "variant": variant}
 
 
-def _open_output(out: Path, identity: dict[str, str], source: Path) -> dict[str, Any]:
-    """The manifest of `out`: a new one, or the earlier run's when it scored with the same bundle and variant."""
+def _open_output(out: Path, identity: dict[str, str], source: Path) -> None:
+    """Claim `out` for scores made with `identity`: new, or an earlier run's with the same bundle and variant."""
+    import json
+
     claim(out, "scores", inputs=(source,))
     if marker_kind(out) != "scores":
         out.mkdir(parents=True, exist_ok=True)
         mark(out, "scores")
     for leftover in [*out.glob(f".*{TMP_SUFFIX}"), *(out / SHARDS_DIR).glob(f".*{TMP_SUFFIX}")]:  # a killed run's partial files
         leftover.unlink(missing_ok=True)
-    path = out / MANIFEST
+    path = out / IDENTITY_FILE
     if path.is_file():
-        import json
-
         try:
-            manifest = json.loads(path.read_text())
+            earlier = json.loads(path.read_text())
         except (OSError, ValueError) as err:
             raise ScoreError(f"{path} cannot be read ({err}): name another --out") from None
-        if manifest.get("bundle") != identity:
-            raise ScoreError(f"{out} holds scores of another bundle or variant ({manifest.get('bundle', {}).get('variant')}); scores are never mixed: name another --out")
-        manifest["shards"] = {name: entry for name, entry in manifest.get("shards", {}).items() if (out / SHARDS_DIR / f"{name}.parquet").is_file()}
-        return manifest
-    return {"mitp_version": __version__, "bundle": identity, "shards": {}}
-
-
-def _write_manifest(out: Path, manifest: dict[str, Any]) -> None:
-    atomic_write_json(out / MANIFEST, manifest)
+        if earlier != identity:
+            raise ScoreError(f"{out} holds scores of another bundle or variant ({earlier.get('variant') if isinstance(earlier, dict) else '?'}); scores are never mixed: name another --out")
+    else:
+        atomic_write_json(path, identity)  # jobs that start together write the same
 
 
 def _score_shard(shard: Shard, root: Path, predictor: Any, decoder: _Decoder, batch_size: int, target: Path, progress: Progress | None) -> dict[str, Any]:
