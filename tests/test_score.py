@@ -103,3 +103,24 @@ def test_a_run_killed_mid_shard_resumes_to_exactly_one_row_per_input_row(trained
     assert not [p.name for p in (tmp_path / "scores").rglob(".*") if p.name != ".mitp-output"]  # no partial file left
     manifest = json.loads((tmp_path / "scores" / "manifest.json").read_text())
     assert manifest["complete"] and manifest["rows_in"] == len(records) and manifest["rows_failed"] == 40
+
+
+def test_the_workflow_scatters_the_shards_over_jobs_and_gathers_one_manifest(trained, tmp_path):
+    import os
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    records = _collection(trained, tmp_path / "in", shards=3)
+    block = {"score": {"input": str(tmp_path / "in"), "model": str(trained / "bundle"), "out": str(tmp_path / "scores"), "gpus": 0, "batch_size": 4}}
+    (tmp_path / "score.yaml").write_text(json.dumps(block))  # JSON is YAML
+    command = ["snakemake", "-s", str(root / "Snakefile"), "--configfile", str(root / "config.yaml"), str(tmp_path / "score.yaml"), "--cores", "2", "--", "score"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    planned = subprocess.run([*command[:-2], "-n", "--quiet", "rules", "--", "score"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert planned.returncode == 0, planned.stderr[-2000:]
+    assert {tuple(line.split()) for line in planned.stdout.splitlines() if line.startswith("score")} == {("score", "1"), ("score_shard", "3")}
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    manifest = json.loads((tmp_path / "scores" / "manifest.json").read_text())
+    assert manifest["complete"] and sorted(manifest["shards"]) == ["part-0", "part-1", "part-2"]
+    assert manifest["rows_in"] == len(records) and manifest["rows_failed"] == 1

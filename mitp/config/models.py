@@ -192,6 +192,17 @@ class WorkflowConfig(_Section):
     runs_per_job: PositiveInt = 1
 
 
+class ScoreConfig(_Section):
+    """The `score:` block: a collection the workflow's `score` target scores, one job per input shard."""
+
+    input: Annotated[str, Field(min_length=1)]  # a file or folder, as `mitp score` takes it
+    model: Annotated[str, Field(min_length=1)]  # a bundle folder or release
+    out: str = ""  # default: <workflow.results>/scores
+    variant: Literal["fp32", "fp16", "int8"] = "fp32"
+    batch_size: PositiveInt = 32
+    gpus: NonNegativeInt = 1  # per job (0: CPU jobs)
+
+
 class ProjectConfig(_Section):
     """The whole `config.yaml`: everything needed to resolve any (data set, setting) run."""
 
@@ -205,6 +216,7 @@ class ProjectConfig(_Section):
     grid: list[GridBlock] = []
     readings: dict[ReadingName, ReadingConfig] = {}
     workflow: WorkflowConfig | None = None
+    score: ScoreConfig | None = None
     _runs: dict[str, SettingConfig] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")

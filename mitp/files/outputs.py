@@ -135,7 +135,7 @@ def claim(path: Path, kind: str, option: str = "--out", inputs: tuple[Path, ...]
         if not path.is_dir():
             raise OutputError(f"{option} {path} exists and is not a folder: name a folder")
         owner = marker_kind(path)
-        if owner != kind and any(path.iterdir()):
+        if owner != kind and _holds_anything(path):
             written_by = f"was written by {COMMANDS[owner]}" if owner in COMMANDS else "was not written by mitp"
             raise OutputError(
                 f"{option} {path} already exists and {written_by}, not by {command}; it is left as it is. "
@@ -145,6 +145,12 @@ def claim(path: Path, kind: str, option: str = "--out", inputs: tuple[Path, ...]
             _nothing_foreign(path, option, command)
     clear_leftovers(path)
     return path
+
+
+def _holds_anything(path: Path) -> bool:
+    """Whether a folder holds a file or a link anywhere below it: empty folders alone (a workflow engine makes
+    its outputs' parents before the job) hold nothing to lose."""
+    return any(not entry.is_dir() or entry.is_symlink() for entry in path.rglob("*"))
 
 
 def _nothing_foreign(path: Path, option: str, command: str) -> None:

@@ -12,6 +12,7 @@ from mitp.files.atomic import atomic_write_text
 from mitp.config import expand_grid, parse_config, reading_setting, run_seeds
 from mitp.train.gpus import ENV_DIR, ENV_SLOTS, slots_spec, visible_gpus
 from mitp.model.presets import known_image_size
+from mitp.score.inputs import input_shards
 
 W = config["workflow"]
 RESULTS = W["results"]
@@ -163,6 +164,21 @@ def run_dir(dataset, run, seed):
     return f"{RUNS}/{dataset}/{run}/seed{seed}"
 
 
+# ------------------------------------------------------------------------------------------- scoring
+
+SCORE = config.get("score") or {}
+SCORE_OUT = SCORE.get("out") or f"{RESULTS}/scores"
+# The input's shards, read from its listing when the DAG is built (never from inside a file); none without a score block.
+SCORE_SHARDS = [shard.name for shard in input_shards(Path(SCORE["input"]))] if SCORE else []
+
+
+def score_records(wildcards):
+    """The shard records the `score` target gathers; a clear stop when the config names no collection."""
+    if not SCORE:
+        raise ValueError("snakemake score needs a score: block in the config (score: {input: pairs.parquet, model: bundles/food101}), e.g. in a second --configfile")
+    return expand(f"{SCORE_OUT}/shards/{{shard}}.json", shard=SCORE_SHARDS)
+
+
 def all_targets():
     targets = [f"{REPORT}/table1.md", f"{REPORT}/summary.json"]
     for dataset in W["datasets"]:
@@ -251,3 +267,4 @@ localrules:
     sample_pairs,
     report,
     report_quick,
+    score,
