@@ -14,6 +14,7 @@ refused rather than mixed.
 
 from __future__ import annotations
 
+import glob
 import os
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator
@@ -74,6 +75,7 @@ def score_collection(
         workers = options.workers if options.workers is not None else max(0, min(4, (os.cpu_count() or 1) - 1))
         with _Decoder(bundle, workers) as decoder:
             for shard in todo:
+                _clear_partial(out, shard)
                 record = _score_shard(shard, root, predictor, decoder, options.batch_size, _shard_file(out, shard), progress)
                 atomic_write_json(_record_file(out, shard), record)  # after its scores: a record means a whole shard
     return gather_manifest(out, identity, shards)
@@ -104,6 +106,14 @@ def _record_file(out: Path, shard: Shard) -> Path:
     return out / SHARDS_DIR / f"{shard.name}.json"
 
 
+def _clear_partial(out: Path, shard: Shard) -> None:
+    """Remove what a killed run left of this shard (its files' temporary copies). Only this shard's: another
+    job may be writing its own at this moment."""
+    for name in (_shard_file(out, shard).name, _record_file(out, shard).name):
+        for leftover in (out / SHARDS_DIR).glob(f".{glob.escape(name)}.*{TMP_SUFFIX}"):
+            leftover.unlink(missing_ok=True)
+
+
 def _done(out: Path, shard: Shard) -> bool:
     return _shard_file(out, shard).is_file() and _record_file(out, shard).is_file()
 
@@ -126,8 +136,6 @@ def _open_output(out: Path, identity: dict[str, str], source: Path) -> None:
     if marker_kind(out) != "scores":
         out.mkdir(parents=True, exist_ok=True)
         mark(out, "scores")
-    for leftover in [*out.glob(f".*{TMP_SUFFIX}"), *(out / SHARDS_DIR).glob(f".*{TMP_SUFFIX}")]:  # a killed run's partial files
-        leftover.unlink(missing_ok=True)
     path = out / IDENTITY_FILE
     if path.is_file():
         try:
