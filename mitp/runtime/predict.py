@@ -33,6 +33,7 @@ from .tokenizer import MAX_CAPTION_CHARS, clean_head, load_tokenizer_file
 from .weights import BackboneWeights, TensorCache, session_options, weights_of
 
 PROVIDERS = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
+LABEL_SEPARATOR = "|"  # between the labels of a multi-label decision, where it is one string (served, scored)
 
 
 class InputError(MitpError, ValueError):
@@ -44,6 +45,11 @@ class Prediction:
     labels: list[str]
     scores: dict[str, float]
     truncated: bool
+
+    @property
+    def label(self) -> str:
+        """The decision as one string: a multi-label model's labels joined by `|` (empty when none passes)."""
+        return LABEL_SEPARATOR.join(self.labels)
 
     def to_json(self, provider: str, top_k: int | None = None) -> dict[str, Any]:
         ranked = sorted(self.scores.items(), key=lambda kv: -kv[1])[: top_k or None]

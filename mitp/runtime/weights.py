@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from ..files.atomic import file_sha256
 from .bundle import BACKBONE_KEY, BundleError
 
 STORE_ENV = "MITP_BACKBONES"
@@ -167,16 +168,6 @@ def sharing(bundles: list[Path], variant: str) -> list[TensorCache | None]:
     return [cache if name and counts[name] > 1 else None for name in names]
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 24):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def share_backbone(bundle: Path, store: Path | None = None) -> list[tuple[str, bool]]:
     """Put the bundle's backbone files into the store (each checked against its SHA-256 as it is copied,
     and moved in whole): [(file name, whether it was added)]. A file already there is kept when its
@@ -194,7 +185,7 @@ def share_backbone(bundle: Path, store: Path | None = None) -> list[tuple[str, b
         if weights is None or not weights.in_bundle:
             raise BundleError(f"{bundle} carries no backbone file of its own for {variant}: nothing to share")
         target = store / weights.file.name
-        if target.is_file() and _sha256(target) == entry.get("sha256"):
+        if target.is_file() and file_sha256(target) == entry.get("sha256"):
             done.append((target.name, False))
             continue
         partial = store / f".{target.name}.{os.getpid()}.partial"

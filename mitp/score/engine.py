@@ -33,7 +33,6 @@ from ..files.outputs import claim, mark, marker_kind
 from .inputs import Row, Shard, input_shards, shard_rows
 
 MANIFEST, SHARDS_DIR, IDENTITY_FILE = "manifest.json", "shards", "bundle.json"
-LABEL_SEPARATOR = "|"
 
 
 class ScoreError(MitpError, ValueError):
@@ -162,10 +161,9 @@ def _score_shard(shard: Shard, root: Path, predictor: Any, decoder: _Decoder, ba
         for i, row in enumerate(rows):
             columns["id"].append(row.id)
             if i in scored:
-                labels = predictor.prediction(scored[i], False).labels
-                chosen = [predictor.info.labels.index(label) for label in labels]
-                columns["label"].append(LABEL_SEPARATOR.join(labels))
-                columns["score"].append(float(scored[i][chosen].max()) if chosen else float(scored[i].max()))
+                decision = predictor.prediction(scored[i], False)
+                columns["label"].append(decision.label)
+                columns["score"].append(max((decision.scores[label] for label in decision.labels), default=max(decision.scores.values())))
                 columns["probabilities"].append(scored[i].astype(np.float32).tolist())
                 columns["error"].append(None)
             else:

@@ -36,7 +36,6 @@ from .batcher import DynamicBatcher
 from .metrics import ServeMetrics
 
 log = logging.getLogger("mitp.serve")
-LABEL_SEPARATOR = "|"
 DECODE_THREADS = min(4, os.cpu_count() or 1)  # decoding an image holds at most one full-size copy per thread
 
 
@@ -123,7 +122,7 @@ class BundleModel(Model):
             pixels, ids, mask = await asyncio.get_running_loop().run_in_executor(self._decoder, self._decode, images, texts)
             logits = await self.batcher.infer(pixels, ids, mask)  # (B, K)
         probabilities = predictor.decide(logits).astype(np.float32)  # (B, K)
-        labels = np.array([LABEL_SEPARATOR.join(predictor.prediction(row, False).labels).encode() for row in probabilities], dtype=object)
+        labels = np.array([predictor.prediction(row, False).label.encode() for row in probabilities], dtype=object)
         return InferResponse(
             response_id=payload.id or "",
             model_name=self.name,
